@@ -1,0 +1,102 @@
+//! dockerd's command line and daemon.json, built from the checked settings.
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::Config;
+
+/// The daemon.json dind-init writes: the passthrough, with our typed settings merged over it
+/// (config.rs already refused a key set both ways, so nothing is silently overridden).
+pub fn daemon_json(cfg: &Config, mtu: Option<u32>, storage_driver: Option<&str>) -> Map<String, Value> {
+    let mut doc = cfg.daemon_config.clone();
+    if let Some(mtu) = mtu {
+        doc.insert("mtu".into(), json!(mtu));
+    }
+    if let Some(driver) = storage_driver {
+        doc.insert("storage-driver".into(), json!(driver));
+    }
+    if !cfg.registry_mirrors.is_empty() {
+        doc.insert("registry-mirrors".into(), json!(cfg.registry_mirrors));
+    }
+    if !cfg.insecure_registries.is_empty() {
+        doc.insert("insecure-registries".into(), json!(cfg.insecure_registries));
+    }
+    doc
+}
+
+/// dockerd's arguments. Hosts, TLS and data root stay flags (they are ours alone); everything a
+/// user may shape goes through daemon.json, so dockerd never sees one directive twice.
+pub fn dockerd_args(cfg: &Config, config_file: &Path) -> Vec<String> {
+    let mut args = vec![
+        format!("--config-file={}", config_file.display()),
+        format!("--host=unix://{}", cfg.socket.display()),
+        format!("--host=tcp://0.0.0.0:{}", cfg.port),
+        format!("--data-root={}", cfg.data_root.display()),
+        format!("--exec-root={}", cfg.exec_root.display()),
+        format!("--shutdown-timeout={}", cfg.shutdown_timeout),
+    ];
+    match &cfg.tls {
+        Some(tls) => args.extend([
+            "--tlsverify".to_string(),
+            format!("--tlscacert={}", tls.ca.display()),
+            format!("--tlscert={}", tls.cert.display()),
+            format!("--tlskey={}", tls.key.display()),
+        ]),
+        // Without an explicit --tls=false, dockerd on a TCP host waits 16 s and warns.
+        None => args.push("--tls=false".to_string()),
+    }
+    args.extend(cfg.extra_args.iter().cloned());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Command, parse};
+    use std::collections::BTreeMap;
+
+    fn cfg(args: &[&str], env: &[(&str, &str)]) -> Config {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+        match parse(&args, &env).unwrap() {
+            Command::Run(c) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_on_by_default_with_owned_hosts() {
+        let c = cfg(&[], &[]);
+        let args = dockerd_args(&c, Path::new("/run/dind-init/daemon.json"));
+        assert!(args.contains(&"--host=tcp://0.0.0.0:2376".to_string()));
+        assert!(args.contains(&"--host=unix:///var/run/docker.sock".to_string()));
+        assert!(args.contains(&"--tlsverify".to_string()));
+        assert!(args.contains(&"--tlscacert=/certs/server/ca.crt".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--tls=")));
+    }
+
+    #[test]
+    fn tls_off_says_so_explicitly() {
+        let c = cfg(&["--tls=false"], &[("DOCKER_DAEMON_ARGS", "-D")]);
+        let args = dockerd_args(&c, Path::new("/x.json"));
+        assert!(args.contains(&"--tls=false".to_string()));
+        assert!(args.contains(&"--host=tcp://0.0.0.0:2375".to_string()));
+        assert_eq!(args.last().map(String::as_str), Some("-D"));
+        assert!(!args.iter().any(|a| a.starts_with("--tlsverify")));
+    }
+
+    #[test]
+    fn daemon_json_merges_typed_over_passthrough() {
+        let c = cfg(
+            &["--registry-mirror", "https://m", "--insecure-registry", "r:5000", "--daemon-config", r#"{"debug":true}"#],
+            &[],
+        );
+        let doc = daemon_json(&c, Some(1450), Some("overlay2"));
+        assert_eq!(doc["debug"], json!(true));
+        assert_eq!(doc["mtu"], json!(1450));
+        assert_eq!(doc["storage-driver"], json!("overlay2"));
+        assert_eq!(doc["registry-mirrors"], json!(["https://m"]));
+        assert_eq!(doc["insecure-registries"], json!(["r:5000"]));
+    }
+}

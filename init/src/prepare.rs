@@ -1,0 +1,442 @@
+//! Readying the container for dockerd: fds, mounts, cgroups, storage, the lock, iptables.
+//!
+//! Each function is one step of the log. Steps that only improve things (securityfs, rshared)
+//! warn and go on; steps without which dockerd would misbehave (storage, the lock) are errors.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::mount::{MsFlags, mount};
+use nix::sys::statfs::statfs;
+use nix::unistd::{AccessFlags, access};
+use tracing::warn;
+
+use crate::Error;
+use crate::sys;
+
+/// One line of /proc/self/mountinfo, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: String,
+    pub options: Vec<String>,
+    pub fs_type: String,
+    pub super_options: Vec<String>,
+}
+
+impl Mount {
+    pub fn read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
+}
+
+/// Parses /proc/self/mountinfo (see proc(5)); mount points have octal escapes (`\040`).
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            Some(Mount {
+                mount_point: unescape_octal(fields.get(4)?),
+                options: fields.get(5)?.split(',').map(str::to_string).collect(),
+                fs_type: (*right.first()?).to_string(),
+                super_options: right.get(2).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mounts() -> Result<Vec<Mount>, Error> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("/proc/self/mountinfo", e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Closes every inherited fd ≥ 3 (the seed's "FD leakage"): close_range, else /proc/self/fd.
+/// Returns how many were open before, for the log.
+pub fn close_inherited_fds() -> Result<usize, Error> {
+    let open = fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(4)).unwrap_or(0);
+    if let Err(e) = sys::close_range_from(3) {
+        warn!(error = %e, "close_range failed; closing inherited fds one by one");
+        let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+            .map_err(|e| Error::io("/proc/self/fd", e))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= 3)
+            .collect();
+        for fd in fds {
+            sys::close_fd(fd);
+        }
+    }
+    Ok(open)
+}
+
+/// The mounts dockerd expects: securityfs, a shared root, a writable /tmp, and writable
+/// /proc/sys and /sys (read-only in a non-privileged container; dockerd writes ip_forward).
+pub fn kernel_mounts(mounts: &[Mount]) {
+    let find = |mp: &str| mounts.iter().rev().find(|m| m.mount_point == mp);
+    let security = Path::new("/sys/kernel/security");
+    if security.is_dir() && find("/sys/kernel/security").is_none() {
+        if let Err(e) = mount(Some("securityfs"), security, Some("securityfs"), MsFlags::empty(), None::<&str>) {
+            warn!(error = %e, "could not mount securityfs; LSM profiles stay unavailable to dockerd");
+        }
+    }
+    for mp in ["/sys", "/proc/sys"] {
+        if find(mp).is_some_and(Mount::read_only) {
+            remount_rw(mp);
+        }
+    }
+    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>) {
+        warn!(error = %e, "could not make / rshared; volume propagation inside containers may not work");
+    }
+    if access("/tmp", AccessFlags::W_OK).is_err() {
+        if let Err(e) = mount(Some("tmpfs"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777")) {
+            warn!(error = %e, "/tmp is not writable and could not be made so");
+        }
+    }
+}
+
+fn remount_rw(mp: &str) -> bool {
+    // MS_BIND with MS_REMOUNT changes only this mount's flags; without MS_RDONLY it becomes rw.
+    match mount(None::<&str>, mp, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(mount_point = mp, error = %e, "could not remount read-write");
+            false
+        }
+    }
+}
+
+/// What the cgroup step did, for the log and for dockerd's flags.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cgroups {
+    pub version: u8,
+    pub remounted: Vec<String>,
+}
+
+/// cgroups "mirrored": the inner daemon may create cgroups, all of them inside the pod's own.
+///
+/// v1: each hierarchy the runtime mounted (read-only, rooted at the pod's cgroup) is remounted
+/// read-write in place. We never mount fresh hierarchies (the seed's wrapdocker did), because a
+/// fresh mount is rooted at the host's top cgroup and escapes the pod's limits.
+/// v2: move our processes into a leaf (`/init`) so that the root may delegate controllers, then
+/// enable every available controller for children.
+pub fn cgroups(mounts: &[Mount]) -> Result<Cgroups, Error> {
+    let unified_only = mounts.iter().any(|m| m.mount_point == "/sys/fs/cgroup" && m.fs_type == "cgroup2");
+    if unified_only {
+        cgroup_v2(Path::new("/sys/fs/cgroup"))?;
+        return Ok(Cgroups { version: 2, remounted: Vec::new() });
+    }
+    let mut done = Cgroups { version: 1, remounted: Vec::new() };
+    for m in mounts.iter().filter(|m| m.fs_type == "cgroup" || (m.fs_type == "cgroup2" && m.mount_point.starts_with("/sys/fs/cgroup/"))) {
+        if m.read_only() && remount_rw(&m.mount_point) {
+            done.remounted.push(m.mount_point.clone());
+        }
+    }
+    Ok(done)
+}
+
+fn cgroup_v2(root: &Path) -> Result<(), Error> {
+    let leaf = root.join("init");
+    fs::create_dir_all(&leaf).map_err(|e| Error::io(&leaf, e))?;
+    let procs_path = root.join("cgroup.procs");
+    // Processes may appear while we move them (exec races), so go until the root is empty.
+    for _ in 0..50 {
+        let procs = fs::read_to_string(&procs_path).map_err(|e| Error::io(&procs_path, e))?;
+        let pids: Vec<&str> = procs.split_whitespace().collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // A pid that exited meanwhile gives ESRCH; the next round re-reads.
+            let _ = fs::write(leaf.join("cgroup.procs"), pid);
+        }
+    }
+    let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let enable: String = controllers.split_whitespace().map(|c| format!("+{c} ")).collect();
+    let control = root.join("cgroup.subtree_control");
+    let mut last = None;
+    for _ in 0..20 {
+        match fs::write(&control, enable.trim()) {
+            Ok(()) => return Ok(()),
+            // EBUSY: a process slipped into the root between our move and the write.
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    Err(Error::io(&control, last.unwrap_or_else(|| io::Error::other("subtree_control write failed"))))
+}
+
+/// Removes pid files a previous dockerd/containerd left on a restarted container's filesystem.
+pub fn remove_stale_pidfiles(exec_root: &Path) -> usize {
+    let mut removed = 0;
+    let dirs = [PathBuf::from("/var/run"), PathBuf::from("/run"), exec_root.to_path_buf(), exec_root.join("containerd")];
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = (name.starts_with("docker") || name.starts_with("containerd")) && name.ends_with(".pid");
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+// statfs(2) magic numbers (linux/magic.h).
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+const AUFS_MAGIC: i64 = 0x6175_6673;
+const EXT4_MAGIC: i64 = 0xef53;
+const XFS_MAGIC: i64 = 0x5846_5342;
+const BTRFS_MAGIC: i64 = 0x9123_683e;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const ZFS_MAGIC: i64 = 0x2fc1_2fc1;
+
+/// The filesystem kinds that matter for choosing a storage driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    Overlay,
+    Aufs,
+    Ext4,
+    Xfs,
+    Btrfs,
+    Tmpfs,
+    Zfs,
+    Other(i64),
+}
+
+impl Backing {
+    pub fn from_magic(magic: i64) -> Self {
+        match magic {
+            OVERLAYFS_MAGIC => Self::Overlay,
+            AUFS_MAGIC => Self::Aufs,
+            EXT4_MAGIC => Self::Ext4,
+            XFS_MAGIC => Self::Xfs,
+            BTRFS_MAGIC => Self::Btrfs,
+            TMPFS_MAGIC => Self::Tmpfs,
+            ZFS_MAGIC => Self::Zfs,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// Chooses the storage driver for the data root's filesystem, or refuses a combination that
+/// cannot work (the seed: "you cannot run AUFS on top of AUFS"; overlay on overlay likewise).
+/// `None` means: let dockerd pick, the filesystem is not one we know.
+pub fn choose_storage_driver(backing: Backing, chosen: Option<&str>, data_root: &Path) -> Result<Option<String>, Error> {
+    let copy_on_write = matches!(backing, Backing::Overlay | Backing::Aufs);
+    match chosen {
+        Some(d @ ("vfs" | "fuse-overlayfs")) => Ok(Some(d.to_string())),
+        Some(d) if copy_on_write => Err(Error::Storage(format!(
+            "{} is on {:?}, a copy-on-write filesystem, and storage driver {d} cannot run on it: back {} with a volume (emptyDir or a PersistentVolumeClaim), or choose vfs or fuse-overlayfs",
+            data_root.display(),
+            backing,
+            data_root.display()
+        ))),
+        Some(d) => Ok(Some(d.to_string())),
+        None if copy_on_write => Err(Error::Storage(format!(
+            "{} is on {:?}, the container's own copy-on-write layer: back it with a volume (emptyDir or a PersistentVolumeClaim), or set storage driver vfs or fuse-overlayfs",
+            data_root.display(),
+            backing
+        ))),
+        None => Ok(match backing {
+            Backing::Ext4 | Backing::Xfs | Backing::Tmpfs => Some("overlay2".to_string()),
+            Backing::Btrfs => Some("btrfs".to_string()),
+            Backing::Zfs => Some("zfs".to_string()),
+            _ => None,
+        }),
+    }
+}
+
+pub fn storage(data_root: &Path, chosen: Option<&str>) -> Result<(Backing, Option<String>), Error> {
+    fs::create_dir_all(data_root).map_err(|e| Error::io(data_root, e))?;
+    let st = statfs(data_root).map_err(|e| Error::io(data_root, e.into()))?;
+    #[allow(clippy::useless_conversion)] // f_type is i64 on x86_64 glibc, other widths elsewhere
+    let backing = Backing::from_magic(i64::from(st.filesystem_type().0));
+    let driver = choose_storage_driver(backing, chosen, data_root)?;
+    Ok((backing, driver))
+}
+
+/// The exclusive lock on the data root, held for as long as dind-init lives (the seed: "Docker
+/// was designed to have exclusive access to /var/lib/docker"). Dropping it releases the lock.
+#[derive(Debug)]
+pub struct DataRootLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+pub const LOCK_FILE: &str = ".dind-init.lock";
+
+pub fn lock_data_root(data_root: &Path) -> Result<DataRootLock, Error> {
+    let path = data_root.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, errno)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "unknown holder".to_string() } else { holder.to_string() };
+            return Err(Error::Locked { path, holder, errno: errno.to_string() });
+        }
+    };
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let me = format!("host {host} pid {}\n", std::process::id());
+    lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| lock.write_all(me.as_bytes())).map_err(|e| Error::io(&path, e))?;
+    tracing::debug!(fd = lock.as_raw_fd(), "lock held");
+    Ok(DataRootLock { _lock: lock, path })
+}
+
+/// Points `iptables` at the backend the kernel needs, by a PATH entry of symlinks (no shell).
+/// Returns the backend chosen, or None when the image has only one iptables.
+pub fn iptables(mode: crate::config::Iptables, link_dir: &Path) -> Result<Option<&'static str>, Error> {
+    use crate::config::Iptables;
+    let find = |name: &str| -> Option<PathBuf> {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.is_file())
+    };
+    let (Some(nft), Some(legacy)) = (find("iptables-nft"), find("iptables-legacy")) else {
+        return Ok(None);
+    };
+    let backend = match mode {
+        Iptables::Nft => "nft",
+        Iptables::Legacy => "legacy",
+        Iptables::Auto => {
+            // The host kernel decides: if nf_tables does not answer, only legacy can work.
+            let nft_works = std::process::Command::new(&nft)
+                .args(["-w", "-t", "filter", "-n", "-L"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if nft_works { "nft" } else { "legacy" }
+        }
+    };
+    let chosen = if backend == "nft" { nft } else { legacy };
+    let dir = chosen.parent().unwrap_or(Path::new("/usr/sbin"));
+    fs::create_dir_all(link_dir).map_err(|e| Error::io(link_dir, e))?;
+    for tool in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
+        let target = dir.join(format!("{tool}-{backend}"));
+        if !target.exists() {
+            continue;
+        }
+        let link = link_dir.join(tool);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).map_err(|e| Error::io(&link, e))?;
+    }
+    Ok(Some(backend))
+}
+
+/// MTU of the pod's eth0, if there is one.
+pub fn detect_mtu() -> Option<u32> {
+    fs::read_to_string("/sys/class/net/eth0/mtu").ok()?.trim().parse().ok()
+}
+
+/// `dind-init install DIR`: copy ourselves there, executable, atomically.
+pub fn install(dir: &Path) -> Result<PathBuf, Error> {
+    let me = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let target = dir.join("dind-init");
+    let tmp = dir.join(".dind-init.tmp");
+    fs::copy(&me, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+1 0 0:1 / / rw,relatime - overlay overlay rw,lowerdir=/l
+2 1 0:2 / /sys ro,nosuid - sysfs sysfs ro
+3 2 0:3 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+4 3 0:4 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro,nosuid shared:5 - cgroup cgroup rw,cpu,cpuacct
+5 3 0:5 /docker/abc /sys/fs/cgroup/systemd ro - cgroup cgroup rw,name=systemd
+6 1 0:6 / /var/lib/docker rw - ext4 /dev/vda rw
+7 1 0:7 / /with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mountinfo_is_parsed_with_escapes_and_optional_fields() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 7);
+        assert_eq!(m[3].mount_point, "/sys/fs/cgroup/cpu,cpuacct");
+        assert_eq!(m[3].fs_type, "cgroup");
+        assert!(m[3].read_only());
+        assert!(m[3].super_options.contains(&"cpuacct".to_string()));
+        assert_eq!(m[4].super_options, vec!["rw", "name=systemd"]);
+        assert_eq!(m[6].mount_point, "/with space");
+        assert!(!m[5].read_only());
+    }
+
+    #[test]
+    fn storage_driver_choice_follows_the_filesystem() {
+        let root = Path::new("/var/lib/docker");
+        assert_eq!(choose_storage_driver(Backing::Ext4, None, root).unwrap().as_deref(), Some("overlay2"));
+        assert_eq!(choose_storage_driver(Backing::Xfs, None, root).unwrap().as_deref(), Some("overlay2"));
+        assert_eq!(choose_storage_driver(Backing::Btrfs, None, root).unwrap().as_deref(), Some("btrfs"));
+        assert_eq!(choose_storage_driver(Backing::Other(1), None, root).unwrap(), None);
+        let err = choose_storage_driver(Backing::Overlay, None, root).unwrap_err().to_string();
+        assert!(err.contains("back it with a volume"), "{err}");
+        let err = choose_storage_driver(Backing::Aufs, Some("overlay2"), root).unwrap_err().to_string();
+        assert!(err.contains("cannot run on it"), "{err}");
+        assert_eq!(choose_storage_driver(Backing::Overlay, Some("vfs"), root).unwrap().as_deref(), Some("vfs"));
+        assert_eq!(choose_storage_driver(Backing::Overlay, Some("fuse-overlayfs"), root).unwrap().as_deref(), Some("fuse-overlayfs"));
+    }
+
+    #[test]
+    fn second_lock_names_the_holder_and_first_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_root(dir.path()).unwrap();
+        let err = lock_data_root(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(err.contains("in use"), "{err}");
+        drop(first);
+        lock_data_root(dir.path()).expect("lock is free once the holder is gone");
+    }
+
+    #[test]
+    fn install_copies_an_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = install(&dir.path().join("sub")).unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert!(meta.permissions().mode() & 0o111 != 0);
+        assert_eq!(meta.len(), fs::metadata(std::env::current_exe().unwrap()).unwrap().len());
+    }
+}
