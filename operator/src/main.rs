@@ -1,1 +1,189 @@
-fn main() {}
+//! `dind-operator run | crd | rbac`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use dind_operator::controller::{self, Context};
+use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
+use dind_operator::leader::LeaseLock;
+use dind_operator::metrics::Metrics;
+use dind_operator::resources::Defaults;
+use dind_operator::server::{self, Health};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(name = "dind-operator", version, about = "Runs Docker daemons as a Kubernetes resource (DindDaemon)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Reconcile DindDaemons until SIGTERM.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the RBAC rules the operator needs as YAML.
+    Rbac,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Hold a Lease before reconciling, so that only one replica writes.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "dind-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Daemon image for DindDaemons that do not set spec.image.
+    #[arg(long, env = "DEFAULT_IMAGE", default_value_t = format!("docker:{DEFAULT_DOCKER_VERSION}-dind"))]
+    default_image: String,
+    /// dind-init image for DindDaemons that do not set spec.initImage.
+    #[arg(long, env = "DEFAULT_INIT_IMAGE", default_value = concat!("dind-init:", env!("CARGO_PKG_VERSION")))]
+    default_init_image: String,
+    /// Ask each ready daemon for its storage driver over mTLS (needs a route to pod IPs).
+    #[arg(long, env = "QUERY_DAEMONS", default_value_t = true, action = clap::ArgAction::Set)]
+    query_daemons: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => print!("{}", dind_operator::crd_yaml()?),
+        Command::Rbac => print!("{}", dind_operator::rbac_yaml()?),
+        Command::Run(args) => run(args).await?,
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+
+    let metrics = Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let health = Arc::new(Health { registry, ready: false.into() });
+
+    // One shutdown signal for the HTTP server, the lease and every controller.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let http = tokio::spawn(server::serve(args.http_addr, health.clone(), stopped()));
+
+    // Ready once the CRD is served to us (Helm installs it; we never do).
+    let probe: Api<DindDaemon> = match args.namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("listing DindDaemons: is the CRD installed and the operator's RBAC bound?")?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let lease = if args.leader_election {
+        let identity = args.identity.clone().unwrap_or_else(|| format!("dind-operator-{}", std::process::id()));
+        let lock = LeaseLock::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity);
+        tokio::select! {
+            () = lock.acquire() => {}
+            () = stopped() => return Ok(()),
+        }
+        metrics.leader.set(1);
+        let holder = lock.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            holder.hold().await;
+            // Leadership lost: stop reconciling at once; the process exits and restarts as a standby.
+            tracing::error!("lost leadership; stopping");
+            let _ = stop_tx.send(true);
+        });
+        Some(lock)
+    } else {
+        None
+    };
+
+    let defaults = Defaults { image: args.default_image, init_image: args.default_init_image };
+    let ctx = Arc::new(Context::new(client, metrics, defaults, args.query_daemons));
+    tracing::info!(namespaces = ?args.namespaces, "reconciling DindDaemons");
+    if args.namespaces.is_empty() {
+        controller::run(ctx, None, stopped()).await;
+    } else {
+        let runs = args.namespaces.iter().map(|ns| controller::run(ctx.clone(), Some(ns.clone()), stopped()));
+        futures::future::join_all(runs).await;
+    }
+    if let Some(lock) = lease {
+        lock.release().await;
+    }
+    let _ = stop_tx.send(true);
+    http.await.context("HTTP server task")?.context("HTTP server")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

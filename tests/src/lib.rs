@@ -1,1 +1,170 @@
+//! Test support for the real-cluster harness (`tests/cluster/cluster.sh`).
+//!
+//! Each test that talks to the apiserver runs inside [`with_namespace`]: a fresh namespace,
+//! removed afterwards unless `DIND_TEST_KEEP=1`, and on failure a dump of the namespace's
+//! objects and events in the test output, so a red CI run explains itself.
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::{Api, Client, Config};
+use rand::Rng as _;
+
+/// Where `cluster.sh` keeps its state unless told otherwise.
+pub const DEFAULT_CLUSTER_DIR: &str = "/tmp/dind-operator-cluster";
+
+/// The harness's state directory.
+pub fn cluster_dir() -> PathBuf {
+    std::env::var_os("DIND_CLUSTER_DIR").map_or_else(|| PathBuf::from(DEFAULT_CLUSTER_DIR), PathBuf::from)
+}
+
+/// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG").map_or_else(|| cluster_dir().join("kubeconfig"), PathBuf::from)
+}
+
+/// The directory of the harness's binaries (kubectl, helm, ...), as `cluster.sh` recorded it.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let recorded = cluster_dir().join("bin");
+    let dir = std::fs::read_to_string(&recorded).with_context(|| format!("{} (is the harness up?)", recorded.display()))?;
+    Ok(PathBuf::from(dir.trim()))
+}
+
+/// The kube config for the harness's admin user.
+pub async fn admin_config() -> anyhow::Result<Config> {
+    let path = kubeconfig_path();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}: start the harness with tests/cluster/cluster.sh up", path.display()))?;
+    Ok(Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?)
+}
+
+/// An admin client of the harness.
+pub async fn client() -> anyhow::Result<Client> {
+    install_crypto_provider();
+    Ok(Client::try_from(admin_config().await?)?)
+}
+
+/// rustls needs one process-wide crypto provider; we use ring everywhere.
+pub fn install_crypto_provider() {
+    // Err only means another test in this process installed it first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A short random suffix for names that must not collide across tests and runs.
+pub fn suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..6).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// Runs `body` in a fresh namespace named after the test. On failure the namespace's objects and
+/// events are printed; the namespace is removed either way unless `DIND_TEST_KEEP=1`.
+pub async fn with_namespace<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let client = client().await.expect("harness client");
+    let prefix: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let prefix = prefix.trim_matches('-');
+    let name = format!("{}-{}", &prefix[..prefix.len().min(50)].trim_end_matches('-'), suffix());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some([("dind.dev/test".to_string(), prefix.to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces.create(&PostParams::default(), &ns).await.expect("create test namespace");
+
+    let outcome = tokio::spawn(body(client.clone(), name.clone())).await;
+    let failed = !matches!(outcome, Ok(Ok(())));
+    if failed {
+        dump_namespace(&name).await;
+    }
+    if std::env::var("DIND_TEST_KEEP").as_deref() == Ok("1") {
+        eprintln!("DIND_TEST_KEEP=1: keeping namespace {name}");
+    } else if let Err(e) = namespaces.delete(&name, &DeleteParams::background()).await {
+        eprintln!("could not delete namespace {name}: {e}");
+    }
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{test} failed in namespace {name}: {e:?}"),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Prints what a person debugging a red test would ask for first: objects, then events.
+pub async fn dump_namespace(ns: &str) {
+    let Ok(bin) = bin_dir() else { return };
+    let kubectl = bin.join("kubectl");
+    let kubeconfig = kubeconfig_path();
+    let kinds = "dinddaemons,statefulsets,pods,services,secrets,configmaps,networkpolicies,persistentvolumeclaims,leases";
+    for args in [
+        vec!["get", kinds, "-o", "wide", "--ignore-not-found"],
+        vec!["get", "events", "--sort-by=.lastTimestamp"],
+        vec!["get", "dinddaemons", "-o", "yaml", "--ignore-not-found"],
+    ] {
+        let out = tokio::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", ns])
+            .args(&args)
+            .output()
+            .await;
+        match out {
+            Ok(out) => eprintln!(
+                "---- kubectl -n {ns} {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("---- kubectl {}: {e}", args.join(" ")),
+        }
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > limit {
+            match last_err {
+                Some(e) => bail!("{what}: not within {limit:?}; last error: {e:?}"),
+                None => bail!("{what}: not within {limit:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs a harness binary (kubectl, helm) with the admin kubeconfig; returns stdout, or an
+/// error with stderr when it exits non-zero.
+pub async fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(bin_dir()?.join(tool))
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running {tool}"))?;
+    if !out.status.success() {
+        bail!("{tool} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

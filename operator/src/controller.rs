@@ -1,0 +1,281 @@
+//! The reconciler: read → certificates → build (pure) → server-side apply → status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::crd::{DindDaemon, DindDaemonStatus};
+use crate::error::{Error, Result};
+use crate::metrics::{DaemonLabels, ErrorLabels, Metrics};
+use crate::resources::{self, Defaults, Names, Owned};
+use crate::status::{self, Observed};
+use crate::{daemon_info, tls};
+
+/// The one field manager of every object the operator writes.
+pub const FIELD_MANAGER: &str = "dind-operator";
+
+/// What every reconcile shares; built once in `main`.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub defaults: Defaults,
+    /// Storage driver per daemon pod uid, asked once per pod over mTLS.
+    pub drivers: Mutex<HashMap<String, String>>,
+    /// Whether to ask daemons for their storage driver (off where pods are unreachable).
+    pub query_daemons: bool,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("defaults", &self.defaults).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, defaults: Defaults, query_daemons: bool) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            defaults,
+            drivers: Mutex::new(HashMap::new()),
+            query_daemons,
+        }
+    }
+}
+
+/// Runs the controller for one namespace (or all, with `None`) until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let api = |c: Client| -> (Api<DindDaemon>, Api<StatefulSet>, Api<Service>, Api<Secret>) {
+        match &namespace {
+            Some(ns) => (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c, ns)),
+            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
+        }
+    };
+    let (daemons, statefulsets, services, secrets) = api(client);
+    // Only our own children: the label keeps the operator from caching every Secret in the cluster.
+    let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=dind-operator");
+    Controller::new(daemons, watcher::Config::default().any_semantic())
+        .owns(statefulsets, ours.clone())
+        .owns(services, ours.clone())
+        .owns(secrets, ours)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile request failed");
+            }
+        })
+        .await;
+}
+
+/// Re-queues a failed reconcile with a short delay and counts the error by kind.
+pub fn error_policy(dd: Arc<DindDaemon>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %dd.name_any(), namespace = ?dd.namespace(), error = %error, "reconcile failed");
+    ctx.metrics.errors.get_or_create(&ErrorLabels { kind: error.label().into() }).inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// One pass over a DindDaemon.
+pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&dd, &ctx).await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
+    if dd.meta().deletion_timestamp.is_some() {
+        // Owner references hand everything to the garbage collector; nothing to do.
+        return Ok(Action::await_change());
+    }
+    let ns = dd.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = dd.name_any();
+    let names = Names::of(&name);
+    let client = &ctx.client;
+
+    // Read: the certificates we made before, if any.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (ca, server, client_cert) = tokio::try_join!(
+        secrets.get_opt(&names.ca_secret),
+        secrets.get_opt(&names.server_secret),
+        secrets.get_opt(&names.client_secret)
+    )?;
+    let (ca, server, client_cert) = resources::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref());
+    let server_names = tls::server_names(&name, &ns, &names.headless_service, dd.spec.replicas);
+    let plan = tls::plan(ca, server, client_cert, &ns, &name, &server_names, time::OffsetDateTime::now_utc())?;
+
+    // Build: pure, spec in, objects out.
+    let owned = resources::build(dd, &ctx.defaults, &plan.bundle)?;
+
+    // Apply: server-side apply with one field manager, forced (we own these objects).
+    apply_all(client, &ns, &owned, !plan.issued.is_empty()).await?;
+    if !plan.issued.is_empty() {
+        publish(ctx, dd, EventType::Normal, "CertificatesIssued", format!("issued {} certificate(s)", plan.issued.join(", "))).await;
+    }
+
+    // Status.
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&names.statefulset).await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{}={name}", resources::DAEMON_LABEL)))
+        .await?
+        .items;
+    let intruders = find_intruders(client, &ns, &name, &pods).await?;
+    let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, &pods, &plan.bundle).await } else { Vec::new() };
+    let observed = Observed { statefulset: sts.as_ref(), pods: &pods, intruders, drivers };
+    let new_status = status::compute(dd, &observed, Time(k8s_openapi::jiff::Timestamp::now()));
+    announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
+    ctx.metrics
+        .ready_daemons
+        .get_or_create(&DaemonLabels { namespace: ns.clone(), name: name.clone() })
+        .set(i64::from(new_status.ready_replicas));
+    if dd.status.as_ref() != Some(&new_status) {
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "status": new_status});
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    let all_ready = new_status.ready_replicas == dd.spec.replicas;
+    Ok(if all_ready {
+        // Periodic look even when idle: certificates renew at 2/3 of their life.
+        Action::requeue(Duration::from_secs(30 * 60))
+    } else {
+        Action::requeue(Duration::from_secs(10))
+    })
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let mut doc = serde_json::to_value(obj).map_err(|source| Error::Serialize { what: "owned object", source })?;
+    // Server-side apply needs apiVersion and kind, which typed objects do not serialize.
+    let dt = K::DynamicType::default();
+    doc["apiVersion"] = json!(K::api_version(&dt));
+    doc["kind"] = json!(K::kind(&dt));
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+    Ok(())
+}
+
+/// Applies every owned object. Secrets only when a certificate was made or one is missing:
+/// an unchanged Secret needs no write.
+async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool) -> Result<()> {
+    if certs_changed {
+        // The CA Secret first: if we stop half-way, the next pass finds the CA and re-uses it.
+        apply(client, ns, &owned.ca_secret).await?;
+        tokio::try_join!(apply(client, ns, &owned.server_secret), apply(client, ns, &owned.client_secret))?;
+    }
+    tokio::try_join!(
+        apply(client, ns, &owned.headless_service),
+        apply(client, ns, &owned.client_service),
+        apply::<NetworkPolicy>(client, ns, &owned.network_policy),
+        apply(client, ns, &owned.statefulset),
+    )?;
+    Ok(())
+}
+
+/// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`).
+async fn find_intruders(client: &Client, ns: &str, name: &str, ours: &[Pod]) -> Result<Vec<(String, String)>> {
+    let claim_prefix = format!("docker-{name}-");
+    let ours: Vec<String> = ours.iter().map(ResourceExt::name_any).collect();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items;
+    let mut found = Vec::new();
+    for pod in pods.iter().filter(|p| !ours.contains(&p.name_any())) {
+        let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished {
+            continue;
+        }
+        for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| &c.claim_name) {
+                if claim.starts_with(&claim_prefix) {
+                    found.push((pod.name_any(), claim.clone()));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Storage driver of each ready daemon, asked once per pod over the daemon's own mTLS.
+async fn storage_drivers(ctx: &Context, dd: &DindDaemon, pods: &[Pod], certs: &tls::Bundle) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let ns = dd.namespace().unwrap_or_default();
+    let names = Names::of(&dd.name_any());
+    for pod in pods {
+        let (Some(uid), Some(ip)) = (pod.uid(), pod.status.as_ref().and_then(|s| s.pod_ip.clone())) else { continue };
+        let known = ctx.drivers.lock().ok().and_then(|m| m.get(&uid).cloned());
+        let driver = match known {
+            Some(d) => Some(d),
+            None => {
+                let sni = format!("{}.{}.{ns}.svc", pod.name_any(), names.headless_service);
+                let tls = dd.spec.tls.enabled.then_some((certs, sni.as_str()));
+                match daemon_info::storage_driver(&ip, dd.spec.port, tls).await {
+                    Ok(d) => {
+                        if let Ok(mut m) = ctx.drivers.lock() {
+                            m.insert(uid, d.clone());
+                        }
+                        Some(d)
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %pod.name_any(), error = %e, "daemon did not tell its storage driver");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(d) = driver {
+            out.push((pod.name_any(), d));
+        }
+    }
+    out
+}
+
+/// Events for condition transitions, with PascalCase reasons.
+async fn announce_transitions(ctx: &Context, dd: &DindDaemon, old: Option<&DindDaemonStatus>, new: &DindDaemonStatus) {
+    for type_ in [status::READY, status::DEGRADED] {
+        let Some(now) = new.conditions.iter().find(|c| c.type_ == type_) else { continue };
+        let before = status::find(old, type_);
+        if before.is_some_and(|b| b.status == now.status && b.reason == now.reason) {
+            continue;
+        }
+        let (kind, reason) = match (type_, now.status.as_str()) {
+            (status::READY, "True") => (EventType::Normal, "DaemonReady"),
+            (status::READY, _) if before.is_none() => continue,
+            (status::READY, _) => (EventType::Warning, "DaemonNotReady"),
+            (_, "True") => (EventType::Warning, now.reason.as_str()),
+            (_, _) if before.is_none() => continue,
+            _ => (EventType::Normal, "Recovered"),
+        };
+        publish(ctx, dd, kind, reason, now.message.clone()).await;
+    }
+}
+
+async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &dd.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish event");
+    } else {
+        info!(name = %dd.name_any(), reason, "event");
+    }
+}

@@ -1,0 +1,324 @@
+//! The `DindDaemon` API (`dind.dev/v1alpha1`). Doc comments here become `kubectl explain`.
+//!
+//! Validation lives in the schema (OpenAPI bounds, enums, CEL `x-kubernetes-validations`), so
+//! the apiserver refuses a bad spec at `kubectl apply` with a message naming the field, and the
+//! reconciler never sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The Docker version of the default daemon image (`docker:<ver>-dind`).
+pub const DEFAULT_DOCKER_VERSION: &str = "28.5.2";
+/// The default port of a TLS daemon (Docker's convention).
+pub const DEFAULT_PORT: i32 = 2376;
+/// The default size of a daemon's volume when none is given.
+pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
+
+/// A Docker daemon (or several) run as a cluster resource: each replica is a `dind-init` +
+/// dockerd pod with its own persistent volume for /var/lib/docker, served over mutual TLS.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dind.dev",
+    version = "v1alpha1",
+    kind = "DindDaemon",
+    plural = "dinddaemons",
+    singular = "dinddaemon",
+    shortname = "dind",
+    category = "all",
+    namespaced,
+    status = "DindDaemonStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"ready daemons / desired"}"#,
+    printcolumn = r#"{"name":"DockerHost","type":"string","jsonPath":".status.dockerHost","description":"DOCKER_HOST for clients"}"#,
+    printcolumn = r#"{"name":"Driver","type":"string","jsonPath":".status.storageDriver","description":"storage driver the daemons run"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("!(self.tls.enabled && self.port == 2375)")
+    .message("port 2375 is Docker's plaintext port: use it only with tls.enabled=false")
+    .field_path(".port"))]
+#[serde(rename_all = "camelCase")]
+pub struct DindDaemonSpec {
+    /// Daemon image: any `docker:<version>-dind` image (or one with dockerd, containerd, runc
+    /// and iptables on its PATH). Default: the operator's `--default-image`, which is
+    /// `docker:28.5.2-dind` unless the platform team changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Image holding the static `dind-init` binary, copied into the daemon pod by an init
+    /// container. Default: the operator's `--default-init-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub init_image: Option<String>,
+
+    /// Number of daemons, each with its own volume and address (0-64). Clients must stick to
+    /// one daemon: status.endpoints lists one DOCKER_HOST per replica.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: i32,
+
+    /// TCP port dockerd listens on (1-65535); 2375 only with TLS off.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Mutual TLS between clients and the daemon.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Where /var/lib/docker lives: a PersistentVolumeClaim per daemon (default) or an emptyDir.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// dockerd's own settings.
+    #[serde(default)]
+    pub daemon: DaemonSpec,
+
+    /// CPU and memory for the daemon container (builds run inside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// How the daemon container is allowed to run nested containers.
+    #[serde(default)]
+    pub security: SecuritySpec,
+
+    /// Node labels the daemon pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the daemon pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Affinity of the daemon pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_port() -> i32 {
+    DEFAULT_PORT
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Mutual TLS settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve the daemon over mutual TLS (default true). The operator makes one CA per
+    /// DindDaemon, a server certificate and a client certificate (Secret NAME-client with
+    /// ca.pem, cert.pem, key.pem for DOCKER_CERT_PATH). Off means anyone who reaches the
+    /// port owns the daemon and, through it, the node.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Storage of /var/lib/docker, which dockerd must have to itself (never shared).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.size))")
+    .message("storage.size and storage.ephemeral are mutually exclusive: an emptyDir has no size").field_path(".size"))]
+#[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.storageClassName))")
+    .message("storage.storageClassName and storage.ephemeral are mutually exclusive").field_path(".storageClassName"))]
+#[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && self.retainOnDelete)")
+    .message("storage.retainOnDelete needs a volume: it cannot be combined with storage.ephemeral").field_path(".retainOnDelete"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each daemon's volume (a quantity such as 20Gi; default 20Gi). Images, build
+    /// cache and containers all live here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+        .message("storage.size must be a positive quantity such as 20Gi"))]
+    pub size: Option<String>,
+
+    /// StorageClass of the volumes; empty for the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub storage_class_name: Option<String>,
+
+    /// Keep the volumes (and so the image and build cache) when the DindDaemon is deleted or
+    /// scaled down; a new DindDaemon of the same name picks them up again. Default false.
+    #[serde(default)]
+    pub retain_on_delete: bool,
+
+    /// Use an emptyDir instead of a volume: fast, but the cache is lost with the pod.
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+/// Storage drivers the daemon may run.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageDriver {
+    Overlay2,
+    FuseOverlayfs,
+    Btrfs,
+    Zfs,
+    Vfs,
+}
+
+impl StorageDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overlay2 => "overlay2",
+            Self::FuseOverlayfs => "fuse-overlayfs",
+            Self::Btrfs => "btrfs",
+            Self::Zfs => "zfs",
+            Self::Vfs => "vfs",
+        }
+    }
+}
+
+/// dockerd settings. The operator owns the listening address, TLS and data root.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.mtu) || !has(self.config) || !('mtu' in self.config)")
+    .message("daemon.mtu is also set in daemon.config: set it once").field_path(".config"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.storageDriver) || !has(self.config) || !('storage-driver' in self.config)")
+    .message("daemon.storageDriver is also set in daemon.config: set it once").field_path(".config"))]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSpec {
+    /// MTU of the daemon's networks (576-9000). Default: the pod's eth0 MTU, so that nested
+    /// containers do not send packets the pod network drops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 576, max = 9000))]
+    pub mtu: Option<i32>,
+
+    /// Registry mirrors (http:// or https:// URLs) tried before Docker Hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(m, m.matches('^https?://[^\\\\s/]+(/\\\\S*)?$'))")
+        .message("daemon.registryMirrors entries must be http:// or https:// URLs"))]
+    pub registry_mirrors: Vec<String>,
+
+    /// Registries (host[:port] or CIDR, no scheme) the daemon reaches without TLS checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(r, !r.contains('://') && r.matches('^[A-Za-z0-9.:\\\\[\\\\]/_-]+$'))")
+        .message("daemon.insecureRegistries entries must be host[:port] or a CIDR, without a scheme"))]
+    pub insecure_registries: Vec<String>,
+
+    /// Storage driver. Default: chosen by dind-init from the volume's filesystem (overlay2 on
+    /// ext4/xfs). vfs works anywhere but copies every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<StorageDriver>,
+
+    /// Extra dockerd arguments, e.g. `--debug`. Flags the operator owns are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(a, !(a.startsWith('-H') || a.startsWith('--host') || a.startsWith('--tls') || a.startsWith('--data-root') || a.startsWith('--config-file') || a.startsWith('--pidfile') || a.startsWith('--exec-root')))")
+        .message("daemon.extraArgs may not set -H/--host, --tls*, --data-root, --exec-root, --config-file or --pidfile: the operator owns them"))]
+    pub extra_args: Vec<String>,
+
+    /// daemon.json passthrough: any dockerd configuration key (e.g. `log-level`, `features`).
+    /// Keys the operator owns (hosts, tls*, data-root, pidfile) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "json_map_schema")]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(k, !(k in ['hosts', 'tls', 'tlsverify', 'tlscacert', 'tlscert', 'tlskey', 'data-root', 'exec-root', 'pidfile']))")
+        .message("daemon.config may not set hosts, tls*, data-root, exec-root or pidfile: the operator owns them"))]
+    pub config: Option<BTreeMap<String, Value>>,
+}
+
+/// A map of arbitrary JSON values: its keys stay visible to CEL, unlike a free-form object.
+fn json_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// How nested containers get the privileges they need.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SecurityMode {
+    /// `privileged: true`, AppArmor unconfined, SELinux type spc_t (the default).
+    #[default]
+    Privileged,
+    /// Every capability except SYS_RESOURCE, seccomp and AppArmor unconfined, SELinux spc_t;
+    /// for nodes whose runtime cannot grant all capabilities.
+    Capabilities,
+}
+
+/// Security of the daemon pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// Privileged (default) or Capabilities.
+    #[serde(default)]
+    pub mode: SecurityMode,
+
+    /// RuntimeClass of the daemon pods, e.g. one backed by sysbox-runc, which runs
+    /// Docker-in-Docker without host privileges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub runtime_class_name: Option<String>,
+}
+
+/// Observed state of a DindDaemon.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DindDaemonStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Daemons that answer their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Ready daemons over desired, e.g. `1/1` (the Ready column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+
+    /// DOCKER_HOST for clients: the client Service with one replica; with more, the first
+    /// daemon's own address (see endpoints; a load-balanced address would send a `docker run`
+    /// to a daemon that never saw the `docker build` before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+
+    /// One entry per daemon: its own DOCKER_HOST, readiness and storage driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<DaemonEndpoint>,
+
+    /// Secret with the client certificate (ca.pem, cert.pem, key.pem) for DOCKER_CERT_PATH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_name: Option<String>,
+
+    /// Storage driver the daemons report (the Driver column); `mixed` if they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
+
+    /// Ready, Progressing and Degraded, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// One daemon of a DindDaemon.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonEndpoint {
+    /// Pod name, e.g. NAME-0.
+    pub name: String,
+    /// This daemon's own DOCKER_HOST.
+    pub docker_host: String,
+    /// Whether it answers its readiness probe.
+    pub ready: bool,
+    /// Storage driver it runs, once it has been asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
+}

@@ -1,0 +1,63 @@
+//! Asks a daemon what it runs (`GET /info`), over the same mutual TLS a client uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::tls::Bundle;
+
+/// A rustls client config that trusts only this DindDaemon's CA and presents its client cert.
+pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(certs.ca.cert_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let chain = CertificateDer::pem_slice_iter(certs.client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(certs.client.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())
+}
+
+/// The daemon's storage driver, from `/info`. `tls`: the certificates and the server name to
+/// verify, or None for a daemon with TLS off.
+pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<String, String> {
+    let body = tokio::time::timeout(Duration::from_secs(3), get(ip, port, tls, "/info"))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/info is not JSON: {e}"))?;
+    info.get("Driver").and_then(|d| d.as_str()).map(str::to_string).ok_or_else(|| "/info has no Driver".into())
+}
+
+async fn get(ip: &str, port: i32, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
+    let stream = TcpStream::connect(format!("{ip}:{port}")).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let mut response = Vec::new();
+    match tls {
+        Some((certs, server_name)) => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(certs)?));
+            let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+            let mut s = connector.connect(name, stream).await.map_err(|e| e.to_string())?;
+            s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            s.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+        }
+        None => {
+            let mut s = stream;
+            s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            s.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("answer: {}", head.lines().next().unwrap_or_default()));
+    }
+    Ok(body.to_string())
+}

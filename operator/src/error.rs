@@ -1,0 +1,44 @@
+//! The operator's one error type.
+
+/// Errors of a reconcile or of the operator's start; `label()` names the kind for metrics and
+/// events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("certificates: {0}")]
+    Tls(String),
+    #[error("Secret {name} is malformed: {reason}")]
+    MalformedSecret { name: String, reason: String },
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Self::Kube(e)
+    }
+}
+
+impl Error {
+    /// A short, stable label for the `errors_total{kind=...}` metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(_) => "kube",
+            Error::Tls(_) => "tls",
+            Error::MalformedSecret { .. } => "malformed_secret",
+            Error::Serialize { .. } => "serialize",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

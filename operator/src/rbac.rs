@@ -1,0 +1,47 @@
+//! The operator's RBAC rules: the one source the Helm chart is generated from (`crdgen`).
+//! Least privilege: no delete anywhere (ownerReferences and the garbage collector delete), no
+//! access to objects the operator does not make.
+
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|s| (*s).to_string()).collect()),
+        verbs: verbs.iter().map(|s| (*s).to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Rules in every watched namespace (a ClusterRole, or a Role per namespace).
+pub fn operator_rules() -> Vec<PolicyRule> {
+    vec![
+        rule("dind.dev", &["dinddaemons"], &["get", "list", "watch"]),
+        rule("dind.dev", &["dinddaemons/status"], &["get", "patch", "update"]),
+        // Server-side apply creates as well as updates, so it needs both verbs.
+        rule("apps", &["statefulsets"], &["get", "list", "watch", "create", "patch"]),
+        rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
+        rule("networking.k8s.io", &["networkpolicies"], &["create", "patch"]),
+        // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
+        rule("", &["pods"], &["get", "list"]),
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Rules in the operator's own namespace, for leader election.
+pub fn leader_election_rules() -> Vec<PolicyRule> {
+    vec![rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_deletes_or_uses_wildcards() {
+        for r in operator_rules().iter().chain(leader_election_rules().iter()) {
+            assert!(!r.verbs.iter().any(|v| v == "delete" || v == "*" || v == "deletecollection"), "{r:?}");
+            assert!(!r.resources.iter().flatten().any(|s| s == "*"), "{r:?}");
+        }
+    }
+}

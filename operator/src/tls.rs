@@ -1,0 +1,292 @@
+//! Certificates of a DindDaemon: one CA per DindDaemon, a server and a client certificate.
+//!
+//! ECDSA P-256 via rcgen. Certificates are made once and kept in Secrets, so they survive
+//! reconciles and operator restarts; a leaf is re-issued (by the same CA) at 2/3 of its life or
+//! when the server's names change, the CA itself at 2/3 of its (longer) life.
+
+use std::collections::BTreeSet;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::error::Error;
+
+/// Lifetime of a DindDaemon's CA.
+pub const CA_LIFETIME: Duration = Duration::days(3650);
+/// Lifetime of a server or client certificate.
+pub const LEAF_LIFETIME: Duration = Duration::days(365);
+
+/// A certificate with its key, in PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Everything the TLS Secrets hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bundle {
+    pub ca: Pair,
+    pub server: Pair,
+    pub client: Pair,
+}
+
+/// Validity and names read back from a PEM certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub dns_names: BTreeSet<String>,
+    pub issuer_der: Vec<u8>,
+    pub subject_der: Vec<u8>,
+}
+
+pub fn inspect(cert_pem: &str) -> Result<CertInfo, Error> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| Error::Tls(format!("PEM: {e}")))?;
+    let cert = pem.parse_x509().map_err(|e| Error::Tls(format!("X.509: {e}")))?;
+    let mut dns_names = BTreeSet::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    dns_names.insert((*d).to_string());
+                }
+                x509_parser::extensions::GeneralName::IPAddress(ip) if ip.len() == 4 => {
+                    dns_names.insert(format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        dns_names,
+        issuer_der: cert.issuer().as_raw().to_vec(),
+        subject_der: cert.subject().as_raw().to_vec(),
+    })
+}
+
+/// True once `now` is past 2/3 of the certificate's life (or outside it).
+pub fn needs_renewal(info: &CertInfo, now: OffsetDateTime) -> bool {
+    let life = info.not_after - info.not_before;
+    let renew_at = info.not_before + life * 2 / 3;
+    now >= renew_at || now < info.not_before
+}
+
+/// The server's names: the client Service, the headless Service and each replica, short and
+/// fully qualified, plus localhost (for probes and port-forwards).
+pub fn server_names(name: &str, namespace: &str, headless: &str, replicas: i32) -> BTreeSet<String> {
+    let mut names = BTreeSet::from(["localhost".to_string(), "127.0.0.1".to_string()]);
+    for svc in [name, headless] {
+        names.insert(svc.to_string());
+        names.insert(format!("{svc}.{namespace}"));
+        names.insert(format!("{svc}.{namespace}.svc"));
+        names.insert(format!("{svc}.{namespace}.svc.cluster.local"));
+    }
+    for i in 0..replicas.max(1) {
+        names.insert(format!("{name}-{i}.{headless}"));
+        names.insert(format!("{name}-{i}.{headless}.{namespace}.svc"));
+        names.insert(format!("{name}-{i}.{headless}.{namespace}.svc.cluster.local"));
+    }
+    names
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "dind.dev");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn tls_err(e: rcgen::Error) -> Error {
+    Error::Tls(e.to_string())
+}
+
+/// A new CA for the DindDaemon `namespace/name`.
+pub fn new_ca(namespace: &str, name: &str, now: OffsetDateTime) -> Result<Pair, Error> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls_err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&format!("dind CA {namespace}/{name}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + CA_LIFETIME;
+    let cert = params.self_signed(&key).map_err(tls_err)?;
+    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// What kind of leaf to issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaf {
+    Server,
+    Client,
+}
+
+/// A leaf signed by `ca`: a server certificate for `names`, or a client certificate.
+pub fn issue(ca: &Pair, kind: Leaf, common_name: &str, names: &BTreeSet<String>, now: OffsetDateTime) -> Result<Pair, Error> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(tls_err)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls_err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + LEAF_LIFETIME;
+    match kind {
+        Leaf::Server => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params.subject_alt_names = names
+                .iter()
+                .map(|n| match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) => n.clone().try_into().map(SanType::DnsName),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(tls_err)?;
+        }
+        Leaf::Client => params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+    let cert = params.signed_by(&key, &issuer).map_err(tls_err)?;
+    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// What the reconciler should do with the certificates it found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub bundle: Bundle,
+    /// Human-readable reasons for each certificate made this time (empty: all kept).
+    pub issued: Vec<&'static str>,
+}
+
+/// Keeps what is still good, makes what is missing, renews what is due. Pure but for key
+/// generation: the caller reads the Secrets and writes back `plan.bundle`.
+pub fn plan(
+    existing_ca: Option<Pair>,
+    existing_server: Option<Pair>,
+    existing_client: Option<Pair>,
+    namespace: &str,
+    name: &str,
+    names: &BTreeSet<String>,
+    now: OffsetDateTime,
+) -> Result<Plan, Error> {
+    let mut issued = Vec::new();
+    let ca = match existing_ca.filter(|ca| inspect(&ca.cert_pem).is_ok_and(|i| !needs_renewal(&i, now))) {
+        Some(ca) => ca,
+        None => {
+            issued.push("ca");
+            new_ca(namespace, name, now)?
+        }
+    };
+    let ca_subject = inspect(&ca.cert_pem)?.subject_der;
+    // A new CA invalidates every leaf; otherwise each leaf is judged on its own.
+    let ca_renewed = !issued.is_empty();
+    let still_good = |pair: &Pair, want_names: Option<&BTreeSet<String>>| {
+        !ca_renewed
+            && inspect(&pair.cert_pem).is_ok_and(|i| {
+                !needs_renewal(&i, now) && i.issuer_der == ca_subject && want_names.is_none_or(|n| &i.dns_names == n)
+            })
+    };
+    let server = match existing_server.filter(|s| still_good(s, Some(names))) {
+        Some(s) => s,
+        None => {
+            issued.push("server");
+            issue(&ca, Leaf::Server, &format!("{name}.{namespace}"), names, now)?
+        }
+    };
+    let client = match existing_client.filter(|c| still_good(c, None)) {
+        Some(c) => c,
+        None => {
+            issued.push("client");
+            issue(&ca, Leaf::Client, &format!("client of {namespace}/{name}"), &BTreeSet::new(), now)?
+        }
+    };
+    Ok(Plan { bundle: Bundle { ca, server, client }, issued })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> BTreeSet<String> {
+        server_names("d", "ns", "d-daemons", 2)
+    }
+
+    #[test]
+    fn server_names_cover_services_replicas_and_localhost() {
+        let n = names();
+        for want in ["localhost", "127.0.0.1", "d.ns.svc", "d-daemons.ns.svc", "d-0.d-daemons.ns.svc", "d-1.d-daemons.ns.svc.cluster.local"] {
+            assert!(n.contains(want), "missing {want}");
+        }
+        assert!(!n.contains("d-2.d-daemons.ns.svc"));
+    }
+
+    #[test]
+    fn fresh_plan_issues_all_three_and_server_has_names() {
+        let now = OffsetDateTime::now_utc();
+        let p = plan(None, None, None, "ns", "d", &names(), now).unwrap();
+        assert_eq!(p.issued, vec!["ca", "server", "client"]);
+        let server = inspect(&p.bundle.server.cert_pem).unwrap();
+        assert_eq!(server.dns_names, names());
+        let ca = inspect(&p.bundle.ca.cert_pem).unwrap();
+        assert_eq!(server.issuer_der, ca.subject_der);
+        assert!(server.not_after - server.not_before >= LEAF_LIFETIME);
+    }
+
+    #[test]
+    fn second_plan_keeps_everything() {
+        let now = OffsetDateTime::now_utc();
+        let first = plan(None, None, None, "ns", "d", &names(), now).unwrap();
+        let b = first.bundle.clone();
+        let again = plan(Some(b.ca), Some(b.server), Some(b.client), "ns", "d", &names(), now + Duration::days(30)).unwrap();
+        assert!(again.issued.is_empty(), "{:?}", again.issued);
+        assert_eq!(again.bundle, first.bundle);
+    }
+
+    #[test]
+    fn leaves_renew_at_two_thirds_of_their_life_with_the_same_ca() {
+        let now = OffsetDateTime::now_utc();
+        let b = plan(None, None, None, "ns", "d", &names(), now).unwrap().bundle;
+        let before = now + Duration::days(240);
+        let kept = plan(Some(b.ca.clone()), Some(b.server.clone()), Some(b.client.clone()), "ns", "d", &names(), before).unwrap();
+        assert!(kept.issued.is_empty());
+        let after = now + Duration::days(245);
+        let renewed = plan(Some(b.ca.clone()), Some(b.server), Some(b.client), "ns", "d", &names(), after).unwrap();
+        assert_eq!(renewed.issued, vec!["server", "client"]);
+        assert_eq!(renewed.bundle.ca, b.ca, "the CA is kept, so clients keep trusting it");
+    }
+
+    #[test]
+    fn a_new_replica_reissues_only_the_server_certificate() {
+        let now = OffsetDateTime::now_utc();
+        let b = plan(None, None, None, "ns", "d", &names(), now).unwrap().bundle;
+        let more = server_names("d", "ns", "d-daemons", 3);
+        let p = plan(Some(b.ca.clone()), Some(b.server), Some(b.client.clone()), "ns", "d", &more, now).unwrap();
+        assert_eq!(p.issued, vec!["server"]);
+        assert_eq!(p.bundle.client, b.client);
+        assert!(inspect(&p.bundle.server.cert_pem).unwrap().dns_names.contains("d-2.d-daemons.ns.svc"));
+    }
+
+    #[test]
+    fn ca_renewal_reissues_everything() {
+        let now = OffsetDateTime::now_utc();
+        let b = plan(None, None, None, "ns", "d", &names(), now).unwrap().bundle;
+        let late = now + Duration::days(2500);
+        let p = plan(Some(b.ca), Some(b.server), Some(b.client), "ns", "d", &names(), late).unwrap();
+        assert_eq!(p.issued, vec!["ca", "server", "client"]);
+    }
+
+    #[test]
+    fn one_ca_per_daemon() {
+        let now = OffsetDateTime::now_utc();
+        let a = plan(None, None, None, "ns", "a", &names(), now).unwrap().bundle;
+        let b = plan(None, None, None, "ns", "b", &names(), now).unwrap().bundle;
+        assert_ne!(a.ca.cert_pem, b.ca.cert_pem);
+        let a_client = inspect(&a.client.cert_pem).unwrap();
+        assert_ne!(a_client.issuer_der, inspect(&b.ca.cert_pem).unwrap().subject_der);
+    }
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The test cluster: a real etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
+# this machine, started from the binaries tests/cluster/build.sh makes.
+#
+#   tests/cluster/cluster.sh up      # build if needed, start, wait for /readyz, write kubeconfig
+#   tests/cluster/cluster.sh down    # stop every process it started, remove its state
+#   tests/cluster/cluster.sh env     # print `export KUBECONFIG=...` lines for a shell
+#
+# State lives in $DIND_CLUSTER_DIR (default /tmp/dind-operator-cluster): pids, certificates,
+# logs, and the admin kubeconfig at $DIND_CLUSTER_DIR/kubeconfig. `up` first clears whatever
+# an interrupted run left, so a killed test run never blocks the next one.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+state="${DIND_CLUSTER_DIR:-/tmp/dind-operator-cluster}"
+# The apiserver listens on a dummy (or port-less bridge) interface of ours: kubelet and pods need a non-loopback
+# address, and a dummy interface keeps every packet on this machine.
+link="${DIND_CLUSTER_LINK:-dindk8s0}"
+ip_addr="${DIND_CLUSTER_IP:-10.251.0.1}"
+port=6443
+service_cidr=10.96.0.0/16
+service_ip=10.96.0.1
+
+log() { echo ">> [cluster $(date +%T)] $*" >&2; }
+
+stop_pid() { # stop_pid <name>: TERM, up to 15 s, then KILL; only pids we recorded.
+  local f="$state/pids/$1" pid
+  [[ -f $f ]] || return 0
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$1 (pid $pid) did not stop on TERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$f"
+}
+
+down() {
+  [[ -d $state ]] || return 0
+  # Reverse start order: node components first (tests/cluster/node.sh records them here too).
+  for name in $(ls -t "$state/pids" 2>/dev/null); do
+    stop_pid "$name"
+  done
+  if [[ -x "$here/node.sh" && -f "$state/node.up" ]]; then "$here/node.sh" cleanup || true; fi
+  if ip link show "$link" >/dev/null 2>&1; then ip link del "$link"; fi
+  rm -rf "$state"
+  log "stopped"
+}
+
+start() { # start <name> <binary> args...: detached, logs to $state/logs/<name>.log
+  local name=$1; shift
+  setsid "$@" >"$state/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$state/pids/$name"
+  sleep 0.05
+}
+
+wait_for() { # wait_for <what> <seconds> <command...>
+  local what=$1 limit=$2 t0=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS - t0 > limit )); then
+      log "$what not ready after ${limit}s; last log lines:"
+      tail -n 30 "$state/logs/"*.log >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+  log "$what ready after $((SECONDS - t0))s"
+}
+
+certs() {
+  local d="$state/pki"
+  mkdir -p "$d"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=dind-test-cluster-ca" -days 30 -out "$d/ca.crt" 2>/dev/null
+  issue() { # issue <name> <subject> [serverSANs]
+    local name=$1 subj=$2 sans=${3:-}
+    openssl ecparam -name prime256v1 -genkey -noout -out "$d/$name.key" 2>/dev/null
+    openssl req -new -key "$d/$name.key" -subj "$subj" -out "$d/$name.csr" 2>/dev/null
+    {
+      echo "basicConstraints=CA:FALSE"
+      echo "keyUsage=critical,digitalSignature,keyEncipherment"
+      if [[ -n $sans ]]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$sans"
+      else echo "extendedKeyUsage=clientAuth"; fi
+    } >"$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+  }
+  issue apiserver "/CN=kube-apiserver" \
+    "IP:$ip_addr,IP:$service_ip,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  issue admin "/O=system:masters/CN=dind-test-admin"
+  issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  issue controller-manager "/CN=system:kube-controller-manager"
+  issue scheduler "/CN=system:kube-scheduler"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/sa.key" 2>/dev/null
+  openssl ec -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+kubeconfig() { # kubeconfig <file> <cert name>
+  local out=$1 who=$2 d="$state/pki"
+  cat >"$out" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: dind-test
+  cluster:
+    server: https://$ip_addr:$port
+    certificate-authority-data: $(base64 -w0 <"$d/ca.crt")
+users:
+- name: $who
+  user:
+    client-certificate-data: $(base64 -w0 <"$d/$who.crt")
+    client-key-data: $(base64 -w0 <"$d/$who.key")
+contexts:
+- name: dind-test
+  context: {cluster: dind-test, user: $who}
+current-context: dind-test
+EOF
+}
+
+up() {
+  local t0=$SECONDS bin
+  down
+  bin="$("$here/build.sh" | tail -n 1)"
+  mkdir -p "$state"/{pids,logs,etcd}
+  echo "$bin" >"$state/bin"
+  if ! ip link show "$link" >/dev/null 2>&1; then
+    # A dummy link where the kernel has one; else a bridge without ports, which holds an
+    # address just as well (some VM kernels are built without the dummy driver).
+    ip link add "$link" type dummy 2>/dev/null || ip link add "$link" type bridge
+    ip addr add "$ip_addr/32" dev "$link"
+    ip link set "$link" up
+  fi
+  certs
+  kubeconfig "$state/kubeconfig" admin
+  kubeconfig "$state/controller-manager.kubeconfig" controller-manager
+  kubeconfig "$state/scheduler.kubeconfig" scheduler
+  local pki="$state/pki"
+
+  log "starting etcd"
+  start etcd "$bin/etcd" --data-dir "$state/etcd" --name dind-test \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster dind-test=http://127.0.0.1:2380 --unsafe-no-fsync \
+    --listen-metrics-urls http://127.0.0.1:2381 --log-level warn
+  wait_for etcd 60 curl -fsS http://127.0.0.1:2381/health
+
+  log "starting kube-apiserver"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers http://127.0.0.1:2379 \
+    --bind-address "$ip_addr" --advertise-address "$ip_addr" --secure-port "$port" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --service-cluster-ip-range "$service_cidr" --allow-privileged=true \
+    --cert-dir "$pki" --profiling=false --v=1
+  wait_for kube-apiserver 120 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://$ip_addr:$port/readyz"
+
+  log "starting kube-controller-manager and kube-scheduler"
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$state/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$state/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$state/controller-manager.kubeconfig" \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+    --use-service-account-credentials=true --controllers '*' \
+    --allocate-node-cidrs=true --cluster-cidr 10.244.0.0/16 --service-cluster-ip-range "$service_cidr" \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port 10257 \
+    --concurrent-gc-syncs 5 --v=1
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig "$state/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$state/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$state/scheduler.kubeconfig" \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port 10259 --v=1
+  wait_for kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
+  wait_for kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
+  # The default ServiceAccount appears once the controller-manager's token controller runs.
+  wait_for "default ServiceAccount" 60 "$bin/kubectl" --kubeconfig "$state/kubeconfig" get serviceaccount default
+  touch "$state/control-plane.up"
+  log "control plane up in $((SECONDS - t0))s; KUBECONFIG=$state/kubeconfig"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env) echo "export KUBECONFIG=$state/kubeconfig PATH=$(cat "$state/bin"):\$PATH" ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac
