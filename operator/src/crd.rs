@@ -47,13 +47,13 @@ pub struct DindDaemonSpec {
     /// and iptables on its PATH). Default: the operator's `--default-image`, which is
     /// `docker:28.5.2-dind` unless the platform team changed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
     /// Image holding the static `dind-init` binary, copied into the daemon pod by an init
     /// container. Default: the operator's `--default-init-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub init_image: Option<String>,
 
     /// Number of daemons, each with its own volume and address (0-64). Clients must stick to
@@ -141,13 +141,14 @@ pub struct StorageSpec {
     /// Size of each daemon's volume (a quantity such as 20Gi; default 20Gi). Images, build
     /// cache and containers all live here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
         .message("storage.size must be a positive quantity such as 20Gi"))]
     pub size: Option<String>,
 
     /// StorageClass of the volumes; empty for the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
 
     /// Keep the volumes (and so the image and build cache) when the DindDaemon is deleted or
@@ -185,10 +186,6 @@ impl StorageDriver {
 
 /// dockerd settings. The operator owns the listening address, TLS and data root.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[x_kube(validation = kube::core::Rule::new("!has(self.mtu) || !has(self.config) || !('mtu' in self.config)")
-    .message("daemon.mtu is also set in daemon.config: set it once").field_path(".config"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.storageDriver) || !has(self.config) || !('storage-driver' in self.config)")
-    .message("daemon.storageDriver is also set in daemon.config: set it once").field_path(".config"))]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonSpec {
     /// MTU of the daemon's networks (576-9000). Default: the pod's eth0 MTU, so that nested
@@ -199,16 +196,12 @@ pub struct DaemonSpec {
 
     /// Registry mirrors (http:// or https:// URLs) tried before Docker Hub.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(m, m.matches('^https?://[^\\\\s/]+(/\\\\S*)?$'))")
-        .message("daemon.registryMirrors entries must be http:// or https:// URLs"))]
+    #[schemars(length(max = 32), inner(length(max = 512), regex(pattern = r"^https?://[^\s/]+(/\S*)?$")))]
     pub registry_mirrors: Vec<String>,
 
     /// Registries (host[:port] or CIDR, no scheme) the daemon reaches without TLS checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(r, !r.contains('://') && r.matches('^[A-Za-z0-9.:\\\\[\\\\]/_-]+$'))")
-        .message("daemon.insecureRegistries entries must be host[:port] or a CIDR, without a scheme"))]
+    #[schemars(length(max = 32), inner(length(max = 512), regex(pattern = r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[0-9]{1,3})?$")))]
     pub insecure_registries: Vec<String>,
 
     /// Storage driver. Default: chosen by dind-init from the volume's filesystem (overlay2 on
@@ -218,27 +211,36 @@ pub struct DaemonSpec {
 
     /// Extra dockerd arguments, e.g. `--debug`. Flags the operator owns are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
     #[x_kube(validation = kube::core::Rule::new(
         "self.all(a, !(a.startsWith('-H') || a.startsWith('--host') || a.startsWith('--tls') || a.startsWith('--data-root') || a.startsWith('--config-file') || a.startsWith('--pidfile') || a.startsWith('--exec-root')))")
         .message("daemon.extraArgs may not set -H/--host, --tls*, --data-root, --exec-root, --config-file or --pidfile: the operator owns them"))]
     pub extra_args: Vec<String>,
 
     /// daemon.json passthrough: any dockerd configuration key (e.g. `log-level`, `features`).
-    /// Keys the operator owns (hosts, tls*, data-root, pidfile) are refused.
+    /// Refused: keys the operator owns (hosts, tls, tlsverify, tlscacert, tlscert, tlskey,
+    /// data-root, exec-root, pidfile) and keys with a field of their own here (mtu,
+    /// storage-driver, registry-mirrors, insecure-registries), so each setting has one place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "json_map_schema")]
-    #[x_kube(validation = kube::core::Rule::new(
-        "self.all(k, !(k in ['hosts', 'tls', 'tlsverify', 'tlscacert', 'tlscert', 'tlskey', 'data-root', 'exec-root', 'pidfile']))")
-        .message("daemon.config may not set hosts, tls*, data-root, exec-root or pidfile: the operator owns them"))]
+    #[schemars(schema_with = "daemon_config_schema")]
     pub config: Option<BTreeMap<String, Value>>,
 }
 
-/// A map of arbitrary JSON values: its keys stay visible to CEL, unlike a free-form object.
-fn json_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// daemon.json keys that `daemon.config` may not set (see its doc comment).
+pub const DAEMON_CONFIG_REFUSED_KEYS: &[&str] = &[
+    "hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey", "data-root", "exec-root", "pidfile",
+    "mtu", "storage-driver", "registry-mirrors", "insecure-registries",
+];
+
+/// A map of arbitrary JSON values. CEL cannot type free-form values, so the refused keys are
+/// an OpenAPI `not: anyOf: required` (the apiserver names spec.daemon.config when it refuses).
+fn daemon_config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let refused: Vec<Value> = DAEMON_CONFIG_REFUSED_KEYS.iter().map(|k| serde_json::json!({"required": [k]})).collect();
     schemars::json_schema!({
         "type": "object",
-        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+        "maxProperties": 64,
+        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true},
+        "not": {"anyOf": refused}
     })
 }
 

@@ -168,3 +168,86 @@ pub async fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The operator binary under test: `$DIND_OPERATOR_BIN`, else the one cargo built beside
+/// this test executable (run `cargo build -p dind-operator` first; tests/run.sh does).
+pub fn operator_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DIND_OPERATOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> → target/debug/dind-operator
+    exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("dind-operator")).expect("target dir")
+}
+
+/// A real `dind-operator run` process, killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Operator {
+    child: std::process::Child,
+    pub http: std::net::SocketAddr,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` with extra flags; logs go to the test's stderr.
+    pub fn start(namespace: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let bin = operator_binary();
+        anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p dind-operator` first", bin.display());
+        let http = free_local_addr()?;
+        let child = std::process::Command::new(&bin)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["run", "--namespaces", namespace, "--http-addr", &http.to_string(), "--query-daemons=false"])
+            .args(extra)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { child, http })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no graceful shutdown, as when a node dies mid-reconcile.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The value of one un-labelled metric from `/metrics`, or None if not served (yet).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        Self::metric_at(self.http, name).await
+    }
+
+    /// [`Operator::metric`] for an operator's HTTP address.
+    pub async fn metric_at(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+        let text = http_get(addr, "/metrics").await.ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_local_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A minimal HTTP/1.0 GET on loopback; returns the body of a 2xx answer.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    anyhow::ensure!(head.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')), "GET {path}: {head}");
+    Ok(body.to_string())
+}
