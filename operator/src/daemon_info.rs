@@ -29,15 +29,16 @@ pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {
 /// The daemon's storage driver, from `/info`. `tls`: the certificates and the server name to
 /// verify, or None for a daemon with TLS off.
 pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<String, String> {
-    let body = tokio::time::timeout(Duration::from_secs(3), get(ip, port, tls, "/info"))
+    let body = tokio::time::timeout(Duration::from_secs(3), get(&format!("{ip}:{port}"), tls, "/info"))
         .await
         .map_err(|_| "timed out".to_string())??;
     let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/info is not JSON: {e}"))?;
     info.get("Driver").and_then(|d| d.as_str()).map(str::to_string).ok_or_else(|| "/info has no Driver".into())
 }
 
-async fn get(ip: &str, port: i32, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
-    let stream = TcpStream::connect(format!("{ip}:{port}")).await.map_err(|e| e.to_string())?;
+/// One `GET path` to a daemon at `addr` (host:port); the body of a 200 answer.
+pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
     let mut response = Vec::new();
     match tls {

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Builds the project's images locally (no registry is reachable here) and loads them.
+#
+#   tests/images/build.sh                 # build, load into the Docker daemon at $DOCKER_HOST
+#   tests/images/build.sh --containerd    # also load into containerd's k8s.io namespace
+#
+# Images (tag = the crate version):
+#   dind-init:VER      FROM scratch, the static dind-init (init/Dockerfile)
+#   dind-operator:VER  FROM scratch, the static operator, non-root (operator/Dockerfile)
+#   dind-daemon:test   stand-in for docker:<ver>-dind, made from this machine's Debian dockerd,
+#                      containerd, runc, iptables and docker CLI, with dind-init as entrypoint
+#   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+load_containerd=false
+[[ ${1:-} == --containerd ]] && load_containerd=true
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
+log() { echo ">> [images $(date +%T)] $*" >&2; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# Static binaries: glibc static-pie (the machines have no musl Rust target).
+log "building static dind-init and dind-operator (release)"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu \
+  -p dind-init -p dind-operator --bin dind-init --bin dind-operator
+bin="target/x86_64-unknown-linux-gnu/release"
+
+# The shared libraries (and loader) a binary needs; nothing for a static one.
+libs_of() { { ldd "$1" 2>/dev/null || true; } | awk '/=>/ {print $3} /ld-linux/ {print $1}' | { grep '^/' || true; }; }
+
+# Copies a binary and the shared libraries it needs into a root filesystem.
+add_libs() { # add_libs <rootfs> <binary>
+  local lib
+  for lib in $(libs_of "$2"); do
+    [[ -e "$1$lib" ]] || install -D -m 0755 "$(readlink -f "$lib")" "$1$lib"
+  done
+}
+add_binary() { # add_binary <rootfs> <source> [dest]
+  install -D -m 0755 "$2" "$1${3:-$2}"
+  add_libs "$1" "$2"
+}
+
+docker_build() { # docker_build <tag> <context dir> <dockerfile>
+  DOCKER_BUILDKIT=0 docker build -q -t "$1" -f "$3" "$2" >/dev/null 2>&1 || DOCKER_BUILDKIT=0 docker build -t "$1" -f "$3" "$2"
+  log "built $1"
+}
+
+# dind-init and dind-operator: FROM scratch images from their Dockerfiles.
+mkdir -p "$work/init" "$work/operator"
+cp "$bin/dind-init" "$work/init/dind-init"
+cp "$bin/dind-operator" "$work/operator/dind-operator"
+docker_build "dind-init:$version" "$work/init" init/Dockerfile
+docker_build "dind-operator:$version" "$work/operator" operator/Dockerfile
+
+# busybox + docker CLI.
+bb="$work/busybox"
+add_binary "$bb" /bin/busybox /bin/busybox
+for applet in sh ash echo cat ls sleep ps grep sed wc mkdir rm touch true false env id date head tail pidof kill mount umount hostname cut tr; do
+  ln -sf busybox "$bb/bin/$applet"
+done
+add_binary "$bb" /usr/bin/docker /usr/bin/docker
+mkdir -p "$bb"/{etc,tmp,root,proc,sys,dev,run}
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$bb/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$bb/etc/group"
+tar -C "$bb" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-busybox:test >/dev/null
+log "built dind-busybox:test"
+
+# The stand-in daemon image: what docker:<ver>-dind holds, from Debian's packages.
+d="$work/daemon"
+cp -a "$bb" "$d"
+for b in /usr/sbin/dockerd /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/runc \
+         /usr/sbin/docker-proxy /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi; do
+  add_binary "$d" "$b"
+done
+[[ -e /usr/bin/docker-init ]] && add_binary "$d" "$(readlink -f /usr/bin/docker-init)" /usr/bin/docker-init
+for v in nft legacy; do
+  for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf "xtables-$v-multi" "$d/usr/sbin/$t-$v"
+  done
+done
+# Plain `iptables` defaults to nft; dind-init re-points it when the kernel needs legacy.
+for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+  ln -sf "$t-nft" "$d/usr/sbin/$t"
+done
+mkdir -p "$d/usr/lib/x86_64-linux-gnu" "$d/usr/local/bin" "$d/var/lib/docker" "$d/var/log" "$d/etc/docker"
+cp -a /usr/lib/x86_64-linux-gnu/xtables "$d/usr/lib/x86_64-linux-gnu/"
+for lib in /usr/lib/x86_64-linux-gnu/xtables/*.so; do add_libs "$d" "$lib"; done
+ln -sf ../run "$d/var/run"
+printf 'root:x:0:\ndocker:x:999:\nnogroup:x:65534:\n' >"$d/etc/group"
+install -m 0755 "$bin/dind-init" "$d/usr/local/bin/dind-init"
+# Test helper: a dockerd that leaves an orphan behind, for dind-init's reaping test.
+printf '#!/bin/sh\n(sleep 2 &)\nexec dockerd "$@"\n' >"$d/usr/local/bin/dockerd-with-orphan"
+chmod 0755 "$d/usr/local/bin/dockerd-with-orphan"
+tar -C "$d" -c . | docker import \
+  -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  -c 'ENTRYPOINT ["/usr/local/bin/dind-init"]' \
+  -c 'EXPOSE 2376' - dind-daemon:test >/dev/null
+log "built dind-daemon:test"
+
+if $load_containerd; then
+  # The pause image for the node's pods: busybox sleeping forever stands in for it.
+  docker tag dind-busybox:test dind-pause:test
+  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test; do
+    docker save "$image" | ctr -n k8s.io images import --all-platforms - >/dev/null
+  done
+  log "loaded into containerd (k8s.io)"
+fi
+echo "dind-init:$version dind-operator:$version dind-daemon:test dind-busybox:test"
