@@ -133,6 +133,11 @@ fn step<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
 
 fn run(cfg: &Config, mask: &SigSet) -> u8 {
     let started = Instant::now();
+    // The last check of the settings: the files they name must exist.
+    if let Err(e) = config::check_files(cfg) {
+        eprintln!("dind-init: {e}");
+        return 2;
+    }
     if process::id() != 1 {
         // Orphans of dockerd's tree must come to us, not to the real init, for reaping.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -143,10 +148,6 @@ fn run(cfg: &Config, mask: &SigSet) -> u8 {
     match step("close-fds", prepare::close_inherited_fds) {
         Ok(n) => debug!(inherited = n, "closed inherited fds"),
         Err(e) => warn!("{e}"),
-    }
-    if let Err(e) = config::check_files(cfg) {
-        eprintln!("dind-init: {e}");
-        return 2;
     }
     let signals = match SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
         Ok(fd) => fd,

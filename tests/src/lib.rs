@@ -4,6 +4,8 @@
 //! removed afterwards unless `DIND_TEST_KEEP=1`, and on failure a dump of the namespace's
 //! objects and events in the test output, so a red CI run explains itself.
 
+pub mod docker;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
