@@ -5,7 +5,7 @@
 #   tests/cluster/build.sh        # prints the bin directory on its last line
 #
 # Components: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
-# kubectl (v1.35.4), etcd + etcdctl (v3.6), helm (v3).
+# kubectl (v1.35.4), etcd + etcdctl (v3.6), helm (v3), coredns (the node's cluster DNS).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,6 +51,9 @@ build etcd "-X go.etcd.io/etcd/api/v3/version.GitSHA=$etcd_version" etcdctl go.e
 helm_version="$(cd "$tools/helm" && go list -m -f '{{.Version}}' helm.sh/helm/v3)"
 build helm "-X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
   helm helm.sh/helm/v3/cmd/helm
+
+coredns_version="$(cd "$tools/coredns" && go list -m -f '{{.Version}}' github.com/coredns/coredns)"
+build coredns "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" coredns github.com/coredns/coredns
 
 touch "$bin/.complete"
 echo ">> all components built in $((SECONDS - start))s" >&2

@@ -2,7 +2,8 @@
 # The test cluster: a real etcd, kube-apiserver, kube-controller-manager and kube-scheduler on
 # this machine, started from the binaries tests/cluster/build.sh makes.
 #
-#   tests/cluster/cluster.sh up      # build if needed, start, wait for /readyz, write kubeconfig
+#   tests/cluster/cluster.sh up      # build if needed, start, wait for /readyz, write kubeconfig;
+#                                    # then the node (tests/cluster/node.sh) unless DIND_NODE=0
 #   tests/cluster/cluster.sh down    # stop every process it started, remove its state
 #   tests/cluster/cluster.sh env     # print `export KUBECONFIG=...` lines for a shell
 #
@@ -21,53 +22,21 @@ port=6443
 service_cidr=10.96.0.0/16
 service_ip=10.96.0.1
 
-log() { echo ">> [cluster $(date +%T)] $*" >&2; }
-
-stop_pid() { # stop_pid <name>: TERM, up to 15 s, then KILL; only pids we recorded.
-  local f="$state/pids/$1" pid
-  [[ -f $f ]] || return 0
-  pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$1 (pid $pid) did not stop on TERM; killing"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$f"
-}
+log_tag=cluster
+# shellcheck source=tests/cluster/lib.sh
+source "$here/lib.sh"
 
 down() {
   [[ -d $state ]] || return 0
-  # Reverse start order: node components first (tests/cluster/node.sh records them here too).
+  # The node first: its pods must go while containerd can still stop them.
+  "$here/node.sh" down || true
+  # Then the control plane, in reverse start order.
   for name in $(ls -t "$state/pids" 2>/dev/null); do
     stop_pid "$name"
   done
-  if [[ -x "$here/node.sh" && -f "$state/node.up" ]]; then "$here/node.sh" cleanup || true; fi
   if ip link show "$link" >/dev/null 2>&1; then ip link del "$link"; fi
   rm -rf "$state"
   log "stopped"
-}
-
-start() { # start <name> <binary> args...: detached, logs to $state/logs/<name>.log
-  local name=$1; shift
-  setsid "$@" >"$state/logs/$name.log" 2>&1 < /dev/null &
-  echo $! >"$state/pids/$name"
-  sleep 0.05
-}
-
-wait_for() { # wait_for <what> <seconds> <command...>
-  local what=$1 limit=$2 t0=$SECONDS; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if (( SECONDS - t0 > limit )); then
-      log "$what not ready after ${limit}s; last log lines:"
-      tail -n 30 "$state/logs/"*.log >&2 || true
-      return 1
-    fi
-    sleep 0.2
-  done
-  log "$what ready after $((SECONDS - t0))s"
 }
 
 certs() {
@@ -75,49 +44,14 @@ certs() {
   mkdir -p "$d"
   openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
   openssl req -x509 -new -key "$d/ca.key" -subj "/CN=dind-test-cluster-ca" -days 30 -out "$d/ca.crt" 2>/dev/null
-  issue() { # issue <name> <subject> [serverSANs]
-    local name=$1 subj=$2 sans=${3:-}
-    openssl ecparam -name prime256v1 -genkey -noout -out "$d/$name.key" 2>/dev/null
-    openssl req -new -key "$d/$name.key" -subj "$subj" -out "$d/$name.csr" 2>/dev/null
-    {
-      echo "basicConstraints=CA:FALSE"
-      echo "keyUsage=critical,digitalSignature,keyEncipherment"
-      if [[ -n $sans ]]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$sans"
-      else echo "extendedKeyUsage=clientAuth"; fi
-    } >"$d/$name.ext"
-    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-      -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
-  }
-  issue apiserver "/CN=kube-apiserver" \
+  issue_cert apiserver "/CN=kube-apiserver" \
     "IP:$ip_addr,IP:$service_ip,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  issue admin "/O=system:masters/CN=dind-test-admin"
-  issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
-  issue controller-manager "/CN=system:kube-controller-manager"
-  issue scheduler "/CN=system:kube-scheduler"
+  issue_cert admin "/O=system:masters/CN=dind-test-admin"
+  issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  issue_cert controller-manager "/CN=system:kube-controller-manager"
+  issue_cert scheduler "/CN=system:kube-scheduler"
   openssl ecparam -name prime256v1 -genkey -noout -out "$d/sa.key" 2>/dev/null
   openssl ec -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
-}
-
-kubeconfig() { # kubeconfig <file> <cert name>
-  local out=$1 who=$2 d="$state/pki"
-  cat >"$out" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: dind-test
-  cluster:
-    server: https://$ip_addr:$port
-    certificate-authority-data: $(base64 -w0 <"$d/ca.crt")
-users:
-- name: $who
-  user:
-    client-certificate-data: $(base64 -w0 <"$d/$who.crt")
-    client-key-data: $(base64 -w0 <"$d/$who.key")
-contexts:
-- name: dind-test
-  context: {cluster: dind-test, user: $who}
-current-context: dind-test
-EOF
 }
 
 up() {
@@ -134,9 +68,10 @@ up() {
     ip link set "$link" up
   fi
   certs
-  kubeconfig "$state/kubeconfig" admin
-  kubeconfig "$state/controller-manager.kubeconfig" controller-manager
-  kubeconfig "$state/scheduler.kubeconfig" scheduler
+  local server="https://$ip_addr:$port"
+  write_kubeconfig "$state/kubeconfig" admin "$server"
+  write_kubeconfig "$state/controller-manager.kubeconfig" controller-manager "$server"
+  write_kubeconfig "$state/scheduler.kubeconfig" scheduler "$server"
   local pki="$state/pki"
 
   log "starting etcd"
@@ -174,7 +109,7 @@ up() {
     --use-service-account-credentials=true --controllers '*' \
     --allocate-node-cidrs=true --cluster-cidr 10.244.0.0/16 --service-cluster-ip-range "$service_cidr" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port 10257 \
-    --concurrent-gc-syncs 5 --v=1
+    --enable-hostpath-provisioner=true --concurrent-gc-syncs 5 --v=1
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$state/scheduler.kubeconfig" \
     --authentication-kubeconfig "$state/scheduler.kubeconfig" \
@@ -186,6 +121,11 @@ up() {
   wait_for "default ServiceAccount" 60 "$bin/kubectl" --kubeconfig "$state/kubeconfig" get serviceaccount default
   touch "$state/control-plane.up"
   log "control plane up in $((SECONDS - t0))s; KUBECONFIG=$state/kubeconfig"
+  # The node (kubelet, containerd, CNI, kube-proxy, CoreDNS) unless DIND_NODE=0.
+  if [[ ${DIND_NODE:-1} == 1 ]]; then
+    [[ -n ${DOCKER_HOST:-} ]] || { log "the node loads images built by a Docker daemon: start tests/docker/dockerd.sh first"; return 1; }
+    "$here/node.sh" up
+  fi
 }
 
 case "${1:-}" in

@@ -66,6 +66,10 @@ printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$bb/etc/group"
 tar -C "$bb" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-busybox:test >/dev/null
 log "built dind-busybox:test"
+# The node's sandbox ("pause") image: a shell that sleeps until TERM.
+tar -C "$bb" -c . | docker import \
+  -c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]' - dind-pause:test >/dev/null
+log "built dind-pause:test"
 
 # The stand-in daemon image: what docker:<ver>-dind holds, from Debian's packages.
 d="$work/daemon"
@@ -100,9 +104,7 @@ tar -C "$d" -c . | docker import \
 log "built dind-daemon:test"
 
 if $load_containerd; then
-  # The pause image for the node's pods: busybox sleeping forever stands in for it.
-  docker tag dind-busybox:test dind-pause:test
-  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test; do
+  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test dind-pause:test; do
     docker save "$image" | ctr -n k8s.io images import --all-platforms - >/dev/null
   done
   log "loaded into containerd (k8s.io)"

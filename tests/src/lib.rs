@@ -192,11 +192,16 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator for `namespace` with extra flags; logs go to the test's stderr.
     pub fn start(namespace: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_kubeconfig(&kubeconfig_path(), namespace, extra)
+    }
+
+    /// [`Operator::start`] as whoever `kubeconfig` authenticates.
+    pub fn start_with_kubeconfig(kubeconfig: &std::path::Path, namespace: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let bin = operator_binary();
         anyhow::ensure!(bin.exists(), "{} missing: run `cargo build -p dind-operator` first", bin.display());
         let http = free_local_addr()?;
         let child = std::process::Command::new(&bin)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .args(["run", "--namespaces", namespace, "--http-addr", &http.to_string(), "--query-daemons=false"])
             .args(extra)

@@ -1,4 +1,5 @@
-//! Writes the generated files: the CRD (crds/ and the chart's crds/) and the chart's RBAC rules.
+//! Writes the generated files: the CRD (crds/ and the chart's crds/), the chart's RBAC rules and
+//! the table of spec fields (docs/crd-fields.md).
 //! `crdgen --check` writes nothing and fails when a file is stale (CI runs it).
 
 use std::path::PathBuf;
@@ -14,10 +15,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let fields = match dind_operator::fields_markdown() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("crdgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let files = [
         ("crds/dinddaemon.yaml", &crd),
         ("charts/dind-operator/crds/dinddaemon.yaml", &crd),
         ("charts/dind-operator/files/rbac-rules.yaml", &rbac),
+        ("docs/crd-fields.md", &fields),
     ];
     let mut stale = false;
     for (path, content) in files {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test of the project, on this machine, against real parts:
+#   unit tests · the CRD and RBAC generators' freshness · the real control plane
+#   (etcd, kube-apiserver, controller-manager, scheduler) · dind-init in real containers
+#   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path.
+# Everything it starts, it stops, also when a test fails or the run is interrupted.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+t0=$SECONDS
+log() { echo ">> [run $(date +%T) +$((SECONDS - t0))s] $*" >&2; }
+
+tests/setup-machine.sh
+
+cleanup() {
+  local rc=$?
+  log "stopping everything the run started"
+  tests/cluster/cluster.sh down || true
+  tests/docker/dockerd.sh down || true
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "generated files are fresh (crds/, chart CRD and RBAC)"
+cargo run -q -p dind-operator --bin crdgen -- --check
+
+log "starting the test dockerd"
+eval "$(tests/docker/dockerd.sh up)"
+export DOCKER_HOST
+log "building images"
+tests/images/build.sh >/dev/null
+
+log "building the Kubernetes binaries (cached) and starting the cluster"
+tests/cluster/cluster.sh up
+eval "$(tests/cluster/cluster.sh env)"
+kubectl apply --server-side --force-conflicts -f crds/dinddaemon.yaml >/dev/null
+
+log "building the workspace"
+cargo build -q --workspace --all-targets
+log "running the tests"
+rc=0
+cargo test -q --workspace --no-fail-fast -- --skip e2e_ --test-threads "${DIND_TEST_THREADS:-4}" || rc=$?
+if [[ ${DIND_NODE:-1} == 1 ]]; then
+  # The end-to-end tests pause the apiserver in a drill: alone, one at a time, after the rest.
+  log "running the end-to-end tests on the node"
+  cargo test -q -p dind-tests --test e2e --no-fail-fast -- --test-threads 1 || rc=$?
+fi
+if ((rc)); then log "tests failed"; exit "$rc"; fi
+log "all tests passed"

@@ -1,0 +1,171 @@
+//! The Helm chart: lint, render, server-side dry run, schema refusals, install/uninstall on the
+//! harness, and the chart's RBAC proven sufficient and no wider (the operator runs out of
+//! cluster with the chart's ServiceAccount token).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use dind_tests::{Operator, eventually, kubeconfig_path, run_tool, suffix, with_namespace};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
+const KUBE_VERSION: &str = "1.35.4";
+
+/// Non-default values that exercise every branch of the templates.
+const CUSTOM: &[&str] = &[
+    "--set", "replicas=2",
+    "--set", "watchNamespaces={team-a,team-b}",
+    "--set", "logFormat=text",
+    "--set", "metrics.enabled=false",
+    "--set", "daemon.image=registry.example/docker:28-dind",
+    "--set", "daemon.initImage=registry.example/dind-init:0.1.0",
+];
+
+async fn helm(args: &[&str]) -> anyhow::Result<String> {
+    run_tool("helm", args).await
+}
+
+#[tokio::test]
+async fn chart_lints_with_default_and_custom_values() -> anyhow::Result<()> {
+    helm(&["lint", "--strict", CHART]).await?;
+    helm(&[&["lint", "--strict", CHART][..], CUSTOM].concat()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_rendered_manifest_is_accepted_by_the_apiserver() {
+    with_namespace("helm-dry-run", |_client: Client, ns: String| async move {
+        // The custom values, but watching the test's own namespace (a dry run creates nothing,
+        // so the namespaces a Role goes into must already exist).
+        let watch = format!("watchNamespaces={{{ns}}}");
+        let custom: Vec<&str> = pairs_without_watch(CUSTOM).into_iter().chain(["--set", watch.as_str()]).collect();
+        for values in [&[][..], &custom[..]] {
+            let rendered = helm(&[&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--namespace", &ns][..], values].concat()).await?;
+            ensure!(rendered.contains("kind: Deployment"), "{rendered}");
+            let file = std::env::temp_dir().join(format!("dind-chart-{}.yaml", suffix()));
+            std::fs::write(&file, &rendered)?;
+            let out = run_tool("kubectl", &["apply", "--dry-run=server", "-f", &file.to_string_lossy()]).await;
+            let _ = std::fs::remove_file(&file);
+            let out = out?;
+            ensure!(out.contains("deployment.apps/dind-dind-operator created (server dry run)"), "{out}");
+            ensure!(!out.contains("Error"), "{out}");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// CUSTOM's `--set k=v` pairs without the one for watchNamespaces.
+fn pairs_without_watch<'a>(values: &[&'a str]) -> Vec<&'a str> {
+    values.chunks(2).filter(|p| !p[1].starts_with("watchNamespaces")).flatten().copied().collect()
+}
+
+#[tokio::test]
+async fn values_that_break_the_schema_are_refused_with_a_clear_message() -> anyhow::Result<()> {
+    for (set, field) in [
+        ("replicas=0", "/replicas"),
+        ("logFormat=yaml", "/logFormat"),
+        ("watchNamespaces={Bad_Name}", "/watchNamespaces/0"),
+        ("metrics.port=70000", "/metrics/port"),
+        ("typo=1", "typo"),
+    ] {
+        let err = helm(&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--set", set]).await.expect_err(set);
+        let msg = err.to_string();
+        ensure!(msg.contains("values don't meet the specifications of the schema") || msg.contains("schema"), "{set}: {msg}");
+        ensure!(msg.contains(field), "{set}: message does not name {field}: {msg}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn install_then_uninstall_leaves_only_the_crd() {
+    with_namespace("helm-install", |client: Client, ns: String| async move {
+        let release = format!("dind-{}", suffix());
+        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never"]).await?;
+        let full = format!("{release}-dind-operator");
+        let deploy = Api::<Deployment>::namespaced(client.clone(), &ns).get(&full).await?;
+        let pod = deploy.spec.context("spec")?.template.spec.context("pod spec")?;
+        let sc = pod.containers[0].security_context.clone().context("securityContext")?;
+        ensure!(sc.read_only_root_filesystem == Some(true) && sc.allow_privilege_escalation == Some(false));
+        ensure!(pod.security_context.and_then(|s| s.run_as_non_root) == Some(true));
+        Api::<ClusterRole>::all(client.clone()).get(&full).await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns).get(&full).await?;
+        helm(&["uninstall", &release, "-n", &ns, "--wait"]).await?;
+        ensure!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&full).await?.is_none(), "Deployment left behind");
+        ensure!(Api::<ClusterRole>::all(client.clone()).get_opt(&full).await?.is_none(), "ClusterRole left behind");
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+        ensure!(crds.get_opt("dinddaemons.dind.dev").await?.is_some(), "Helm keeps CRDs on uninstall; ours is gone");
+        Ok(())
+    })
+    .await;
+}
+
+/// A kubeconfig that authenticates with `token` instead of the admin certificate.
+fn token_kubeconfig(token: &str) -> anyhow::Result<std::path::PathBuf> {
+    let admin = std::fs::read_to_string(kubeconfig_path())?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin)?;
+    doc["users"][0]["user"] = serde_yaml::to_value(json!({"token": token}))?;
+    let path = std::env::temp_dir().join(format!("dind-sa-kubeconfig-{}", suffix()));
+    std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
+    with_namespace("helm-rbac", |client: Client, ns: String| async move {
+        let release = format!("dind-{}", suffix());
+        let watch = format!("watchNamespaces={{{ns}}}");
+        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2"]).await?;
+        let full = format!("{release}-dind-operator");
+        let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create_token_request(&full, &PostParams::default(), &TokenRequest::default())
+            .await?
+            .status
+            .context("token")?
+            .token;
+        let kubeconfig = token_kubeconfig(&token)?;
+        let result = async {
+            // The operator, out of cluster, as the chart's ServiceAccount, with leader election.
+            let _op = Operator::start_with_kubeconfig(
+                &kubeconfig,
+                &ns,
+                &["--leader-election", "--lease-namespace", &ns, "--lease-name", &full],
+            )?;
+            let dd: dind_operator::crd::DindDaemon = serde_json::from_value(json!({
+                "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "rbac"}, "spec": {}
+            }))?;
+            Api::<dind_operator::crd::DindDaemon>::namespaced(client.clone(), &ns).create(&PostParams::default(), &dd).await?;
+            let status = eventually("reconciled as the chart's ServiceAccount", Duration::from_secs(60), || {
+                let api: Api<dind_operator::crd::DindDaemon> = Api::namespaced(client.clone(), &ns);
+                async move { Ok(api.get("rbac").await?.status.filter(|s| s.observed_generation == Some(1))) }
+            })
+            .await?;
+            ensure!(status.client_secret_name.as_deref() == Some("rbac-client"));
+            Api::<StatefulSet>::namespaced(client.clone(), &ns).get("rbac").await?;
+
+            // Not wider: the same identity may not delete, nor read Secrets elsewhere.
+            let sa_client = Client::try_from(kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&kubeconfig)?,
+                &Default::default(),
+            ).await?)?;
+            let err = Api::<StatefulSet>::namespaced(sa_client.clone(), &ns).delete("rbac", &DeleteParams::default()).await.expect_err("delete");
+            ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "delete statefulset: {err}");
+            let err = Api::<Secret>::namespaced(sa_client.clone(), "kube-system").list(&ListParams::default()).await.expect_err("list");
+            ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "secrets in kube-system: {err}");
+            let err = Api::<Secret>::namespaced(sa_client, &ns).delete("rbac-client", &DeleteParams::default()).await.expect_err("delete secret");
+            ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "delete secret: {err}");
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&kubeconfig);
+        helm(&["uninstall", &release, "-n", &ns]).await?;
+        result
+    })
+    .await;
+}

@@ -1,0 +1,358 @@
+//! End to end on the harness's real node: the operator installed from the Helm chart runs in
+//! the cluster; `kubectl apply -f examples/dinddaemon.yaml` gives a daemon that a build pod uses
+//! over mutual TLS; its cache survives restarts; fault drills end with a working daemon.
+//!
+//! These tests pause the apiserver in one drill, so tests/run.sh runs them on their own,
+//! one at a time, after the rest (`cargo test -p dind-tests --test e2e -- --test-threads 1`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use dind_operator::crd::DindDaemon;
+use dind_tests::{cluster_dir, eventually, run_tool, with_namespace};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+/// The daemon image here: the stand-in built from Debian's dockerd (no registry to pull from).
+const DAEMON_IMAGE: &str = "dind-daemon:test";
+/// The build pod's image here, in place of the example's docker:<ver>-cli.
+const CLIENT_IMAGE: &str = "dind-busybox:test";
+const READY: Duration = Duration::from_secs(300);
+
+fn require_node() {
+    assert!(
+        cluster_dir().join("node.up").exists(),
+        "the harness has no node: start it with tests/cluster/cluster.sh up (DIND_NODE=1, the default)"
+    );
+}
+
+async fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    run_tool("kubectl", args).await
+}
+
+/// Installs the operator from the chart into `ns`, watching `ns`, and waits for it to be ready.
+async fn install_operator(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let watch = format!("watchNamespaces={{{ns}}}");
+    run_tool(
+        "helm",
+        &["install", "op", CHART, "-n", ns, "--set", &watch, "--set", &format!("daemon.image={DAEMON_IMAGE}"),
+          "--set", "image.pullPolicy=Never", "--set", "logFormat=text", "--wait", "--timeout", "180s"],
+    )
+    .await?;
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = deploys.get("op-dind-operator").await?;
+    ensure!(d.status.and_then(|s| s.ready_replicas) == Some(1), "operator not ready");
+    Ok(())
+}
+
+async fn wait_ready(ns: &str, name: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    kubectl(&["wait", "-n", ns, "--for=condition=Ready", &format!("dind/{name}"), &format!("--timeout={}s", READY.as_secs())]).await?;
+    Ok(start.elapsed())
+}
+
+/// examples/build-pod.yaml with this machine's client image and the given pod/daemon names.
+fn build_pod_manifest(pod: &str, daemon: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(format!("{EXAMPLES}/build-pod.yaml"))?;
+    Ok(text
+        .replace("image: docker:28.5.2-cli", &format!("image: {CLIENT_IMAGE}\n      imagePullPolicy: Never"))
+        .replace("name: build\n  labels", &format!("name: {pod}\n  labels"))
+        .replace("dind.dev/client: ci", &format!("dind.dev/client: {daemon}"))
+        .replace("tcp://ci:2376", &format!("tcp://{daemon}:2376"))
+        .replace("secretName: ci-client", &format!("secretName: {daemon}-client")))
+}
+
+async fn apply_manifest(ns: &str, manifest: &str) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("dind-e2e-{}.yaml", dind_tests::suffix()));
+    std::fs::write(&file, manifest)?;
+    let out = kubectl(&["apply", "-n", ns, "-f", &file.to_string_lossy()]).await;
+    let _ = std::fs::remove_file(&file);
+    out.map(|_| ())
+}
+
+/// Runs the example build pod to completion; returns its log and how long it ran.
+async fn run_build(client: &Client, ns: &str, pod: &str, daemon: &str) -> anyhow::Result<(String, Duration)> {
+    apply_manifest(ns, &build_pod_manifest(pod, daemon)?).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let phase = eventually("build pod finished", READY, || {
+        let pods = pods.clone();
+        let pod = pod.to_string();
+        async move {
+            let p = pods.get(&pod).await?;
+            Ok(p.status.and_then(|s| s.phase).filter(|ph| ph == "Succeeded" || ph == "Failed"))
+        }
+    })
+    .await?;
+    let logs = kubectl(&["logs", "-n", ns, pod]).await.unwrap_or_default();
+    let p = pods.get(pod).await?;
+    let term = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .context("terminated state")?;
+    let ran = match (term.started_at, term.finished_at) {
+        (Some(a), Some(b)) => Duration::from_secs_f64((b.0.as_millisecond() - a.0.as_millisecond()).max(0) as f64 / 1000.0),
+        _ => Duration::ZERO,
+    };
+    ensure!(phase == "Succeeded", "build pod {pod} {phase}:\n{logs}");
+    Ok((logs, ran))
+}
+
+fn cached_steps(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("Using cache") || l.contains("CACHED")).count()
+}
+
+/// The containerd id of a pod's first container.
+async fn container_id(client: &Client, ns: &str, pod: &str) -> anyhow::Result<String> {
+    let p = Api::<Pod>::namespaced(client.clone(), ns).get(pod).await?;
+    let id = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().find(|c| c.name == "dockerd"))
+        .and_then(|c| c.container_id)
+        .context("container id")?;
+    Ok(id.trim_start_matches("containerd://").to_string())
+}
+
+fn ctr(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("ctr")
+        .env("CONTAINERD_ADDRESS", "/run/dind-node/containerd.sock")
+        .env("CONTAINERD_NAMESPACE", "k8s.io")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("ctr {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn e2e_apply_ready_build_cache_and_refusal() {
+    require_node();
+    with_namespace("e2e-build", |client: Client, ns: String| async move {
+        install_operator(&client, &ns).await?;
+        kubectl(&["apply", "-n", &ns, "-f", &format!("{EXAMPLES}/dinddaemon.yaml")]).await?;
+        let took = wait_ready(&ns, "ci").await?;
+        eprintln!("apply -> Ready: {took:?}");
+
+        let dd = Api::<DindDaemon>::namespaced(client.clone(), &ns).get("ci").await?;
+        let status = dd.status.context("status")?;
+        ensure!(status.docker_host.as_deref() == Some(&*format!("tcp://ci.{ns}.svc:2376")), "{status:?}");
+        ensure!(status.client_secret_name.as_deref() == Some("ci-client"));
+        let driver = eventually("driver reported", Duration::from_secs(60), || {
+            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+            async move { Ok(api.get("ci").await?.status.and_then(|s| s.storage_driver)) }
+        })
+        .await?;
+        ensure!(driver == "overlay2", "driver {driver}");
+        let table = kubectl(&["get", "dind", "-n", &ns]).await?;
+        let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        ensure!(row.len() >= 5 && row[1] == "1/1" && row[2].starts_with("tcp://ci.") && row[3] == "overlay2", "{table}");
+
+        // Privileged mode works through CRI on this node.
+        let pod = Api::<Pod>::namespaced(client.clone(), &ns).get("ci-0").await?;
+        let privileged = pod.spec.context("spec")?.containers[0].security_context.clone().and_then(|s| s.privileged);
+        ensure!(privileged == Some(true), "the e2e daemon should run in the default Privileged mode");
+
+        let (cold, cold_time) = run_build(&client, &ns, "build-1", "ci").await?;
+        ensure!(cold.contains("one\ntwo\nthree"), "build output:\n{cold}");
+
+        // A pod without the client certificate is refused by the daemon.
+        let refused = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: no-cert, labels: {{dind.dev/client: ci}}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {CLIENT_IMAGE}\n    imagePullPolicy: Never\n    command: [docker, -H, 'tcp://ci:2376', --tls, version]\n"
+        );
+        apply_manifest(&ns, &refused).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let phase = eventually("no-cert pod finished", READY, || {
+            let pods = pods.clone();
+            async move { Ok(pods.get("no-cert").await?.status.and_then(|s| s.phase).filter(|p| p == "Succeeded" || p == "Failed")) }
+        })
+        .await?;
+        let logs = kubectl(&["logs", "-n", &ns, "no-cert"]).await.unwrap_or_default();
+        ensure!(phase == "Failed", "a client without a certificate got through:\n{logs}");
+        ensure!(logs.contains("certificate") || logs.contains("tls"), "{logs}");
+
+        // Cache: the daemon pod is recreated; the same build is all cache.
+        pods.delete("ci-0", &DeleteParams::default()).await?;
+        eventually("ci-0 recreated", READY, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get_opt("ci-0").await?;
+                Ok(p.filter(|p| p.metadata.deletion_timestamp.is_none()).map(|_| ()))
+            }
+        })
+        .await?;
+        wait_ready(&ns, "ci").await?;
+        let (warm, warm_time) = run_build(&client, &ns, "build-2", "ci").await?;
+        ensure!(warm.contains("one\ntwo\nthree"), "{warm}");
+        let steps = cached_steps(&warm);
+        ensure!(steps >= 3, "expected every step cached after the restart, {steps} were:\n{warm}");
+        eprintln!("BENCH build cold {cold_time:?} warm {warm_time:?} ratio {:.1}", cold_time.as_secs_f64() / warm_time.as_secs_f64().max(0.001));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e_drills_end_with_a_working_daemon() {
+    require_node();
+    with_namespace("e2e-drills", |client: Client, ns: String| async move {
+        install_operator(&client, &ns).await?;
+        kubectl(&["apply", "-n", &ns, "-f", &format!("{EXAMPLES}/dinddaemon.yaml")]).await?;
+        wait_ready(&ns, "ci").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+        // 1. SIGKILL the daemon container in the middle of a build, then build again.
+        apply_manifest(&ns, &build_pod_manifest("build-killed", "ci")?).await?;
+        eventually("build under way", READY, || {
+            let ns = ns.clone();
+            async move { Ok(kubectl(&["logs", "-n", &ns, "build-killed"]).await.ok().filter(|l| l.contains("Step 3") || l.contains("RUN echo two")).map(|_| ())) }
+        })
+        .await?;
+        let id = container_id(&client, &ns, "ci-0").await?;
+        ctr(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+        eventually("daemon restarted", READY, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("ci-0").await?;
+                let restarts = p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).map_or(0, |c| c.restart_count);
+                Ok((restarts >= 1).then_some(()))
+            }
+        })
+        .await?;
+        wait_ready(&ns, "ci").await?;
+        let (out, _) = run_build(&client, &ns, "build-after-kill", "ci").await?;
+        ensure!(out.contains("one\ntwo\nthree"), "{out}");
+
+        // 2. A second daemon pod on the same volume is refused; the first keeps serving and the
+        //    DindDaemon is Degraded, naming it.
+        let sts = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "json"]).await?;
+        let sts: serde_json::Value = serde_json::from_str(&sts)?;
+        let mut spec = sts["spec"]["template"]["spec"].clone();
+        spec["volumes"].as_array_mut().context("volumes")?.push(json!({"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}));
+        spec["containers"][0].as_object_mut().context("container")?.remove("readinessProbe");
+        spec["containers"][0].as_object_mut().context("container")?.remove("startupProbe");
+        let intruder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"}, "spec": spec});
+        apply_manifest(&ns, &serde_json::to_string(&intruder)?).await?;
+        let message = eventually("intruder refused with the lock message", READY, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("intruder").await?;
+                let msg = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .and_then(|c| c.into_iter().next())
+                    .and_then(|c| c.last_state.and_then(|s| s.terminated).or(c.state.and_then(|s| s.terminated)))
+                    .and_then(|t| t.message);
+                Ok(msg.filter(|m| m.contains("in use by another daemon")))
+            }
+        })
+        .await?;
+        ensure!(message.contains("host ci-0"), "the lock message should name the holder: {message}");
+        let degraded = eventually("Degraded names the intruder", READY, || {
+            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let st = api.get("ci").await?.status.unwrap_or_default();
+                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.message.contains("intruder")))
+            }
+        })
+        .await?;
+        ensure!(degraded.reason == "VolumeInUse", "{degraded:?}");
+        let (out, _) = run_build(&client, &ns, "build-with-intruder", "ci").await?;
+        ensure!(out.contains("one\ntwo\nthree"), "the first daemon stopped serving:\n{out}");
+        pods.delete("intruder", &DeleteParams::default().grace_period(0)).await?;
+
+        // 3. The operator pod deleted in the middle of a reconcile.
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.drill.test"]}}}))).await?;
+        let op_pods = pods.list(&ListParams::default().labels("app.kubernetes.io/name=dind-operator")).await?;
+        for p in op_pods {
+            pods.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await?;
+        }
+        eventually("mirror rolled out after the operator came back", READY, || {
+            let ns = ns.clone();
+            async move {
+                let args = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
+                Ok(args.contains("mirror.drill.test").then_some(()))
+            }
+        })
+        .await?;
+        wait_ready(&ns, "ci").await?;
+
+        // 4. The apiserver stopped for 30 s (SIGSTOP): the operator recovers and reconciles again.
+        let pid: i32 = std::fs::read_to_string(cluster_dir().join("pids/kube-apiserver"))?.trim().parse()?;
+        let stop = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status()?;
+        ensure!(stop.success());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let cont = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status()?;
+        ensure!(cont.success());
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.after-outage.test"]}}}))).await?;
+        eventually("operator reconciles after the outage", READY, || {
+            let ns = ns.clone();
+            async move {
+                let args = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
+                Ok(args.contains("mirror.after-outage.test").then_some(()))
+            }
+        })
+        .await?;
+        wait_ready(&ns, "ci").await?;
+        let (out, _) = run_build(&client, &ns, "build-final", "ci").await?;
+        ensure!(out.contains("one\ntwo\nthree"), "{out}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
+    require_node();
+    with_namespace("e2e-delete", |client: Client, ns: String| async move {
+        install_operator(&client, &ns).await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let keep = |name: &str| json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": name}, "spec": {"storage": {"retainOnDelete": true}}});
+        apply_manifest(&ns, &serde_json::to_string(&keep("ci"))?).await?;
+        wait_ready(&ns, "ci").await?;
+        run_build(&client, &ns, "build-1", "ci").await?;
+        api.delete("ci", &DeleteParams::foreground()).await?;
+        eventually("DindDaemon and its objects gone", READY, || {
+            let ns = ns.clone();
+            async move {
+                let left = kubectl(&["get", "statefulset,service,secret,networkpolicy,pod", "-n", &ns, "-l", "dind.dev/daemon=ci", "-o", "name"]).await?;
+                Ok(left.trim().is_empty().then_some(()))
+            }
+        })
+        .await?;
+        ensure!(pvcs.get_opt("docker-ci-0").await?.is_some(), "retainOnDelete: the volume should stay");
+        apply_manifest(&ns, &serde_json::to_string(&keep("ci"))?).await?;
+        wait_ready(&ns, "ci").await?;
+        let (warm, _) = run_build(&client, &ns, "build-2", "ci").await?;
+        ensure!(cached_steps(&warm) >= 3, "the recreated daemon did not reuse the kept cache:\n{warm}");
+
+        // Without retainOnDelete, deleting takes the volume too.
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"storage": {"retainOnDelete": false}}}))).await?;
+        eventually("retention policy updated", READY, || {
+            let ns = ns.clone();
+            async move {
+                let p = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.persistentVolumeClaimRetentionPolicy.whenDeleted}"]).await?;
+                Ok((p == "Delete").then_some(()))
+            }
+        })
+        .await?;
+        api.delete("ci", &DeleteParams::foreground()).await?;
+        eventually("volume deleted with the DindDaemon", READY, || {
+            let pvcs = pvcs.clone();
+            async move { Ok(pvcs.get_opt("docker-ci-0").await?.is_none().then_some(())) }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
