@@ -24,6 +24,7 @@ export CONTAINERD_ADDRESS="$sock" CONTAINERD_NAMESPACE=k8s.io
 
 containerd_config() {
   mkdir -p "$state/node/cni" "$lib" "$run"
+  # firewall: accepts pod traffic in FORWARD, where a dockerd on the same machine sets DROP.
   cat >"$state/node/cni/10-dind.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -32,7 +33,8 @@ containerd_config() {
     {"type": "bridge", "bridge": "$cni_bridge", "isGateway": true, "ipMasq": true, "hairpinMode": true,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$pod_cidr"}]], "routes": [{"dst": "0.0.0.0/0"}],
               "dataDir": "$lib/cni-ipam"}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+    {"type": "portmap", "capabilities": {"portMappings": true}},
+    {"type": "firewall", "backend": "iptables"}
   ]
 }
 EOF
@@ -45,6 +47,9 @@ state = "$run/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "dind-pause:test"
   enable_unprivileged_ports = true
+  # kubelet asks for oom_score_adj -998 for sandboxes; lowering it needs CAP_SYS_RESOURCE,
+  # which these VMs' bounding set lacks (runc init then dies: "can't get final child's PID").
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
