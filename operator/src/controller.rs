@@ -11,6 +11,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -70,13 +71,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl st
             None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
         }
     };
-    let (daemons, statefulsets, services, secrets) = api(client);
+    let (daemons, statefulsets, services, secrets) = api(client.clone());
+    let pods: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
     // Only our own children: the label keeps the operator from caching every Secret in the cluster.
     let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=dind-operator");
     Controller::new(daemons, watcher::Config::default().any_semantic())
         .owns(statefulsets, ours.clone())
         .owns(services, ours.clone())
         .owns(secrets, ours)
+        // Pods: our daemons' crash loops, and foreign pods that mount a daemon's volume.
+        // A trigger stream only (no cache), so watching every pod stays cheap.
+        .watches(pods, watcher::Config::default(), daemons_of_pod)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -85,6 +93,32 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl st
             }
         })
         .await;
+}
+
+/// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume
+/// (`docker-NAME-i`) it mounts.
+pub fn daemons_of_pod(pod: Pod) -> Vec<ObjectRef<DindDaemon>> {
+    let ns = pod.namespace();
+    let mut names: Vec<String> = pod.labels().get(resources::DAEMON_LABEL).cloned().into_iter().collect();
+    for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) else { continue };
+        // docker-NAME-ORDINAL: NAME may itself contain dashes, the ordinal never does.
+        if let Some((name, ordinal)) = claim.strip_prefix("docker-").and_then(|rest| rest.rsplit_once('-')) {
+            if !name.is_empty() && ordinal.chars().all(|c| c.is_ascii_digit()) && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let r = ObjectRef::new(&n);
+            match &ns {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        })
+        .collect()
 }
 
 /// Re-queues a failed reconcile with a short delay and counts the error by kind.
@@ -277,5 +311,26 @@ async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str,
         warn!(error = %e, reason, "could not publish event");
     } else {
         info!(name = %dd.name_any(), reason, "event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_map_to_the_daemons_they_concern() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "thief", "namespace": "b", "labels": {"dind.dev/daemon": "own"}},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "persistentVolumeClaim": {"claimName": "docker-my-ci-12"}},
+                {"name": "b", "persistentVolumeClaim": {"claimName": "docker-own-0"}},
+                {"name": "c", "persistentVolumeClaim": {"claimName": "data-x-0"}},
+                {"name": "d", "persistentVolumeClaim": {"claimName": "docker-x-y"}}
+            ]}
+        }))
+        .unwrap();
+        let refs: Vec<String> = daemons_of_pod(pod).iter().map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name)).collect();
+        assert_eq!(refs, ["b/own", "b/my-ci"]);
     }
 }

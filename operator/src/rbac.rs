@@ -23,7 +23,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
         rule("networking.k8s.io", &["networkpolicies"], &["create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
-        rule("", &["pods"], &["get", "list"]),
+        rule("", &["pods"], &["get", "list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
 }

@@ -164,9 +164,10 @@ async fn e2e_apply_ready_build_cache_and_refusal() {
         let (cold, cold_time) = run_build(&client, &ns, "build-1", "ci").await?;
         ensure!(cold.contains("one\ntwo\nthree"), "build output:\n{cold}");
 
-        // A pod without the client certificate is refused by the daemon.
+        // A pod without the client certificate is refused by the daemon: it trusts the daemon's
+        // CA (so the failure is not its own), but has no certificate to show.
         let refused = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: no-cert, labels: {{dind.dev/client: ci}}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {CLIENT_IMAGE}\n    imagePullPolicy: Never\n    command: [docker, -H, 'tcp://ci:2376', --tls, version]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: no-cert, labels: {{dind.dev/client: ci}}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {CLIENT_IMAGE}\n    imagePullPolicy: Never\n    env: [{{name: DOCKER_CERT_PATH, value: /nowhere}}]\n    command: [docker, -H, 'tcp://ci:2376', --tlsverify, --tlscacert, /ca/ca.pem, version]\n    volumeMounts: [{{name: ca, mountPath: /ca}}]\n  volumes: [{{name: ca, secret: {{secretName: ci-client, items: [{{key: ca.pem, path: ca.pem}}]}}}}]\n"
         );
         apply_manifest(&ns, &refused).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -177,7 +178,7 @@ async fn e2e_apply_ready_build_cache_and_refusal() {
         .await?;
         let logs = kubectl(&["logs", "-n", &ns, "no-cert"]).await.unwrap_or_default();
         ensure!(phase == "Failed", "a client without a certificate got through:\n{logs}");
-        ensure!(logs.contains("certificate") || logs.contains("tls"), "{logs}");
+        ensure!(logs.contains("certificate") && !logs.contains("no such file"), "the daemon, not the client, should refuse:\n{logs}");
 
         // Cache: the daemon pod is recreated; the same build is all cache.
         pods.delete("ci-0", &DeleteParams::default()).await?;
