@@ -210,6 +210,8 @@ cleanup() {
     umount -l "$m" 2>/dev/null || true
   done
   for ns in /run/netns/cni-*; do [[ -e $ns ]] && { umount -l "$ns" 2>/dev/null || true; rm -f "$ns"; }; done
+  # The CNI plugins make /run/netns a mount of its own; undo it once no namespace is left.
+  if mountpoint -q /run/netns && [[ -z "$(ls -A /run/netns)" ]]; then umount /run/netns 2>/dev/null || true; fi
   ip link show "$cni_bridge" >/dev/null 2>&1 && ip link del "$cni_bridge"
   if [[ -f $state/bin ]] && [[ -x "$(cat "$state/bin")/kube-proxy" ]]; then
     "$(cat "$state/bin")/kube-proxy" --cleanup >/dev/null 2>&1 || true
