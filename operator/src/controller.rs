@@ -4,16 +4,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,6 +40,8 @@ pub struct Context {
     pub drivers: Mutex<HashMap<String, String>>,
     /// Whether to ask daemons for their storage driver (off where pods are unreachable).
     pub query_daemons: bool,
+    /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
+    pub pods: Store<Pod>,
 }
 
 impl std::fmt::Debug for Context {
@@ -49,7 +51,7 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, defaults: Defaults, query_daemons: bool) -> Self {
+    pub fn new(client: Client, metrics: Metrics, defaults: Defaults, query_daemons: bool, pods: Store<Pod>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -58,33 +60,51 @@ impl Context {
             defaults,
             drivers: Mutex::new(HashMap::new()),
             query_daemons,
+            pods,
         }
     }
 }
 
+/// What the operator was configured with, shared by the controller of each namespace.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub query_daemons: bool,
+}
+
 /// Runs the controller for one namespace (or all, with `None`) until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let api = |c: Client| -> (Api<DindDaemon>, Api<StatefulSet>, Api<Service>, Api<Secret>) {
-        match &namespace {
-            Some(ns) => (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c, ns)),
-            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    settings: Settings,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K: Resource<DynamicType = ()>>(c: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
         }
-    };
-    let (daemons, statefulsets, services, secrets) = api(client.clone());
-    let pods: Api<Pod> = match &namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    // Only our own children: the label keeps the operator from caching every Secret in the cluster.
+    }
+    let ns = namespace.as_deref();
+    // Pods: our daemons' readiness and crash loops, and foreign pods that mount a daemon's
+    // volume. One watch feeds both a slim cache (read by reconcile, so a reconcile never lists
+    // pods) and the triggers.
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let pod_stream = reflector(pods_writer, watcher(api::<Pod>(&client, ns), watcher::Config::default()).map_ok(|e| e.modify(slim_pod)))
+        .default_backoff()
+        .touched_objects();
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings.defaults, settings.query_daemons, pods));
+    // Only our own children: the label keeps the operator from waking for every Secret.
     let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=dind-operator");
-    Controller::new(daemons, watcher::Config::default().any_semantic())
-        .owns(statefulsets, ours.clone())
-        .owns(services, ours.clone())
-        .owns(secrets, ours)
-        // Pods: our daemons' crash loops, and foreign pods that mount a daemon's volume.
-        // A trigger stream only (no cache), so watching every pod stays cheap.
-        .watches(pods, watcher::Config::default(), daemons_of_pod)
+    Controller::new(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic())
+        .owns(api::<StatefulSet>(&client, ns), ours.clone())
+        .owns(api::<Service>(&client, ns), ours.clone())
+        .owns(api::<Secret>(&client, ns), ours)
+        .watches_stream(pod_stream, daemons_of_pod)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -93,6 +113,46 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl st
             }
         })
         .await;
+}
+
+/// Keeps of a pod only what the operator reads: names, labels, PVC volumes, phase, readiness,
+/// IP and container states. A thousand pending pods then cost little memory.
+pub fn slim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let volumes = spec.volumes.take().map(|v| {
+            v.into_iter()
+                .filter(|v| v.persistent_volume_claim.is_some())
+                .map(|v| k8s_openapi::api::core::v1::Volume { name: v.name, persistent_volume_claim: v.persistent_volume_claim, ..Default::default() })
+                .collect()
+        });
+        *spec = k8s_openapi::api::core::v1::PodSpec { volumes, ..Default::default() };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let keep = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            conditions: status.conditions.take().map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            container_statuses: status.container_statuses.take().map(|cs| {
+                cs.into_iter()
+                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                        name: c.name,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        state: c.state,
+                        last_state: c.last_state,
+                        container_id: c.container_id,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
+        *status = keep;
+    }
 }
 
 /// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume
@@ -167,13 +227,18 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         publish(ctx, dd, EventType::Normal, "CertificatesIssued", format!("issued {} certificate(s)", plan.issued.join(", "))).await;
     }
 
-    // Status.
+    // Status. The pod cache must have its first list before it can speak for the pods.
+    if ctx.pods.wait_until_ready().await.is_err() {
+        return Err(Error::MissingField("pod cache (its watch ended)"));
+    }
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&names.statefulset).await?;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&format!("{}={name}", resources::DAEMON_LABEL)))
-        .await?
-        .items;
-    let intruders = find_intruders(client, &ns, &name, &pods).await?;
+    let in_ns: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str())).collect();
+    let pods: Vec<Pod> = in_ns
+        .iter()
+        .filter(|p| p.labels().get(resources::DAEMON_LABEL) == Some(&name))
+        .map(|p| (**p).clone())
+        .collect();
+    let intruders = find_intruders(&name, &pods, &in_ns);
     let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, &pods, &plan.bundle).await } else { Vec::new() };
     let observed = Observed { statefulset: sts.as_ref(), pods: &pods, intruders, drivers };
     let new_status = status::compute(dd, &observed, Time(k8s_openapi::jiff::Timestamp::now()));
@@ -230,12 +295,11 @@ async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool
 }
 
 /// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`).
-async fn find_intruders(client: &Client, ns: &str, name: &str, ours: &[Pod]) -> Result<Vec<(String, String)>> {
+fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
     let claim_prefix = format!("docker-{name}-");
     let ours: Vec<String> = ours.iter().map(ResourceExt::name_any).collect();
-    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items;
     let mut found = Vec::new();
-    for pod in pods.iter().filter(|p| !ours.contains(&p.name_any())) {
+    for pod in all.iter().filter(|p| !ours.contains(&p.name_any())) {
         let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
         if finished {
             continue;
@@ -248,7 +312,7 @@ async fn find_intruders(client: &Client, ns: &str, name: &str, ours: &[Pod]) -> 
             }
         }
     }
-    Ok(found)
+    found
 }
 
 /// Storage driver of each ready daemon, asked once per pod over the daemon's own mTLS.
@@ -332,5 +396,32 @@ mod tests {
         .unwrap();
         let refs: Vec<String> = daemons_of_pod(pod).iter().map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name)).collect();
         assert_eq!(refs, ["b/own", "b/my-ci"]);
+    }
+
+    #[test]
+    fn slim_pods_keep_what_status_reads() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ci-0", "labels": {"dind.dev/daemon": "ci"}, "annotations": {"big": "x"}},
+            "spec": {"containers": [{"name": "dockerd", "image": "docker:dind", "args": ["a", "b"]}],
+                     "volumes": [{"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}},
+                                 {"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "hostIP": "1.2.3.4",
+                       "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                       "containerStatuses": [{"name": "dockerd", "image": "docker:dind", "imageID": "sha", "ready": true, "restartCount": 2,
+                                              "state": {"running": {}}}]}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none());
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty());
+        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.host_ip.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        let cs = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.ready, cs.restart_count, cs.image.as_str()), (true, 2, ""));
+        assert_eq!(daemons_of_pod(pod).len(), 1, "slimming keeps what the trigger maps on");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use dind_operator::controller::{self, Context};
+use dind_operator::controller::{self, Settings};
 use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
 use dind_operator::leader::LeaseLock;
 use dind_operator::metrics::Metrics;
@@ -156,13 +156,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    let defaults = Defaults { image: args.default_image, init_image: args.default_init_image };
-    let ctx = Arc::new(Context::new(client, metrics, defaults, args.query_daemons));
+    let settings = Settings {
+        defaults: Defaults { image: args.default_image, init_image: args.default_init_image },
+        query_daemons: args.query_daemons,
+    };
     tracing::info!(namespaces = ?args.namespaces, "reconciling DindDaemons");
     if args.namespaces.is_empty() {
-        controller::run(ctx, None, stopped()).await;
+        controller::run(client, metrics, settings, None, stopped()).await;
     } else {
-        let runs = args.namespaces.iter().map(|ns| controller::run(ctx.clone(), Some(ns.clone()), stopped()));
+        let runs = args
+            .namespaces
+            .iter()
+            .map(|ns| controller::run(client.clone(), metrics.clone(), settings.clone(), Some(ns.clone()), stopped()));
         futures::future::join_all(runs).await;
     }
     if let Some(lock) = lease {

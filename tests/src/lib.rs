@@ -178,8 +178,9 @@ pub fn operator_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test> → target/debug/dind-operator
-    exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("dind-operator")).expect("target dir")
+    // Tests live in target/PROFILE/deps/, binaries such as the benchmarks in target/PROFILE/.
+    let dir = exe.parent().expect("target dir");
+    [dir, dir.parent().unwrap_or(dir)].iter().map(|d| d.join("dind-operator")).find(|p| p.exists()).unwrap_or_else(|| dir.join("dind-operator"))
 }
 
 /// A real `dind-operator run` process, killed (SIGKILL) and reaped when dropped.
