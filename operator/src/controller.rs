@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
@@ -26,6 +26,9 @@ use crate::metrics::{DaemonLabels, ErrorLabels, Metrics};
 use crate::resources::{self, Defaults, Names, Owned};
 use crate::status::{self, Observed};
 use crate::{daemon_info, tls};
+
+/// At most this many reconciles run at once.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// The one field manager of every object the operator writes.
 pub const FIELD_MANAGER: &str = "dind-operator";
@@ -105,6 +108,9 @@ pub async fn run(
         .owns(api::<Service>(&client, ns), ours.clone())
         .owns(api::<Secret>(&client, ns), ours)
         .watches_stream(pod_stream, daemons_of_pod)
+        // Bounded: a thousand reconciles at once would open a thousand connections and queue
+        // the apiserver into timeouts; sixteen keep it busy without drowning it.
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -252,13 +258,10 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         let patch = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "status": new_status});
         api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
-    let all_ready = new_status.ready_replicas == dd.spec.replicas;
-    Ok(if all_ready {
-        // Periodic look even when idle: certificates renew at 2/3 of their life.
-        Action::requeue(Duration::from_secs(30 * 60))
-    } else {
-        Action::requeue(Duration::from_secs(10))
-    })
+    // Readiness changes arrive through the pod and StatefulSet watches; the periodic pass is a
+    // safety net and the point where certificates due for renewal (2/3 of their life) are
+    // re-issued. Polling not-ready daemons every few seconds would keep an idle operator busy.
+    Ok(Action::requeue(Duration::from_secs(30 * 60)))
 }
 
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
