@@ -174,35 +174,39 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// `docker ARGS` against a nested daemon at `addr` (host:port), over mTLS with `client_dir`.
+/// A `docker` command aimed at a nested daemon at `addr` (host:port), over mTLS with `client_dir`.
+pub fn nested_command(addr: &str, client_dir: &Path) -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.env("DOCKER_HOST", format!("tcp://{addr}")).env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", client_dir);
+    cmd
+}
+
+/// `docker ARGS` against a nested daemon; stdout, or an error with stderr.
 pub fn nested_docker(addr: &str, client_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", client_dir)
-        .args(args)
-        .output()
-        .context("running docker against the nested daemon")?;
+    let out = nested_command(addr, client_dir).args(args).output().context("running docker against the nested daemon")?;
     if !out.status.success() {
         bail!("nested docker {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// `docker save IMAGE` from the test daemon, piped into `docker load` of a nested one.
-pub fn copy_image(image: &str, addr: &str, client_dir: &Path) -> anyhow::Result<()> {
-    let mut save = Command::new("docker").args(["save", image]).stdout(Stdio::piped()).spawn()?;
-    let stdout = save.stdout.take().context("save stdout")?;
-    let load = Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", client_dir)
-        .args(["load", "-q"])
-        .stdin(stdout)
-        .output()?;
-    let saved = save.wait()?;
-    if !saved.success() || !load.status.success() {
-        bail!("copying {image}: {}", String::from_utf8_lossy(&load.stderr));
+/// Pipes `save` (which writes an image tar to stdout) into `load` (which reads one on stdin).
+pub fn pipe_image(mut save: Command, mut load: Command, image: &str) -> anyhow::Result<()> {
+    let mut saving = save.stdout(Stdio::piped()).spawn()?;
+    let stdout = saving.stdout.take().context("save stdout")?;
+    let loaded = load.stdin(stdout).output()?;
+    let saved = saving.wait()?;
+    if !saved.success() || !loaded.status.success() {
+        bail!("copying {image}: {}", String::from_utf8_lossy(&loaded.stderr));
     }
     Ok(())
+}
+
+/// `docker save IMAGE` from the test daemon, piped into `docker load` of a nested one.
+pub fn copy_image(image: &str, addr: &str, client_dir: &Path) -> anyhow::Result<()> {
+    let mut save = Command::new("docker");
+    save.args(["save", image]);
+    let mut load = nested_command(addr, client_dir);
+    load.args(["load", "-q"]);
+    pipe_image(save, load, image)
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use dind_operator::daemon_info;
 use dind_tests::docker::{
-    BUSYBOX_IMAGE, CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, copy_image, docker, nested_docker,
-    require_test_docker,
+    BUSYBOX_IMAGE, CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, copy_image, docker, nested_command,
+    nested_docker, pipe_image, require_test_docker,
 };
 use dind_tests::suffix;
 
@@ -131,33 +131,13 @@ async fn nesting_depth_three() -> anyhow::Result<()> {
         ensure!(start.elapsed() < READY, "level 2 never became ready: {}", nested_docker(&addr, &client, &["logs", "level2"]).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Level 3: a container of the level-2 daemon. Its image travels through level 1.
-    let tar = nested_docker(&addr, &client, &["exec", "level2", "sh", "-c", "echo ready"])?;
-    ensure!(tar == "ready");
-    let saved = std::process::Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", &client)
-        .args(["exec", "level2", "sh", "-c", "ls /usr/bin/docker"])
-        .output()?;
-    ensure!(saved.status.success(), "docker CLI missing in the daemon image");
-    // Pipe busybox from level 1 into level 2: `docker save` (level 1) | `docker exec -i level2 docker load`.
-    let mut save = std::process::Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", &client)
-        .args(["save", BUSYBOX_IMAGE])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let load = std::process::Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://{addr}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", &client)
-        .args(["exec", "-i", "level2", "docker", "load", "-q"])
-        .stdin(save.stdout.take().context("stdout")?)
-        .output()?;
-    save.wait()?;
-    ensure!(load.status.success(), "load into level 2: {}", String::from_utf8_lossy(&load.stderr));
+    // Level 3: a container of the level-2 daemon. Its image travels through level 1:
+    // `docker save` (level 1) | `docker exec -i level2 docker load`.
+    let mut save = nested_command(&addr, &client);
+    save.args(["save", BUSYBOX_IMAGE]);
+    let mut load = nested_command(&addr, &client);
+    load.args(["exec", "-i", "level2", "docker", "load", "-q"]);
+    pipe_image(save, load, BUSYBOX_IMAGE).context("load into level 2")?;
     let out = nested_docker(&addr, &client, &["exec", "level2", "docker", "run", "--rm", BUSYBOX_IMAGE, "echo", "level three"])?;
     ensure!(out == "level three", "{out}");
     Ok(())
