@@ -2,7 +2,8 @@
 # Runs every test of the project, on this machine, against real parts:
 #   unit tests · the CRD and RBAC generators' freshness · the real control plane
 #   (etcd, kube-apiserver, controller-manager, scheduler) · dind-init in real containers
-#   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path.
+#   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path ·
+#   and finally the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
 # Everything it starts, it stops, also when a test fails or the run is interrupted.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,4 +48,9 @@ if [[ ${DIND_NODE:-1} == 1 ]]; then
   cargo test -q -p dind-tests --test e2e --no-fail-fast -- --test-threads 1 || rc=$?
 fi
 if ((rc)); then log "tests failed"; exit "$rc"; fi
+# The README's other command, the main job, end to end on a fresh cluster; it stops what it starts.
+if [[ ${DIND_NODE:-1} == 1 ]]; then
+  log "running the quickstart (scripts/quickstart.sh)"
+  DIND_QUICKSTART_KEEP=0 scripts/quickstart.sh
+fi
 log "all tests passed"
