@@ -13,6 +13,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{DaemonLabels, ErrorLabels, Metrics};
 use crate::resources::{self, Defaults, Names, Owned};
 use crate::status::{self, Observed};
+use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::{daemon_info, tls};
 
 /// At most this many reconciles run at once.
@@ -45,6 +47,56 @@ pub struct Context {
     pub query_daemons: bool,
     /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
     pub pods: Store<Pod>,
+    /// The objects the operator owns, as their watches last showed them.
+    pub owned: OwnedCaches,
+    /// The DindDaemons themselves (the controller's own cache).
+    pub daemons: Store<DindDaemon>,
+    /// The last successful apply of each DindDaemon, by `namespace/name`.
+    pub applied: Mutex<HashMap<String, Applied>>,
+    /// Turns true once every cache above has had its first list.
+    pub caches_ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Caches of the objects the operator owns, fed by the same watches that trigger reconciles.
+/// StatefulSets keep metadata and status (what status and drift detection read), the rest
+/// metadata only: a thousand DindDaemons' objects then fit in a few MiB.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // Stores of thousands of objects: not for logs.
+pub struct OwnedCaches {
+    pub statefulsets: Store<StatefulSet>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub policies: Store<PartialObjectMeta<NetworkPolicy>>,
+}
+
+impl OwnedCaches {
+    /// Waits for each cache's first list; until then a missing object may only be unlisted.
+    /// At most one task may wait on a `Store` at a time (kube 5's `wait_until_ready` keeps a
+    /// single waker and strands the other waiters), hence the `caches_ready` gate.
+    async fn ready(&self) -> bool {
+        self.statefulsets.wait_until_ready().await.is_ok()
+            && self.services.wait_until_ready().await.is_ok()
+            && self.secrets.wait_until_ready().await.is_ok()
+            && self.policies.wait_until_ready().await.is_ok()
+    }
+
+    /// The stamps of a DindDaemon's owned objects as the caches hold them now.
+    fn stamps(&self, ns: &str, names: &Names) -> Stamps {
+        fn add<K: Resource<DynamicType = ()> + Clone>(out: &mut Stamps, store: &Store<K>, kind: &str, ns: &str, name: &str) {
+            if let Some(obj) = store.get(&ObjectRef::new(name).within(ns)).and_then(|o| Stamp::of(o.meta())) {
+                out.insert(applied::key(kind, name), obj);
+            }
+        }
+        let mut out = Stamps::new();
+        add(&mut out, &self.statefulsets, "StatefulSet", ns, &names.statefulset);
+        add(&mut out, &self.services, "Service", ns, &names.headless_service);
+        add(&mut out, &self.services, "Service", ns, &names.client_service);
+        add(&mut out, &self.policies, "NetworkPolicy", ns, &names.network_policy);
+        for secret in [&names.ca_secret, &names.server_secret, &names.client_secret] {
+            add(&mut out, &self.secrets, "Secret", ns, secret);
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -54,16 +106,36 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, defaults: Defaults, query_daemons: bool, pods: Store<Pod>) -> Self {
+    /// The context of a controller over these caches; spawns the task that opens the
+    /// `caches_ready` gate once they have all listed.
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        settings: Settings,
+        pods: Store<Pod>,
+        owned: OwnedCaches,
+        daemons: Store<DindDaemon>,
+    ) -> Self {
+        let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
+        let (gate_pods, gate_owned) = (pods.clone(), owned.clone());
+        tokio::spawn(async move {
+            if gate_pods.wait_until_ready().await.is_ok() && gate_owned.ready().await {
+                let _ = ready_tx.send(true);
+            }
+        });
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            defaults,
+            defaults: settings.defaults,
             drivers: Mutex::new(HashMap::new()),
-            query_daemons,
+            query_daemons: settings.query_daemons,
             pods,
+            owned,
+            daemons,
+            applied: Mutex::new(HashMap::new()),
+            caches_ready,
         }
     }
 }
@@ -93,20 +165,41 @@ pub async fn run(
         }
     }
     let ns = namespace.as_deref();
+    // Each watch feeds a slim cache (read by reconcile, which then never lists) and the
+    // triggers; `relevant_changes` lets through only changes of what the operator reads.
+    //
+    // DindDaemons: spec changes (generation), not our own status writes.
+    let (daemons, writer) = reflector::store::<DindDaemon>();
+    let daemon_stream = relevant_changes(
+        reflector(writer, watcher(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic()).map_ok(|e| e.modify(slim_daemon)))
+            .default_backoff(),
+        |dd| hash_of(&(&dd.metadata.uid, dd.metadata.generation, dd.metadata.deletion_timestamp.is_some())),
+    );
     // Pods: our daemons' readiness and crash loops, and foreign pods that mount a daemon's
-    // volume. One watch feeds both a slim cache (read by reconcile, so a reconcile never lists
-    // pods) and the triggers.
-    let (pods, pods_writer) = reflector::store::<Pod>();
-    let pod_stream = reflector(pods_writer, watcher(api::<Pod>(&client, ns), watcher::Config::default()).map_ok(|e| e.modify(slim_pod)))
-        .default_backoff()
-        .touched_objects();
-    let ctx = Arc::new(Context::new(client.clone(), metrics, settings.defaults, settings.query_daemons, pods));
-    // Only our own children: the label keeps the operator from waking for every Secret.
-    let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=dind-operator");
-    Controller::new(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic())
-        .owns(api::<StatefulSet>(&client, ns), ours.clone())
-        .owns(api::<Service>(&client, ns), ours.clone())
-        .owns(api::<Secret>(&client, ns), ours)
+    // volume.
+    let (pods, writer) = reflector::store::<Pod>();
+    let pod_stream = relevant_changes(
+        reflector(writer, watcher(api::<Pod>(&client, ns), watcher::Config::default()).map_ok(|e| e.modify(slim_pod))).default_backoff(),
+        content_hash,
+    );
+    // Our own children only (the label keeps the operator from caching every Secret).
+    let ours = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", resources::MANAGED_BY_LABEL));
+    let (statefulsets, writer) = reflector::store::<StatefulSet>();
+    let sts_stream = relevant_changes(
+        reflector(writer, watcher(api::<StatefulSet>(&client, ns), ours.clone()).map_ok(|e| e.modify(slim_statefulset))).default_backoff(),
+        content_hash,
+    );
+    let (services, service_stream) = owned_metadata(api::<PartialObjectMeta<Service>>(&client, ns), &ours);
+    let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
+    let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
+    let owned = OwnedCaches { statefulsets, services, secrets, policies };
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone()));
+    Controller::for_stream(daemon_stream, daemons)
+        .owns_stream(sts_stream)
+        .owns_stream(service_stream)
+        .owns_stream(secret_stream)
+        .owns_stream(policy_stream)
         .watches_stream(pod_stream, daemons_of_pod)
         // Bounded: a thousand reconciles at once would open a thousand connections and queue
         // the apiserver into timeouts; sixteen keep it busy without drowning it.
@@ -119,6 +212,96 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// A metadata-only watch of one kind of owned object: its cache and its trigger stream.
+fn owned_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
+    let stream = reflector(writer, watcher(api, config.clone()).map_ok(|e| e.modify(|o| slim_meta(&mut o.metadata))))
+        .default_backoff()
+        .touched_objects();
+    (store, stream)
+}
+
+/// The objects of a reflected watch whose `relevant` hash changed since they were last seen,
+/// and every deleted one: watch events that change nothing the operator reads (a pod's
+/// scheduling condition, our own status writes) then wake no reconcile.
+fn relevant_changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    relevant: fn(&K) -> u64,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    let mut seen: HashMap<ObjectRef<K>, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let hash = relevant(&obj);
+                (seen.insert(ObjectRef::from_obj(&obj), hash) != Some(hash)).then_some(Ok(obj))
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&ObjectRef::from_obj(&obj));
+                Some(Ok(obj))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        };
+        futures::future::ready(out)
+    })
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A hash of everything a (slimmed) object holds but its resourceVersion.
+fn content_hash<K: Resource + Serialize + Clone>(obj: &K) -> u64 {
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version = None;
+    hash_of(&serde_json::to_vec(&copy).unwrap_or_default())
+}
+
+/// Keeps of a DindDaemon what reconcile reads: spec, status, identity. `kubectl apply`'s
+/// last-applied annotation and the managed fields would double its size.
+pub fn slim_daemon(dd: &mut DindDaemon) {
+    dd.metadata.managed_fields = None;
+    if let Some(a) = dd.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Drops what neither the caches' readers nor the owner mapping need.
+fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
+/// Keeps of a StatefulSet its metadata (owner, generation) and status: what status and drift
+/// detection read. The pod template is most of its size.
+pub fn slim_statefulset(sts: &mut StatefulSet) {
+    slim_meta(&mut sts.metadata);
+    sts.spec = None;
+    if let Some(status) = sts.status.as_mut() {
+        // Not the revision hashes or collision count: they change nothing status reports.
+        *status = k8s_openapi::api::apps::v1::StatefulSetStatus {
+            observed_generation: status.observed_generation,
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas,
+            updated_replicas: status.updated_replicas,
+            ..Default::default()
+        };
+    }
 }
 
 /// Keeps of a pod only what the operator reads: names, labels, PVC volumes, phase, readiness,
@@ -204,47 +387,69 @@ pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action>
 }
 
 async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
-    if dd.meta().deletion_timestamp.is_some() {
-        // Owner references hand everything to the garbage collector; nothing to do.
-        return Ok(Action::await_change());
-    }
     let ns = dd.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = dd.name_any();
+    let key = format!("{ns}/{name}");
+    if dd.meta().deletion_timestamp.is_some() {
+        // Owner references hand everything to the garbage collector; nothing to do.
+        forget(ctx, &key);
+        return Ok(Action::await_change());
+    }
+    let uid = dd.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let names = Names::of(&name);
     let client = &ctx.client;
 
-    // Read: the certificates we made before, if any.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let (ca, server, client_cert) = tokio::try_join!(
-        secrets.get_opt(&names.ca_secret),
-        secrets.get_opt(&names.server_secret),
-        secrets.get_opt(&names.client_secret)
-    )?;
-    let (ca, server, client_cert) = resources::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref());
+    // Read: the owned objects as the caches show them, and the certificates made before —
+    // from memory when their Secrets are as the last apply left them, else from the apiserver.
+    // Until the caches have listed, a missing object may only be unlisted: wait for them.
+    ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
+    let seen = ctx.owned.stamps(&ns, &names);
+    let last = ctx.applied.lock().ok().and_then(|m| m.get(&key).cloned()).filter(|a| a.owner_uid == uid);
+    let (pairs, secret_stamps) = match &last {
+        Some(a) if a.secrets_hold(&seen) => {
+            let certs = a.certs.clone();
+            ((Some(certs.ca), Some(certs.server), Some(certs.client)), secrets_of(&seen))
+        }
+        _ => read_certificates(client, &ns, &names).await?,
+    };
     let server_names = tls::server_names(&name, &ns, &names.headless_service, dd.spec.replicas);
-    let plan = tls::plan(ca, server, client_cert, &ns, &name, &server_names, time::OffsetDateTime::now_utc())?;
+    let plan = tls::plan(pairs.0, pairs.1, pairs.2, &ns, &name, &server_names, time::OffsetDateTime::now_utc())?;
 
     // Build: pure, spec in, objects out.
     let owned = resources::build(dd, &ctx.defaults, &plan.bundle)?;
+    let fingerprint = applied::fingerprint(&owned)?;
 
-    // Apply: server-side apply with one field manager, forced (we own these objects).
-    apply_all(client, &ns, &owned, !plan.issued.is_empty()).await?;
-    if !plan.issued.is_empty() {
-        publish(ctx, dd, EventType::Normal, "CertificatesIssued", format!("issued {} certificate(s)", plan.issued.join(", "))).await;
+    // Apply: server-side apply with one field manager, forced (we own these objects) — unless
+    // the same objects were applied before and nobody has touched them since.
+    let mut applied_sts = None;
+    if !last.as_ref().is_some_and(|a| a.unchanged(&uid, fingerprint, &seen)) {
+        let certs_changed = !plan.issued.is_empty();
+        let (mut stamps, sts) = apply_all(client, &ns, &owned, certs_changed).await?;
+        if !certs_changed {
+            stamps.extend(secret_stamps);
+        }
+        applied_sts = Some(sts);
+        let record = Applied { owner_uid: uid, fingerprint, stamps, certs: plan.bundle.clone() };
+        if let Ok(mut m) = ctx.applied.lock() {
+            m.insert(key.clone(), record);
+        }
+        if certs_changed {
+            publish(ctx, dd, EventType::Normal, "CertificatesIssued", format!("issued {} certificate(s)", plan.issued.join(", "))).await;
+        }
+    } else {
+        ctx.metrics.unchanged.inc();
     }
+    prune(ctx);
 
-    // Status. The pod cache must have its first list before it can speak for the pods.
-    if ctx.pods.wait_until_ready().await.is_err() {
-        return Err(Error::MissingField("pod cache (its watch ended)"));
-    }
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(&names.statefulset).await?;
-    let in_ns: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str())).collect();
-    let pods: Vec<Pod> = in_ns
-        .iter()
-        .filter(|p| p.labels().get(resources::DAEMON_LABEL) == Some(&name))
-        .map(|p| (**p).clone())
-        .collect();
-    let intruders = find_intruders(&name, &pods, &in_ns);
+    // Status. The StatefulSet just applied is newer than the cache's copy; otherwise the cache's.
+    let sts = applied_sts.or_else(|| ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(&ns)).map(|s| (*s).clone()));
+    let claim_prefix = format!("docker-{name}-");
+    let concerned = ctx.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str())
+            && (p.labels().get(resources::DAEMON_LABEL) == Some(&name) || mounts_claim(p, &claim_prefix))
+    });
+    let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(resources::DAEMON_LABEL) == Some(&name)).map(|p| (**p).clone()).collect();
+    let intruders = find_intruders(&claim_prefix, &pods, &concerned);
     let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, &pods, &plan.bundle).await } else { Vec::new() };
     let observed = Observed { statefulset: sts.as_ref(), pods: &pods, intruders, drivers };
     let new_status = status::compute(dd, &observed, Time(k8s_openapi::jiff::Timestamp::now()));
@@ -264,7 +469,62 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(30 * 60)))
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+/// Reads the CA, server and client Secrets: their certificate pairs and their stamps.
+async fn read_certificates(
+    client: &Client,
+    ns: &str,
+    names: &Names,
+) -> Result<((Option<tls::Pair>, Option<tls::Pair>, Option<tls::Pair>), Stamps)> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let (ca, server, client_cert) = tokio::try_join!(
+        secrets.get_opt(&names.ca_secret),
+        secrets.get_opt(&names.server_secret),
+        secrets.get_opt(&names.client_secret)
+    )?;
+    let stamps = [&ca, &server, &client_cert]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((applied::key("Secret", s.metadata.name.as_deref()?), Stamp::of(&s.metadata)?)))
+        .collect();
+    Ok((resources::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref()), stamps))
+}
+
+/// The Secret entries of a set of stamps.
+fn secrets_of(stamps: &Stamps) -> Stamps {
+    stamps.iter().filter(|(k, _)| k.starts_with("Secret/")).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Drops what the operator remembers of a DindDaemon: its last apply and its metric.
+fn forget(ctx: &Context, key: &str) {
+    if let Ok(mut m) = ctx.applied.lock() {
+        m.remove(key);
+    }
+    if let Some((namespace, name)) = key.split_once('/') {
+        ctx.metrics.ready_daemons.remove(&DaemonLabels { namespace: namespace.into(), name: name.into() });
+    }
+}
+
+/// Forgets DindDaemons that are gone (deleted without a last reconcile). Cheap unless some
+/// are: it only walks the map when it holds more entries than there are DindDaemons.
+fn prune(ctx: &Context) {
+    let gone: Vec<String> = match ctx.applied.lock() {
+        Ok(m) if m.len() > ctx.daemons.len() => m
+            .keys()
+            .filter(|k| {
+                let (ns, name) = k.split_once('/').unwrap_or_default();
+                ctx.daemons.get(&ObjectRef::new(name).within(ns)).is_none()
+            })
+            .cloned()
+            .collect(),
+        _ => return,
+    };
+    for key in gone {
+        forget(ctx, &key);
+    }
+}
+
+/// Applies `obj` and returns the apiserver's copy.
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
     K::DynamicType: Default,
@@ -276,30 +536,50 @@ where
     let dt = K::DynamicType::default();
     doc["apiVersion"] = json!(K::api_version(&dt));
     doc["kind"] = json!(K::kind(&dt));
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
-    Ok(())
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?)
 }
 
-/// Applies every owned object. Secrets only when a certificate was made or one is missing:
-/// an unchanged Secret needs no write.
-async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool) -> Result<()> {
+/// Applies every owned object (Secrets only when a certificate was made: an unchanged Secret
+/// needs no write) and returns the stamps of what it wrote, and the StatefulSet.
+async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool) -> Result<(Stamps, StatefulSet)> {
+    fn stamp<K: Resource>(kind: &str, obj: &K, out: &mut Stamps) {
+        if let (Some(name), Some(s)) = (obj.meta().name.as_deref(), Stamp::of(obj.meta())) {
+            out.insert(applied::key(kind, name), s);
+        }
+    }
+    let mut stamps = Stamps::new();
     if certs_changed {
         // The CA Secret first: if we stop half-way, the next pass finds the CA and re-uses it.
-        apply(client, ns, &owned.ca_secret).await?;
-        tokio::try_join!(apply(client, ns, &owned.server_secret), apply(client, ns, &owned.client_secret))?;
+        let ca = apply(client, ns, &owned.ca_secret).await?;
+        let (server, client_secret) = tokio::try_join!(apply(client, ns, &owned.server_secret), apply(client, ns, &owned.client_secret))?;
+        for s in [&ca, &server, &client_secret] {
+            stamp("Secret", s, &mut stamps);
+        }
     }
-    tokio::try_join!(
+    let (headless, client_service, policy, sts) = tokio::try_join!(
         apply(client, ns, &owned.headless_service),
         apply(client, ns, &owned.client_service),
         apply::<NetworkPolicy>(client, ns, &owned.network_policy),
         apply(client, ns, &owned.statefulset),
     )?;
-    Ok(())
+    stamp("Service", &headless, &mut stamps);
+    stamp("Service", &client_service, &mut stamps);
+    stamp("NetworkPolicy", &policy, &mut stamps);
+    stamp("StatefulSet", &sts, &mut stamps);
+    Ok((stamps, sts))
 }
 
-/// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`).
-fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
-    let claim_prefix = format!("docker-{name}-");
+/// Whether a pod mounts a claim whose name starts with `prefix`.
+fn mounts_claim(pod: &Pod, prefix: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name.starts_with(prefix)))
+}
+
+/// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`,
+/// given as `claim_prefix` `docker-NAME-`).
+fn find_intruders(claim_prefix: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
     let ours: Vec<String> = ours.iter().map(ResourceExt::name_any).collect();
     let mut found = Vec::new();
     for pod in all.iter().filter(|p| !ours.contains(&p.name_any())) {
@@ -309,7 +589,7 @@ fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, St
         }
         for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| &c.claim_name) {
-                if claim.starts_with(&claim_prefix) {
+                if claim.starts_with(claim_prefix) {
                     found.push((pod.name_any(), claim.clone()));
                 }
             }

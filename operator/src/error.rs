@@ -18,6 +18,8 @@ pub enum Error {
     },
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("the watches behind the operator's caches ended before their first list")]
+    CachesClosed,
 }
 
 impl From<kube::Error> for Error {
@@ -37,6 +39,7 @@ impl Error {
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",
             Error::MissingField(_) => "missing_field",
+            Error::CachesClosed => "caches_closed",
         }
     }
 }

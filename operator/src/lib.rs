@@ -3,6 +3,7 @@
 //! A reconcile goes read → certificates (`tls`) → build (`resources`, pure) → server-side
 //! apply → status (`status`, pure); `controller` ties them together.
 
+pub mod applied;
 pub mod controller;
 pub mod crd;
 pub mod daemon_info;

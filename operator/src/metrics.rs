@@ -22,6 +22,8 @@ pub struct DaemonLabels {
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub reconciles: Counter,
+    /// Reconciles that found every owned object as they last applied it, and wrote none.
+    pub unchanged: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub ready_daemons: Family<DaemonLabels, Gauge>,
@@ -32,6 +34,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             reconciles: Counter::default(),
+            unchanged: Counter::default(),
             errors: Family::default(),
             duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             ready_daemons: Family::default(),
@@ -45,6 +48,7 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("dind_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
+        r.register("reconciles_unchanged", "Reconciles that had nothing to apply", self.unchanged.clone());
         r.register("reconcile_errors", "Reconciles that failed, by error kind", self.errors.clone());
         r.register("reconcile_duration_seconds", "Time a reconcile took", self.duration.clone());
         r.register("ready_daemons", "Ready daemons per DindDaemon", self.ready_daemons.clone());

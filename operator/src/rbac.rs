@@ -21,7 +21,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Server-side apply creates as well as updates, so it needs both verbs.
         rule("apps", &["statefulsets"], &["get", "list", "watch", "create", "patch"]),
         rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
-        rule("networking.k8s.io", &["networkpolicies"], &["create", "patch"]),
+        rule("networking.k8s.io", &["networkpolicies"], &["list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
         rule("", &["pods"], &["get", "list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),

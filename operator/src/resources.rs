@@ -25,6 +25,8 @@ use crate::tls;
 
 /// Label every owned object carries; its value is the DindDaemon's name.
 pub const DAEMON_LABEL: &str = "dind.dev/daemon";
+/// Carried by every object the operator makes; its watches select on it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Label a pod needs to reach a daemon through the NetworkPolicy; value: the DindDaemon's name.
 pub const CLIENT_LABEL: &str = "dind.dev/client";
 /// Pod-template annotation: a digest of the server certificate, so a re-issue rolls the pods
@@ -115,7 +117,7 @@ pub fn labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "dind".to_string()),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "dind-operator".to_string()),
+        (MANAGED_BY_LABEL.to_string(), crate::controller::FIELD_MANAGER.to_string()),
         (DAEMON_LABEL.to_string(), name.to_string()),
     ])
 }

@@ -222,6 +222,56 @@ async fn spec_changes_roll_into_the_statefulset() {
     .await;
 }
 
+/// An operator that skips applies when nothing changed must still see, and undo, changes made
+/// behind its back: an edited StatefulSet, a deleted Service, a deleted certificate Secret.
+#[tokio::test]
+async fn drift_in_owned_objects_is_repaired() {
+    with_namespace("drift", |client: Client, ns: String| async move {
+        let op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({})).await?;
+        let first = owned_objects(&client, &ns, "ci").await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let ca_before = secret_text(&secrets.get("ci-ca").await?, "ca.crt");
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let service_uid = services.get("ci").await?.uid();
+        // Let the operator settle, so the next changes meet its "nothing changed" path.
+        eventually("a reconcile with nothing to apply", WAIT, || async {
+            Ok(op.metric("dind_operator_reconciles_unchanged_total").await.is_some_and(|n| n >= 1.0).then_some(()))
+        })
+        .await?;
+
+        // One change at a time: each must be found on its own.
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let edit = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": {"replicas": 3}});
+        sts_api.patch("ci", &PatchParams::apply("someone-else").force(), &Patch::Apply(&edit)).await?;
+        eventually("StatefulSet replicas back to 1", WAIT, || {
+            let sts_api = sts_api.clone();
+            async move { Ok((sts_api.get("ci").await?.spec.and_then(|s| s.replicas) == Some(1)).then_some(())) }
+        })
+        .await?;
+        services.delete("ci", &DeleteParams::default()).await?;
+        let back = eventually("client Service re-created", WAIT, || {
+            let (services, old_uid) = (services.clone(), service_uid.clone());
+            async move { Ok(services.get_opt("ci").await?.filter(|s| s.uid() != old_uid)) }
+        })
+        .await?;
+        ensure!(back.labels().get("dind.dev/daemon").map(String::as_str) == Some("ci"), "re-created Service lacks our labels");
+        secrets.delete("ci-server-tls", &DeleteParams::default()).await?;
+        let server = eventually("server Secret re-issued", WAIT, || {
+            let secrets = secrets.clone();
+            async move { Ok(secrets.get_opt("ci-server-tls").await?) }
+        })
+        .await?;
+        // The kept CA signs the new server certificate; the CA itself did not change.
+        ensure!(secret_text(&server, "ca.crt") == ca_before, "server Secret carries another CA");
+        ensure!(secret_text(&secrets.get("ci-ca").await?, "ca.crt") == ca_before, "CA changed");
+        let sts = sts_api.get("ci").await?;
+        ensure!(sts.uid() == first.uid(), "StatefulSet was re-created instead of patched");
+        Ok(())
+    })
+    .await;
+}
+
 async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items.iter().map(ResourceExt::name_any).collect())
 }

@@ -85,9 +85,14 @@ async fn bench(client: &kube::Client, ns: &str, count: usize) -> anyhow::Result<
     let pid = op.pid();
     let hwm_kib = proc_field(pid, "status", "VmHWM:").unwrap_or(0);
     let ticks_per_s = 100.0;
+    let reconciles = |name: &'static str| op.metric(name);
+    let (burst_reconciles, burst_unchanged) =
+        (reconciles("dind_operator_reconciles_total").await.unwrap_or(0.0), reconciles("dind_operator_reconciles_unchanged_total").await.unwrap_or(0.0));
     let before = cpu_ticks(pid).unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let after = cpu_ticks(pid).unwrap_or(0);
+    let idle_reconciles = reconciles("dind_operator_reconciles_total").await.unwrap_or(0.0) - burst_reconciles;
+    let idle_unchanged = reconciles("dind_operator_reconciles_unchanged_total").await.unwrap_or(0.0) - burst_unchanged;
     let rss_idle_kib = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
     let idle_cpu = (after - before) as f64 / ticks_per_s / 60.0 * 100.0;
 
@@ -97,6 +102,8 @@ async fn bench(client: &kube::Client, ns: &str, count: usize) -> anyhow::Result<
     println!("operator peak RSS:       {:.1} MiB (target <= 40 MiB)", hwm_kib as f64 / 1024.0);
     println!("operator RSS when idle:  {:.1} MiB", rss_idle_kib as f64 / 1024.0);
     println!("idle CPU over 60 s:      {idle_cpu:.2} % of one core (target ~0)");
+    println!("reconciles until done:   {burst_reconciles} ({burst_unchanged} with nothing to apply)");
+    println!("reconciles while idle:   {idle_reconciles} ({idle_unchanged} with nothing to apply)");
     drop(op);
     Ok(())
 }
