@@ -7,10 +7,13 @@
 //! object changes its stamp, and any spec or certificate change changes the fingerprint, so
 //! drift is still repaired on the next pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::runtime::watcher;
 
 use crate::error::{Error, Result};
 use crate::resources::Owned;
@@ -66,6 +69,75 @@ pub fn fingerprint(owned: &Owned) -> Result<u64> {
     Ok(hasher.finish())
 }
 
+/// The stamp of every object of one kind a watch shows, by namespace and name: all the
+/// operator keeps of Services, Secrets and NetworkPolicies (a full cache of their metadata
+/// would cost ~1 KiB per object, a stamp ~0.1 KiB).
+#[derive(Clone, Debug)]
+pub struct StampCache {
+    state: Arc<Mutex<StampState>>,
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+#[derive(Debug, Default)]
+struct StampState {
+    stamps: HashMap<(String, String), Stamp>,
+    /// Filled during a (re-)list and swapped in when it ends, so objects deleted while the
+    /// watch was down disappear.
+    relisting: Option<HashMap<(String, String), Stamp>>,
+}
+
+impl Default for StampCache {
+    fn default() -> Self {
+        Self { state: Arc::default(), ready: Arc::new(tokio::sync::watch::Sender::new(false)) }
+    }
+}
+
+impl StampCache {
+    /// Folds one watch event into the cache.
+    pub fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
+        fn entry<K: Resource>(obj: &K) -> Option<((String, String), Stamp)> {
+            let meta = obj.meta();
+            Some(((meta.namespace.clone().unwrap_or_default(), meta.name.clone()?), Stamp::of(meta)?))
+        }
+        let Ok(mut state) = self.state.lock() else { return };
+        match event {
+            watcher::Event::Init => state.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(obj) => {
+                if let (Some(list), Some((key, stamp))) = (state.relisting.as_mut(), entry(obj)) {
+                    list.insert(key, stamp);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(list) = state.relisting.take() {
+                    state.stamps = list;
+                }
+                self.ready.send_replace(true);
+            }
+            watcher::Event::Apply(obj) => {
+                if let Some((key, stamp)) = entry(obj) {
+                    state.stamps.insert(key, stamp);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                if let Some((key, _)) = entry(obj) {
+                    state.stamps.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The stamp of `namespace/name`, if the watch shows such an object.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Stamp> {
+        self.state.lock().ok()?.stamps.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Waits for the first list to complete. Any number of tasks may wait.
+    pub async fn wait_until_ready(&self) {
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+    }
+}
+
 /// The last successful apply of one DindDaemon.
 #[derive(Clone, Debug)]
 pub struct Applied {
@@ -115,6 +187,44 @@ mod tests {
         // Deleted and re-created: same name, new uid.
         assert_ne!(Stamp::of(&meta("u", Some(1), "10")), Stamp::of(&meta("v", Some(1), "10")));
         assert_eq!(Stamp::of(&ObjectMeta::default()), None);
+    }
+
+    fn secret(name: &str, uid: &str, rv: &str) -> k8s_openapi::api::core::v1::Secret {
+        k8s_openapi::api::core::v1::Secret {
+            metadata: ObjectMeta { namespace: Some("ns".into()), name: Some(name.into()), ..meta(uid, None, rv) },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stamp_cache_follows_the_watch_and_drops_what_a_relist_misses() {
+        let cache = StampCache::default();
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.wait_until_ready().await }
+        });
+        let second = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.wait_until_ready().await }
+        });
+        cache.observe(&watcher::Event::<k8s_openapi::api::core::v1::Secret>::Init);
+        cache.observe(&watcher::Event::InitApply(secret("a", "ua", "1")));
+        cache.observe(&watcher::Event::InitApply(secret("b", "ub", "2")));
+        assert_eq!(cache.get("ns", "a"), None, "not visible before the list is complete");
+        cache.observe(&watcher::Event::<k8s_openapi::api::core::v1::Secret>::InitDone);
+        waiter.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(cache.get("ns", "a").map(|s| s.version), Some("rv1".into()));
+        cache.observe(&watcher::Event::Apply(secret("a", "ua", "5")));
+        assert_eq!(cache.get("ns", "a").map(|s| s.version), Some("rv5".into()));
+        cache.observe(&watcher::Event::Delete(secret("a", "ua", "6")));
+        assert_eq!(cache.get("ns", "a"), None);
+        // A re-list after the watch broke: b was deleted meanwhile, c created.
+        cache.observe(&watcher::Event::<k8s_openapi::api::core::v1::Secret>::Init);
+        cache.observe(&watcher::Event::InitApply(secret("c", "uc", "9")));
+        cache.observe(&watcher::Event::<k8s_openapi::api::core::v1::Secret>::InitDone);
+        assert_eq!(cache.get("ns", "b"), None);
+        assert!(cache.get("ns", "c").is_some());
     }
 
     #[test]

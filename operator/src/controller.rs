@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{DaemonLabels, ErrorLabels, Metrics};
 use crate::resources::{self, Defaults, Names, Owned};
 use crate::status::{self, Observed};
-use crate::applied::{self, Applied, Stamp, Stamps};
+use crate::applied::{self, Applied, Stamp, StampCache, Stamps};
 use crate::{daemon_info, tls};
 
 /// At most this many reconciles run at once.
@@ -58,15 +58,15 @@ pub struct Context {
 }
 
 /// Caches of the objects the operator owns, fed by the same watches that trigger reconciles.
-/// StatefulSets keep metadata and status (what status and drift detection read), the rest
-/// metadata only: a thousand DindDaemons' objects then fit in a few MiB.
+/// StatefulSets keep metadata and status (what status and drift detection read); of the rest
+/// only their stamps are kept.
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // Stores of thousands of objects: not for logs.
 pub struct OwnedCaches {
     pub statefulsets: Store<StatefulSet>,
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
-    pub policies: Store<PartialObjectMeta<NetworkPolicy>>,
+    pub services: StampCache,
+    pub secrets: StampCache,
+    pub policies: StampCache,
 }
 
 impl OwnedCaches {
@@ -74,26 +74,29 @@ impl OwnedCaches {
     /// At most one task may wait on a `Store` at a time (kube 5's `wait_until_ready` keeps a
     /// single waker and strands the other waiters), hence the `caches_ready` gate.
     async fn ready(&self) -> bool {
+        self.services.wait_until_ready().await;
+        self.secrets.wait_until_ready().await;
+        self.policies.wait_until_ready().await;
         self.statefulsets.wait_until_ready().await.is_ok()
-            && self.services.wait_until_ready().await.is_ok()
-            && self.secrets.wait_until_ready().await.is_ok()
-            && self.policies.wait_until_ready().await.is_ok()
     }
 
     /// The stamps of a DindDaemon's owned objects as the caches hold them now.
     fn stamps(&self, ns: &str, names: &Names) -> Stamps {
-        fn add<K: Resource<DynamicType = ()> + Clone>(out: &mut Stamps, store: &Store<K>, kind: &str, ns: &str, name: &str) {
-            if let Some(obj) = store.get(&ObjectRef::new(name).within(ns)).and_then(|o| Stamp::of(o.meta())) {
-                out.insert(applied::key(kind, name), obj);
-            }
-        }
         let mut out = Stamps::new();
-        add(&mut out, &self.statefulsets, "StatefulSet", ns, &names.statefulset);
-        add(&mut out, &self.services, "Service", ns, &names.headless_service);
-        add(&mut out, &self.services, "Service", ns, &names.client_service);
-        add(&mut out, &self.policies, "NetworkPolicy", ns, &names.network_policy);
+        let sts = self.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
+        if let Some(stamp) = sts.and_then(|s| Stamp::of(&s.metadata)) {
+            out.insert(applied::key("StatefulSet", &names.statefulset), stamp);
+        }
+        let mut add = |cache: &StampCache, kind: &str, name: &str| {
+            if let Some(stamp) = cache.get(ns, name) {
+                out.insert(applied::key(kind, name), stamp);
+            }
+        };
+        add(&self.services, "Service", &names.headless_service);
+        add(&self.services, "Service", &names.client_service);
+        add(&self.policies, "NetworkPolicy", &names.network_policy);
         for secret in [&names.ca_secret, &names.server_secret, &names.client_secret] {
-            add(&mut out, &self.secrets, "Secret", ns, secret);
+            add(&self.secrets, "Secret", secret);
         }
         out
     }
@@ -214,19 +217,24 @@ pub async fn run(
         .await;
 }
 
-/// A metadata-only watch of one kind of owned object: its cache and its trigger stream.
+/// A metadata-only watch of one kind of owned object: its stamps and its trigger stream.
 fn owned_metadata<K>(
     api: Api<PartialObjectMeta<K>>,
     config: &watcher::Config,
-) -> (Store<PartialObjectMeta<K>>, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
+) -> (StampCache, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
-    let stream = reflector(writer, watcher(api, config.clone()).map_ok(|e| e.modify(|o| slim_meta(&mut o.metadata))))
+    let cache = StampCache::default();
+    let observer = cache.clone();
+    let stream = watcher(api, config.clone())
         .default_backoff()
+        .map_ok(move |event| {
+            observer.observe(&event);
+            event
+        })
         .touched_objects();
-    (store, stream)
+    (cache, stream)
 }
 
 /// The objects of a reflected watch whose `relevant` hash changed since they were last seen,
