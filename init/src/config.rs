@@ -565,9 +565,12 @@ mod tests {
         assert_eq!(e.setting, "--tls-dir");
     }
 
+    /// Flags, environment, and the setting the error must name.
+    type BadCase = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
+
     #[test]
     fn bad_settings_name_themselves() {
-        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        let cases: &[BadCase] = &[
             (&["--port", "0"], &[], "--port"),
             (&["--port", "70000"], &[], "--port"),
             (&[], &[("PORT", "abc")], "PORT"),

@@ -5,6 +5,8 @@
 //! (cgroups, mounts, storage, the exclusive lock, iptables), start dockerd, and from then on only
 //! forward signals, reap zombies and wait: nothing after the start may make PID 1 exit early.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod config;
 mod daemon;
 mod prepare;

@@ -96,11 +96,10 @@ pub fn close_inherited_fds() -> Result<usize, Error> {
 pub fn kernel_mounts(mounts: &[Mount]) {
     let find = |mp: &str| mounts.iter().rev().find(|m| m.mount_point == mp);
     let security = Path::new("/sys/kernel/security");
-    if security.is_dir() && find("/sys/kernel/security").is_none() {
-        if let Err(e) = mount(Some("securityfs"), security, Some("securityfs"), MsFlags::empty(), None::<&str>) {
+    if security.is_dir() && find("/sys/kernel/security").is_none()
+        && let Err(e) = mount(Some("securityfs"), security, Some("securityfs"), MsFlags::empty(), None::<&str>) {
             warn!(error = %e, "could not mount securityfs; LSM profiles stay unavailable to dockerd");
         }
-    }
     for mp in ["/sys", "/proc/sys"] {
         if find(mp).is_some_and(Mount::read_only) {
             remount_rw(mp);
@@ -109,11 +108,10 @@ pub fn kernel_mounts(mounts: &[Mount]) {
     if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>) {
         warn!(error = %e, "could not make / rshared; volume propagation inside containers may not work");
     }
-    if access("/tmp", AccessFlags::W_OK).is_err() {
-        if let Err(e) = mount(Some("tmpfs"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777")) {
+    if access("/tmp", AccessFlags::W_OK).is_err()
+        && let Err(e) = mount(Some("tmpfs"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777")) {
             warn!(error = %e, "/tmp is not writable and could not be made so");
         }
-    }
 }
 
 fn remount_rw(mp: &str) -> bool {

@@ -158,9 +158,9 @@ pub async fn run(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    fn api<K: Resource<DynamicType = ()>>(c: &Client, ns: Option<&str>) -> Api<K>
+    fn api<K>(c: &Client, ns: Option<&str>) -> Api<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     {
         match ns {
             Some(ns) => Api::namespaced(c.clone(), ns),
@@ -319,6 +319,10 @@ pub fn slim_pod(pod: &mut Pod) {
     meta.annotations = None;
     meta.managed_fields = None;
     meta.owner_references = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    // Of the labels, only the one that names the pod's DindDaemon.
+    meta.labels = meta.labels.take().and_then(|mut l| l.remove_entry(resources::DAEMON_LABEL)).map(|kv| [kv].into());
     if let Some(spec) = pod.spec.as_mut() {
         let volumes = spec.volumes.take().map(|v| {
             v.into_iter()
@@ -360,11 +364,10 @@ pub fn daemons_of_pod(pod: Pod) -> Vec<ObjectRef<DindDaemon>> {
     for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) else { continue };
         // docker-NAME-ORDINAL: NAME may itself contain dashes, the ordinal never does.
-        if let Some((name, ordinal)) = claim.strip_prefix("docker-").and_then(|rest| rest.rsplit_once('-')) {
-            if !name.is_empty() && ordinal.chars().all(|c| c.is_ascii_digit()) && !names.iter().any(|n| n == name) {
+        if let Some((name, ordinal)) = claim.strip_prefix("docker-").and_then(|rest| rest.rsplit_once('-'))
+            && !name.is_empty() && ordinal.chars().all(|c| c.is_ascii_digit()) && !names.iter().any(|n| n == name) {
                 names.push(name.to_string());
             }
-        }
     }
     names
         .into_iter()
@@ -470,6 +473,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         let patch = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "status": new_status});
         api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.metrics.status_updates.inc();
     }
     // Readiness changes arrive through the pod and StatefulSet watches; the periodic pass is a
     // safety net and the point where certificates due for renewal (2/3 of their life) are
@@ -596,11 +600,10 @@ fn find_intruders(claim_prefix: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(St
             continue;
         }
         for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            if let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| &c.claim_name) {
-                if claim.starts_with(claim_prefix) {
+            if let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| &c.claim_name)
+                && claim.starts_with(claim_prefix) {
                     found.push((pod.name_any(), claim.clone()));
                 }
-            }
         }
     }
     found
@@ -692,7 +695,7 @@ mod tests {
     #[test]
     fn slim_pods_keep_what_status_reads() {
         let mut pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "ci-0", "labels": {"dind.dev/daemon": "ci"}, "annotations": {"big": "x"}},
+            "metadata": {"name": "ci-0", "labels": {"dind.dev/daemon": "ci", "controller-revision-hash": "ci-5d8"}, "annotations": {"big": "x"}},
             "spec": {"containers": [{"name": "dockerd", "image": "docker:dind", "args": ["a", "b"]}],
                      "volumes": [{"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}},
                                  {"name": "tmp", "emptyDir": {}}]},
@@ -704,6 +707,7 @@ mod tests {
         .unwrap();
         slim_pod(&mut pod);
         assert!(pod.metadata.annotations.is_none());
+        assert_eq!(pod.labels().len(), 1, "only the daemon label stays");
         let spec = pod.spec.as_ref().unwrap();
         assert!(spec.containers.is_empty());
         assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);

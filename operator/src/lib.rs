@@ -3,6 +3,8 @@
 //! A reconcile goes read → certificates (`tls`) → build (`resources`, pure) → server-side
 //! apply → status (`status`, pure); `controller` ties them together.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod applied;
 pub mod controller;
 pub mod crd;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Reconciles that found every owned object as they last applied it, and wrote none.
     pub unchanged: Counter,
+    /// Status writes (a reconcile writes status only when it changed).
+    pub status_updates: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub ready_daemons: Family<DaemonLabels, Gauge>,
@@ -35,6 +37,7 @@ impl Default for Metrics {
         Self {
             reconciles: Counter::default(),
             unchanged: Counter::default(),
+            status_updates: Counter::default(),
             errors: Family::default(),
             duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             ready_daemons: Family::default(),
@@ -49,6 +52,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("dind_operator");
         r.register("reconciles", "Reconciles started", self.reconciles.clone());
         r.register("reconciles_unchanged", "Reconciles that had nothing to apply", self.unchanged.clone());
+        r.register("status_updates", "DindDaemon status writes", self.status_updates.clone());
         r.register("reconcile_errors", "Reconciles that failed, by error kind", self.errors.clone());
         r.register("reconcile_duration_seconds", "Time a reconcile took", self.duration.clone());
         r.register("ready_daemons", "Ready daemons per DindDaemon", self.ready_daemons.clone());

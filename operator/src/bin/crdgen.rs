@@ -39,12 +39,11 @@ fn main() -> ExitCode {
             eprintln!("crdgen: {path} is stale; run `cargo run -p dind-operator --bin crdgen` and commit it");
             stale = true;
         } else {
-            if let Some(dir) = full.parent() {
-                if let Err(e) = std::fs::create_dir_all(dir) {
+            if let Some(dir) = full.parent()
+                && let Err(e) = std::fs::create_dir_all(dir) {
                     eprintln!("crdgen: {}: {e}", dir.display());
                     return ExitCode::FAILURE;
                 }
-            }
             if let Err(e) = std::fs::write(&full, content) {
                 eprintln!("crdgen: {path}: {e}");
                 return ExitCode::FAILURE;
