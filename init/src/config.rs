@@ -17,16 +17,7 @@ use serde_json::{Map, Value};
 pub const STORAGE_DRIVERS: &[&str] = &["overlay2", "fuse-overlayfs", "btrfs", "zfs", "vfs"];
 
 /// daemon.json keys that dind-init owns: the port, TLS and data root are wired to the pod.
-const OWNED_DAEMON_KEYS: &[&str] = &[
-    "hosts",
-    "tls",
-    "tlsverify",
-    "tlscacert",
-    "tlscert",
-    "tlskey",
-    "data-root",
-    "pidfile",
-];
+const OWNED_DAEMON_KEYS: &[&str] = &["hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey", "data-root", "pidfile"];
 
 /// dockerd flags that dind-init owns; passing them through would fight our own.
 const OWNED_DOCKERD_FLAGS: &[&str] = &[
@@ -51,9 +42,14 @@ pub enum Command {
     /// Ready the container and run dockerd as our child (the default).
     Run(Box<Config>),
     /// Readiness probe: `/_ping` over the daemon's unix socket.
-    Probe { socket: PathBuf, timeout_ms: u64 },
+    Probe {
+        socket: PathBuf,
+        timeout_ms: u64,
+    },
     /// Copy this binary into a directory (the init-container pattern).
-    Install { dir: PathBuf },
+    Install {
+        dir: PathBuf,
+    },
     Help,
     Version,
 }
@@ -131,25 +127,75 @@ struct Setting {
 }
 
 const SETTINGS: &[Setting] = &[
-    Setting { flag: "port", env: &["PORT", "DIND_INIT_PORT"], repeatable: false, help: "TCP port of dockerd (default 2376, or 2375 with --tls=false)" },
+    Setting {
+        flag: "port",
+        env: &["PORT", "DIND_INIT_PORT"],
+        repeatable: false,
+        help: "TCP port of dockerd (default 2376, or 2375 with --tls=false)",
+    },
     Setting { flag: "tls", env: &["DIND_INIT_TLS"], repeatable: false, help: "mutual TLS on the TCP port: true (default) or false" },
-    Setting { flag: "tls-dir", env: &["DIND_INIT_TLS_DIR"], repeatable: false, help: "directory of ca.crt, tls.crt, tls.key (default /certs/server)" },
-    Setting { flag: "tls-ca", env: &["DIND_INIT_TLS_CA"], repeatable: false, help: "CA that client certificates must chain to (default TLS_DIR/ca.crt)" },
+    Setting {
+        flag: "tls-dir",
+        env: &["DIND_INIT_TLS_DIR"],
+        repeatable: false,
+        help: "directory of ca.crt, tls.crt, tls.key (default /certs/server)",
+    },
+    Setting {
+        flag: "tls-ca",
+        env: &["DIND_INIT_TLS_CA"],
+        repeatable: false,
+        help: "CA that client certificates must chain to (default TLS_DIR/ca.crt)",
+    },
     Setting { flag: "tls-cert", env: &["DIND_INIT_TLS_CERT"], repeatable: false, help: "server certificate (default TLS_DIR/tls.crt)" },
     Setting { flag: "tls-key", env: &["DIND_INIT_TLS_KEY"], repeatable: false, help: "server key (default TLS_DIR/tls.key)" },
     Setting { flag: "mtu", env: &["DIND_INIT_MTU"], repeatable: false, help: "MTU of dockerd's networks, 576-9000 (default: eth0's)" },
-    Setting { flag: "storage-driver", env: &["DIND_INIT_STORAGE_DRIVER"], repeatable: false, help: "overlay2, fuse-overlayfs, btrfs, zfs or vfs (default: from the filesystem)" },
-    Setting { flag: "registry-mirror", env: &["DIND_INIT_REGISTRY_MIRRORS"], repeatable: true, help: "registry mirror URL, http(s)://; repeat, or comma-separate in the env" },
-    Setting { flag: "insecure-registry", env: &["DIND_INIT_INSECURE_REGISTRIES"], repeatable: true, help: "registry host[:port] or CIDR reached without TLS checks; repeatable" },
+    Setting {
+        flag: "storage-driver",
+        env: &["DIND_INIT_STORAGE_DRIVER"],
+        repeatable: false,
+        help: "overlay2, fuse-overlayfs, btrfs, zfs or vfs (default: from the filesystem)",
+    },
+    Setting {
+        flag: "registry-mirror",
+        env: &["DIND_INIT_REGISTRY_MIRRORS"],
+        repeatable: true,
+        help: "registry mirror URL, http(s)://; repeat, or comma-separate in the env",
+    },
+    Setting {
+        flag: "insecure-registry",
+        env: &["DIND_INIT_INSECURE_REGISTRIES"],
+        repeatable: true,
+        help: "registry host[:port] or CIDR reached without TLS checks; repeatable",
+    },
     Setting { flag: "daemon-config", env: &["DIND_INIT_DAEMON_CONFIG"], repeatable: false, help: "daemon.json passthrough, a JSON object" },
-    Setting { flag: "data-root", env: &["DIND_INIT_DATA_ROOT"], repeatable: false, help: "dockerd's data root; back it with a volume (default /var/lib/docker)" },
+    Setting {
+        flag: "data-root",
+        env: &["DIND_INIT_DATA_ROOT"],
+        repeatable: false,
+        help: "dockerd's data root; back it with a volume (default /var/lib/docker)",
+    },
     Setting { flag: "exec-root", env: &["DIND_INIT_EXEC_ROOT"], repeatable: false, help: "dockerd's exec root (default /var/run/docker)" },
     Setting { flag: "socket", env: &["DIND_INIT_SOCKET"], repeatable: false, help: "dockerd's unix socket (default /var/run/docker.sock)" },
-    Setting { flag: "log", env: &["LOG", "DIND_INIT_LOG"], repeatable: false, help: "dockerd output: stdout (default) or file (/var/log/docker.log)" },
+    Setting {
+        flag: "log",
+        env: &["LOG", "DIND_INIT_LOG"],
+        repeatable: false,
+        help: "dockerd output: stdout (default) or file (/var/log/docker.log)",
+    },
     Setting { flag: "iptables", env: &["DIND_INIT_IPTABLES"], repeatable: false, help: "iptables backend: auto (default), nft or legacy" },
     Setting { flag: "dockerd", env: &["DIND_INIT_DOCKERD"], repeatable: false, help: "dockerd binary (default: dockerd from PATH)" },
-    Setting { flag: "shutdown-timeout", env: &["DIND_INIT_SHUTDOWN_TIMEOUT"], repeatable: false, help: "seconds dockerd gives containers to stop, 1-3600 (default 15)" },
-    Setting { flag: "timeout-ms", env: &["DIND_INIT_PROBE_TIMEOUT_MS"], repeatable: false, help: "probe: give up after this many milliseconds (default 1000)" },
+    Setting {
+        flag: "shutdown-timeout",
+        env: &["DIND_INIT_SHUTDOWN_TIMEOUT"],
+        repeatable: false,
+        help: "seconds dockerd gives containers to stop, 1-3600 (default 15)",
+    },
+    Setting {
+        flag: "timeout-ms",
+        env: &["DIND_INIT_PROBE_TIMEOUT_MS"],
+        repeatable: false,
+        help: "probe: give up after this many milliseconds (default 1000)",
+    },
 ];
 
 /// The usage text, printed by `--help`.
@@ -291,9 +337,7 @@ fn run_config(
     };
     let tls = if tls_on {
         let dir = one("tls-dir").map_or_else(|| PathBuf::from("/certs/server"), |r| PathBuf::from(r.value));
-        let file = |flag: &str, default: &str| {
-            one(flag).map_or_else(|| dir.join(default), |r| PathBuf::from(r.value))
-        };
+        let file = |flag: &str, default: &str| one(flag).map_or_else(|| dir.join(default), |r| PathBuf::from(r.value));
         Some(TlsFiles { ca: file("tls-ca", "ca.crt"), cert: file("tls-cert", "tls.crt"), key: file("tls-key", "tls.key") })
     } else {
         for flag in ["tls-dir", "tls-ca", "tls-cert", "tls-key"] {
@@ -391,8 +435,7 @@ fn run_config(
 
     let mut extra_args = Vec::new();
     if let Some(raw) = env.get("DOCKER_DAEMON_ARGS") {
-        let split = shlex::split(raw)
-            .ok_or_else(|| ConfigError::new("DOCKER_DAEMON_ARGS", "unbalanced quotes or a trailing backslash"))?;
+        let split = shlex::split(raw).ok_or_else(|| ConfigError::new("DOCKER_DAEMON_ARGS", "unbalanced quotes or a trailing backslash"))?;
         check_passthrough("DOCKER_DAEMON_ARGS", &split)?;
         extra_args.extend(split);
     }
@@ -425,7 +468,10 @@ pub fn check_files(cfg: &Config) -> Result<(), ConfigError> {
         if !path.is_file() {
             return Err(ConfigError::new(
                 flag,
-                format!("{} is not a file (mount the server TLS secret there, set --tls-dir, or turn TLS off with --tls=false)", path.display()),
+                format!(
+                    "{} is not a file (mount the server TLS secret there, set --tls-dir, or turn TLS off with --tls=false)",
+                    path.display()
+                ),
             ));
         }
     }
@@ -441,7 +487,9 @@ fn only_flags(flags: &BTreeMap<&'static str, Vec<Raw>>, allowed: &[&str], sub: &
 
 fn no_positional(positional: &[String], sub: &str) -> Result<(), ConfigError> {
     match positional.first() {
-        Some(p) => Err(ConfigError::new(format!("argument {p:?}"), format!("unexpected to `dind-init {sub}` (dockerd arguments go after --)"))),
+        Some(p) => {
+            Err(ConfigError::new(format!("argument {p:?}"), format!("unexpected to `dind-init {sub}` (dockerd arguments go after --)")))
+        }
         None => Ok(()),
     }
 }
@@ -451,12 +499,7 @@ fn list(raws: Vec<Raw>) -> Vec<(String, String)> {
     raws.into_iter()
         .flat_map(|r| {
             let origin = r.origin;
-            r.value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| (origin.clone(), s.to_string()))
-                .collect::<Vec<_>>()
+            r.value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| (origin.clone(), s.to_string())).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -478,13 +521,15 @@ fn parse_bool(raw: &Raw) -> Result<bool, ConfigError> {
 }
 
 fn parse_daemon_config(raw: &Raw) -> Result<Map<String, Value>, ConfigError> {
-    let value: Value = serde_json::from_str(&raw.value)
-        .map_err(|e| ConfigError::new(&raw.origin, format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(&raw.value).map_err(|e| ConfigError::new(&raw.origin, format!("not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
         return Err(ConfigError::new(&raw.origin, "must be a JSON object (daemon.json)"));
     };
     if let Some(key) = map.keys().find(|k| OWNED_DAEMON_KEYS.contains(&k.as_str())) {
-        return Err(ConfigError::new(&raw.origin, format!("key {key:?} is set by dind-init (port, TLS and data root are wired to the pod)")));
+        return Err(ConfigError::new(
+            &raw.origin,
+            format!("key {key:?} is set by dind-init (port, TLS and data root are wired to the pod)"),
+        ));
     }
     Ok(map)
 }

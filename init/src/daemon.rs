@@ -88,10 +88,7 @@ mod tests {
 
     #[test]
     fn daemon_json_merges_typed_over_passthrough() {
-        let c = cfg(
-            &["--registry-mirror", "https://m", "--insecure-registry", "r:5000", "--daemon-config", r#"{"debug":true}"#],
-            &[],
-        );
+        let c = cfg(&["--registry-mirror", "https://m", "--insecure-registry", "r:5000", "--daemon-config", r#"{"debug":true}"#], &[]);
         let doc = daemon_json(&c, Some(1450), Some("overlay2"));
         assert_eq!(doc["debug"], json!(true));
         assert_eq!(doc["mtu"], json!(1450));

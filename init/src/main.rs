@@ -33,15 +33,8 @@ use tracing::{debug, error, info, warn};
 use config::{Command, Config, LogTarget};
 
 /// Signals handed on to dockerd. SIGCHLD is ours: it tells us to reap.
-const FORWARDED: &[Signal] = &[
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
+const FORWARDED: &[Signal] =
+    &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
 /// Where dind-init keeps what it generates (daemon.json, iptables links).
 const RUN_DIR: &str = "/run/dind-init";
@@ -85,9 +78,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let env: BTreeMap<String, String> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
-        .collect();
+    let env: BTreeMap<String, String> =
+        std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect();
     let command = match config::parse(&args, &env) {
         Ok(c) => c,
         Err(e) => {
@@ -169,9 +161,7 @@ fn run(cfg: &Config, mask: &SigSet) -> u8 {
 
     let config_file = Path::new(RUN_DIR).join("daemon.json");
     let doc = daemon::daemon_json(cfg, prepared.mtu, prepared.driver.as_deref());
-    let written = serde_json::to_vec_pretty(&doc)
-        .map_err(io::Error::other)
-        .and_then(|bytes| fs::write(&config_file, bytes));
+    let written = serde_json::to_vec_pretty(&doc).map_err(io::Error::other).and_then(|bytes| fs::write(&config_file, bytes));
     if let Err(e) = written {
         error!("{}", Error::io(&config_file, e));
         return 1;
@@ -238,8 +228,8 @@ fn spawn_dockerd(cfg: &Config, args: &[String], path_prefix: Option<&Path>) -> i
     cmd.args(args).stdin(Stdio::null());
     if let Some(prefix) = path_prefix {
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let joined = std::env::join_paths(std::iter::once(prefix.to_path_buf()).chain(std::env::split_paths(&path)))
-            .map_err(io::Error::other)?;
+        let joined =
+            std::env::join_paths(std::iter::once(prefix.to_path_buf()).chain(std::env::split_paths(&path))).map_err(io::Error::other)?;
         cmd.env("PATH", joined);
     }
     if cfg.log == LogTarget::File {

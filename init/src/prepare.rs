@@ -96,10 +96,12 @@ pub fn close_inherited_fds() -> Result<usize, Error> {
 pub fn kernel_mounts(mounts: &[Mount]) {
     let find = |mp: &str| mounts.iter().rev().find(|m| m.mount_point == mp);
     let security = Path::new("/sys/kernel/security");
-    if security.is_dir() && find("/sys/kernel/security").is_none()
-        && let Err(e) = mount(Some("securityfs"), security, Some("securityfs"), MsFlags::empty(), None::<&str>) {
-            warn!(error = %e, "could not mount securityfs; LSM profiles stay unavailable to dockerd");
-        }
+    if security.is_dir()
+        && find("/sys/kernel/security").is_none()
+        && let Err(e) = mount(Some("securityfs"), security, Some("securityfs"), MsFlags::empty(), None::<&str>)
+    {
+        warn!(error = %e, "could not mount securityfs; LSM profiles stay unavailable to dockerd");
+    }
     for mp in ["/sys", "/proc/sys"] {
         if find(mp).is_some_and(Mount::read_only) {
             remount_rw(mp);
@@ -109,9 +111,10 @@ pub fn kernel_mounts(mounts: &[Mount]) {
         warn!(error = %e, "could not make / rshared; volume propagation inside containers may not work");
     }
     if access("/tmp", AccessFlags::W_OK).is_err()
-        && let Err(e) = mount(Some("tmpfs"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777")) {
-            warn!(error = %e, "/tmp is not writable and could not be made so");
-        }
+        && let Err(e) = mount(Some("tmpfs"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777"))
+    {
+        warn!(error = %e, "/tmp is not writable and could not be made so");
+    }
 }
 
 fn remount_rw(mp: &str) -> bool {
@@ -291,14 +294,8 @@ pub const LOCK_FILE: &str = ".dind-init.lock";
 
 pub fn lock_data_root(data_root: &Path) -> Result<DataRootLock, Error> {
     let path = data_root.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(&path).map_err(|e| Error::io(&path, e))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, errno)) => {

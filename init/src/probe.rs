@@ -20,11 +20,7 @@ fn check_response(response: &[u8]) -> io::Result<()> {
     let text = String::from_utf8_lossy(response);
     let status = text.lines().next().unwrap_or_default();
     let ok = status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200");
-    if ok && text.ends_with("OK") {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("unexpected answer: {status:?}")))
-    }
+    if ok && text.ends_with("OK") { Ok(()) } else { Err(io::Error::other(format!("unexpected answer: {status:?}"))) }
 }
 
 #[cfg(test)]

@@ -158,7 +158,8 @@ impl Applied {
     /// Whether the Secrets seen now are those this apply wrote or read, so `certs` is what
     /// they hold.
     pub fn secrets_hold(&self, seen: &Stamps) -> bool {
-        let secrets = |s: &Stamps| s.iter().filter(|(k, _)| k.starts_with("Secret/")).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+        let secrets =
+            |s: &Stamps| s.iter().filter(|(k, _)| k.starts_with("Secret/")).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
         let mine = secrets(&self.stamps);
         mine.len() == 3 && mine == secrets(seen)
     }

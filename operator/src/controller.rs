@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -21,12 +21,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::applied::{self, Applied, Stamp, StampCache, Stamps};
 use crate::crd::{DindDaemon, DindDaemonStatus};
 use crate::error::{Error, Result};
 use crate::metrics::{DaemonLabels, ErrorLabels, Metrics};
 use crate::resources::{self, Defaults, Names, Owned};
 use crate::status::{self, Observed};
-use crate::applied::{self, Applied, Stamp, StampCache, Stamps};
 use crate::{daemon_info, tls};
 
 /// At most this many reconciles run at once.
@@ -174,8 +174,11 @@ pub async fn run(
     // DindDaemons: spec changes (generation), not our own status writes.
     let (daemons, writer) = reflector::store::<DindDaemon>();
     let daemon_stream = relevant_changes(
-        reflector(writer, watcher(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic()).map_ok(|e| e.modify(slim_daemon)))
-            .default_backoff(),
+        reflector(
+            writer,
+            watcher(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic()).map_ok(|e| e.modify(slim_daemon)),
+        )
+        .default_backoff(),
         |dd| hash_of(&(&dd.metadata.uid, dd.metadata.generation, dd.metadata.deletion_timestamp.is_some())),
     );
     // Pods: our daemons' readiness and crash loops, and foreign pods that mount a daemon's
@@ -327,7 +330,11 @@ pub fn slim_pod(pod: &mut Pod) {
         let volumes = spec.volumes.take().map(|v| {
             v.into_iter()
                 .filter(|v| v.persistent_volume_claim.is_some())
-                .map(|v| k8s_openapi::api::core::v1::Volume { name: v.name, persistent_volume_claim: v.persistent_volume_claim, ..Default::default() })
+                .map(|v| k8s_openapi::api::core::v1::Volume {
+                    name: v.name,
+                    persistent_volume_claim: v.persistent_volume_claim,
+                    ..Default::default()
+                })
                 .collect()
         });
         *spec = k8s_openapi::api::core::v1::PodSpec { volumes, ..Default::default() };
@@ -365,9 +372,12 @@ pub fn daemons_of_pod(pod: Pod) -> Vec<ObjectRef<DindDaemon>> {
         let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) else { continue };
         // docker-NAME-ORDINAL: NAME may itself contain dashes, the ordinal never does.
         if let Some((name, ordinal)) = claim.strip_prefix("docker-").and_then(|rest| rest.rsplit_once('-'))
-            && !name.is_empty() && ordinal.chars().all(|c| c.is_ascii_digit()) && !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
+            && !name.is_empty()
+            && ordinal.chars().all(|c| c.is_ascii_digit())
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
     }
     names
         .into_iter()
@@ -459,7 +469,8 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         p.metadata.namespace.as_deref() == Some(ns.as_str())
             && (p.labels().get(resources::DAEMON_LABEL) == Some(&name) || mounts_claim(p, &claim_prefix))
     });
-    let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(resources::DAEMON_LABEL) == Some(&name)).map(|p| (**p).clone()).collect();
+    let pods: Vec<Pod> =
+        concerned.iter().filter(|p| p.labels().get(resources::DAEMON_LABEL) == Some(&name)).map(|p| (**p).clone()).collect();
     let intruders = find_intruders(&claim_prefix, &pods, &concerned);
     let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, &pods, &plan.bundle).await } else { Vec::new() };
     let observed = Observed { statefulset: sts.as_ref(), pods: &pods, intruders, drivers };
@@ -488,11 +499,8 @@ async fn read_certificates(
     names: &Names,
 ) -> Result<((Option<tls::Pair>, Option<tls::Pair>, Option<tls::Pair>), Stamps)> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let (ca, server, client_cert) = tokio::try_join!(
-        secrets.get_opt(&names.ca_secret),
-        secrets.get_opt(&names.server_secret),
-        secrets.get_opt(&names.client_secret)
-    )?;
+    let (ca, server, client_cert) =
+        tokio::try_join!(secrets.get_opt(&names.ca_secret), secrets.get_opt(&names.server_secret), secrets.get_opt(&names.client_secret))?;
     let stamps = [&ca, &server, &client_cert]
         .into_iter()
         .flatten()
@@ -601,9 +609,10 @@ fn find_intruders(claim_prefix: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(St
         }
         for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| &c.claim_name)
-                && claim.starts_with(claim_prefix) {
-                    found.push((pod.name_any(), claim.clone()));
-                }
+                && claim.starts_with(claim_prefix)
+            {
+                found.push((pod.name_any(), claim.clone()));
+            }
         }
     }
     found
@@ -688,7 +697,8 @@ mod tests {
             ]}
         }))
         .unwrap();
-        let refs: Vec<String> = daemons_of_pod(pod).iter().map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name)).collect();
+        let refs: Vec<String> =
+            daemons_of_pod(pod).iter().map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name)).collect();
         assert_eq!(refs, ["b/own", "b/my-ci"]);
     }
 

@@ -201,7 +201,10 @@ pub struct DaemonSpec {
 
     /// Registries (host[:port] or CIDR, no scheme) the daemon reaches without TLS checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(max = 512), regex(pattern = r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[0-9]{1,3})?$")))]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 512), regex(pattern = r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[0-9]{1,3})?$"))
+    )]
     pub insecure_registries: Vec<String>,
 
     /// Storage driver. Default: chosen by dind-init from the volume's filesystem (overlay2 on
@@ -228,8 +231,19 @@ pub struct DaemonSpec {
 
 /// daemon.json keys that `daemon.config` may not set (see its doc comment).
 pub const DAEMON_CONFIG_REFUSED_KEYS: &[&str] = &[
-    "hosts", "tls", "tlsverify", "tlscacert", "tlscert", "tlskey", "data-root", "exec-root", "pidfile",
-    "mtu", "storage-driver", "registry-mirrors", "insecure-registries",
+    "hosts",
+    "tls",
+    "tlsverify",
+    "tlscacert",
+    "tlscert",
+    "tlskey",
+    "data-root",
+    "exec-root",
+    "pidfile",
+    "mtu",
+    "storage-driver",
+    "registry-mirrors",
+    "insecure-registries",
 ];
 
 /// A map of arbitrary JSON values. CEL cannot type free-form values, so the refused keys are

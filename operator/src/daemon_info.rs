@@ -16,14 +16,10 @@ pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {
     for cert in CertificateDer::pem_slice_iter(certs.ca.cert_pem.as_bytes()) {
         roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
-    let chain = CertificateDer::pem_slice_iter(certs.client.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+    let chain =
+        CertificateDer::pem_slice_iter(certs.client.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::from_pem_slice(certs.client.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())
+    rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).map_err(|e| e.to_string())
 }
 
 /// The daemon's storage driver, from `/info`. `tls`: the certificates and the server name to

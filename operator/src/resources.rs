@@ -3,20 +3,17 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SELinuxOptions, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SELinuxOptions, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
@@ -44,12 +41,46 @@ pub const DOCKERD_SHUTDOWN_TIMEOUT: i64 = 15;
 
 /// Every capability but SYS_RESOURCE (which the Capabilities mode exists to avoid).
 pub const CAPABILITIES: &[&str] = &[
-    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
-    "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
-    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
-    "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT",
-    "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_TIME",
-    "SYS_TTY_CONFIG", "WAKE_ALARM",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
 ];
 
 /// What the platform team configured on the operator (Helm values → flags).
@@ -167,13 +198,7 @@ pub fn build(dd: &DindDaemon, defaults: &Defaults, certs: &tls::Bundle) -> Resul
     })
 }
 
-fn secret<const N: usize>(
-    dd: &DindDaemon,
-    name: &str,
-    owner: &OwnerReference,
-    type_: Option<&str>,
-    data: [(&str, &String); N],
-) -> Secret {
+fn secret<const N: usize>(dd: &DindDaemon, name: &str, owner: &OwnerReference, type_: Option<&str>, data: [(&str, &String); N]) -> Secret {
     Secret {
         metadata: meta(dd, name, owner),
         type_: Some(type_.unwrap_or("Opaque").to_string()),
@@ -245,10 +270,7 @@ fn security_context(mode: SecurityMode) -> SecurityContext {
         SecurityMode::Capabilities => SecurityContext {
             privileged: Some(false),
             allow_privilege_escalation: Some(true),
-            capabilities: Some(Capabilities {
-                add: Some(CAPABILITIES.iter().map(|c| (*c).to_string()).collect()),
-                drop: None,
-            }),
+            capabilities: Some(Capabilities { add: Some(CAPABILITIES.iter().map(|c| (*c).to_string()).collect()), drop: None }),
             seccomp_profile: Some(SeccompProfile { type_: "Unconfined".into(), localhost_profile: None }),
             ..base
         },
@@ -298,7 +320,12 @@ pub fn daemon_statefulset(
             }),
             ..Default::default()
         });
-        mounts.push(VolumeMount { name: "server-tls".into(), mount_path: SERVER_TLS_DIR.into(), read_only: Some(true), ..Default::default() });
+        mounts.push(VolumeMount {
+            name: "server-tls".into(),
+            mount_path: SERVER_TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     let mut claims = None;
     if spec.storage.ephemeral {
@@ -342,7 +369,12 @@ pub fn daemon_statefulset(
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
         command: Some(vec![format!("{DIND_BIN_DIR}/dind-init")]),
         args: Some(args),
-        ports: Some(vec![ContainerPort { name: Some("docker".into()), container_port: spec.port, protocol: Some("TCP".into()), ..Default::default() }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("docker".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
         volume_mounts: Some(mounts),
         resources: spec.resources.clone(),
         security_context: Some(security_context(spec.security.mode)),
@@ -648,7 +680,8 @@ mod tests {
         let dd = daemon(json!({}));
         let a = build(&dd, &defaults(), &certs()).unwrap();
         let b = build(&dd, &defaults(), &certs()).unwrap();
-        let ann = |o: &Owned| o.statefulset.spec.clone().unwrap().template.metadata.unwrap().annotations.unwrap()[TLS_DIGEST_ANNOTATION].clone();
+        let ann =
+            |o: &Owned| o.statefulset.spec.clone().unwrap().template.metadata.unwrap().annotations.unwrap()[TLS_DIGEST_ANNOTATION].clone();
         assert_ne!(ann(&a), ann(&b));
         let (ca, server, client) = pairs_from_secrets(Some(&a.ca_secret), Some(&a.server_secret), Some(&a.client_secret));
         let kept = tls::Bundle { ca: ca.unwrap(), server: server.unwrap(), client: client.unwrap() };

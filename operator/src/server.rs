@@ -32,7 +32,11 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -25,10 +25,7 @@ pub struct Observed<'a> {
 }
 
 fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Why a daemon pod is failing, if it is: a crash loop with dind-init's last words, or an
@@ -38,7 +35,10 @@ fn pod_failure(pod: &Pod) -> Option<String> {
     statuses.iter().find_map(|cs| {
         let waiting = cs.state.as_ref()?.waiting.as_ref()?;
         let reason = waiting.reason.as_deref()?;
-        if !matches!(reason, "CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "CreateContainerError") {
+        if !matches!(
+            reason,
+            "CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "CreateContainerError"
+        ) {
             return None;
         }
         let last = cs
@@ -146,11 +146,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         })
         .collect();
 
-    let docker_host = if desired == 1 {
-        Some(service_host)
-    } else {
-        endpoints.first().map(|e| e.docker_host.clone())
-    };
+    let docker_host = if desired == 1 { Some(service_host) } else { endpoints.first().map(|e| e.docker_host.clone()) };
     DindDaemonStatus {
         observed_generation: generation,
         ready_replicas,
@@ -212,7 +208,11 @@ mod tests {
         let d = dd(1);
         let pods = [pod("ci-0", true)];
         let s = sts(1, 1);
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, drivers: vec![("ci-0".into(), "overlay2".into())], ..Default::default() }, at(100));
+        let st = compute(
+            &d,
+            &Observed { statefulset: Some(&s), pods: &pods, drivers: vec![("ci-0".into(), "overlay2".into())], ..Default::default() },
+            at(100),
+        );
         assert_eq!(st.ready.as_deref(), Some("1/1"));
         assert_eq!(st.docker_host.as_deref(), Some("tcp://ci.b.svc:2376"));
         assert_eq!(st.client_secret_name.as_deref(), Some("ci-client"));

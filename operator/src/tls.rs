@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -187,9 +187,8 @@ pub fn plan(
     let ca_renewed = !issued.is_empty();
     let still_good = |pair: &Pair, want_names: Option<&BTreeSet<String>>| {
         !ca_renewed
-            && inspect(&pair.cert_pem).is_ok_and(|i| {
-                !needs_renewal(&i, now) && i.issuer_der == ca_subject && want_names.is_none_or(|n| &i.dns_names == n)
-            })
+            && inspect(&pair.cert_pem)
+                .is_ok_and(|i| !needs_renewal(&i, now) && i.issuer_der == ca_subject && want_names.is_none_or(|n| &i.dns_names == n))
     };
     let server = match existing_server.filter(|s| still_good(s, Some(names))) {
         Some(s) => s,
@@ -219,7 +218,8 @@ mod tests {
     #[test]
     fn server_names_cover_services_replicas_and_localhost() {
         let n = names();
-        for want in ["localhost", "127.0.0.1", "d.ns.svc", "d-daemons.ns.svc", "d-0.d-daemons.ns.svc", "d-1.d-daemons.ns.svc.cluster.local"] {
+        for want in ["localhost", "127.0.0.1", "d.ns.svc", "d-daemons.ns.svc", "d-0.d-daemons.ns.svc", "d-1.d-daemons.ns.svc.cluster.local"]
+        {
             assert!(n.contains(want), "missing {want}");
         }
         assert!(!n.contains("d-2.d-daemons.ns.svc"));

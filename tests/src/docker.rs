@@ -13,10 +13,8 @@ pub const DAEMON_IMAGE: &str = "dind-daemon:test";
 pub const BUSYBOX_IMAGE: &str = "dind-busybox:test";
 
 /// Capabilities mode of DESIGN.md: Docker's `--privileged` fails on these VMs.
-pub const CAPABILITIES_MODE: &[&str] = &[
-    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-];
+pub const CAPABILITIES_MODE: &[&str] =
+    &["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"];
 
 /// `docker ARGS` against the test daemon; stdout, or an error with stderr.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {

@@ -113,13 +113,7 @@ pub async fn dump_namespace(ns: &str) {
         vec!["get", "events", "--sort-by=.lastTimestamp"],
         vec!["get", "dinddaemons", "-o", "yaml", "--ignore-not-found"],
     ] {
-        let out = tokio::process::Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["-n", ns])
-            .args(&args)
-            .output()
-            .await;
+        let out = tokio::process::Command::new(&kubectl).arg("--kubeconfig").arg(&kubeconfig).args(["-n", ns]).args(&args).output().await;
         match out {
             Ok(out) => eprintln!(
                 "---- kubectl -n {ns} {}\n{}{}",
@@ -180,7 +174,11 @@ pub fn operator_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // Tests live in target/PROFILE/deps/, binaries such as the benchmarks in target/PROFILE/.
     let dir = exe.parent().expect("target dir");
-    [dir, dir.parent().unwrap_or(dir)].iter().map(|d| d.join("dind-operator")).find(|p| p.exists()).unwrap_or_else(|| dir.join("dind-operator"))
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("dind-operator"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("dind-operator"))
 }
 
 /// A real `dind-operator run` process, killed (SIGKILL) and reaped when dropped.

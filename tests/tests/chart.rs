@@ -19,12 +19,18 @@ const KUBE_VERSION: &str = "1.35.4";
 
 /// Non-default values that exercise every branch of the templates.
 const CUSTOM: &[&str] = &[
-    "--set", "replicas=2",
-    "--set", "watchNamespaces={team-a,team-b}",
-    "--set", "logFormat=text",
-    "--set", "metrics.enabled=false",
-    "--set", "daemon.image=registry.example/docker:28-dind",
-    "--set", "daemon.initImage=registry.example/dind-init:0.1.0",
+    "--set",
+    "replicas=2",
+    "--set",
+    "watchNamespaces={team-a,team-b}",
+    "--set",
+    "logFormat=text",
+    "--set",
+    "metrics.enabled=false",
+    "--set",
+    "daemon.image=registry.example/docker:28-dind",
+    "--set",
+    "daemon.initImage=registry.example/dind-init:0.1.0",
 ];
 
 async fn helm(args: &[&str]) -> anyhow::Result<String> {
@@ -46,7 +52,8 @@ async fn every_rendered_manifest_is_accepted_by_the_apiserver() {
         let watch = format!("watchNamespaces={{{ns}}}");
         let custom: Vec<&str> = pairs_without_watch(CUSTOM).into_iter().chain(["--set", watch.as_str()]).collect();
         for values in [&[][..], &custom[..]] {
-            let rendered = helm(&[&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--namespace", &ns][..], values].concat()).await?;
+            let rendered =
+                helm(&[&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--namespace", &ns][..], values].concat()).await?;
             ensure!(rendered.contains("kind: Deployment"), "{rendered}");
             let file = std::env::temp_dir().join(format!("dind-chart-{}.yaml", suffix()));
             std::fs::write(&file, &rendered)?;
@@ -99,7 +106,8 @@ async fn install_then_uninstall_leaves_only_the_crd() {
         helm(&["uninstall", &release, "-n", &ns, "--wait"]).await?;
         ensure!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&full).await?.is_none(), "Deployment left behind");
         ensure!(Api::<ClusterRole>::all(client.clone()).get_opt(&full).await?.is_none(), "ClusterRole left behind");
-        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(client.clone());
         ensure!(crds.get_opt("dinddaemons.dind.dev").await?.is_some(), "Helm keeps CRDs on uninstall; ours is gone");
         Ok(())
     })
@@ -132,11 +140,8 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
         let kubeconfig = token_kubeconfig(&token)?;
         let result = async {
             // The operator, out of cluster, as the chart's ServiceAccount, with leader election.
-            let _op = Operator::start_with_kubeconfig(
-                &kubeconfig,
-                &ns,
-                &["--leader-election", "--lease-namespace", &ns, "--lease-name", &full],
-            )?;
+            let _op =
+                Operator::start_with_kubeconfig(&kubeconfig, &ns, &["--leader-election", "--lease-namespace", &ns, "--lease-name", &full])?;
             let dd: dind_operator::crd::DindDaemon = serde_json::from_value(json!({
                 "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "rbac"}, "spec": {}
             }))?;
@@ -150,15 +155,16 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
             Api::<StatefulSet>::namespaced(client.clone(), &ns).get("rbac").await?;
 
             // Not wider: the same identity may not delete, nor read Secrets elsewhere.
-            let sa_client = Client::try_from(kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&kubeconfig)?,
-                &Default::default(),
-            ).await?)?;
-            let err = Api::<StatefulSet>::namespaced(sa_client.clone(), &ns).delete("rbac", &DeleteParams::default()).await.expect_err("delete");
+            let sa_client = Client::try_from(
+                kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &Default::default()).await?,
+            )?;
+            let err =
+                Api::<StatefulSet>::namespaced(sa_client.clone(), &ns).delete("rbac", &DeleteParams::default()).await.expect_err("delete");
             ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "delete statefulset: {err}");
             let err = Api::<Secret>::namespaced(sa_client.clone(), "kube-system").list(&ListParams::default()).await.expect_err("list");
             ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "secrets in kube-system: {err}");
-            let err = Api::<Secret>::namespaced(sa_client, &ns).delete("rbac-client", &DeleteParams::default()).await.expect_err("delete secret");
+            let err =
+                Api::<Secret>::namespaced(sa_client, &ns).delete("rbac-client", &DeleteParams::default()).await.expect_err("delete secret");
             ensure!(matches!(&err, kube::Error::Api(s) if s.code == 403), "delete secret: {err}");
             Ok(())
         }

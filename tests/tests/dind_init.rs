@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use dind_operator::daemon_info;
 use dind_tests::docker::{
-    BUSYBOX_IMAGE, CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, copy_image, docker, nested_command,
-    nested_docker, pipe_image, require_test_docker,
+    BUSYBOX_IMAGE, CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, copy_image, docker, nested_command, nested_docker,
+    pipe_image, require_test_docker,
 };
 use dind_tests::suffix;
 
@@ -59,7 +59,10 @@ async fn mutual_tls_ping_works_with_the_client_certificate_and_is_refused_withou
         anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
     }
     .await;
-    ensure!(refused.as_ref().is_err() || !refused.as_ref().is_ok_and(|r| r.contains("200 OK")), "ping without a client cert got through: {refused:?}");
+    ensure!(
+        refused.as_ref().is_err() || !refused.as_ref().is_ok_and(|r| r.contains("200 OK")),
+        "ping without a client cert got through: {refused:?}"
+    );
 
     // A client certificate of another daemon's CA is refused too (one CA per daemon).
     let other = Certs::new(&unique("other"))?;
@@ -71,7 +74,11 @@ async fn mutual_tls_ping_works_with_the_client_certificate_and_is_refused_withou
 
 /// A bundle that trusts `server`'s CA but presents `client`'s (foreign) client certificate.
 fn crossed_bundle(server: &Certs, client: &Certs) -> anyhow::Result<dind_operator::tls::Bundle> {
-    Ok(dind_operator::tls::Bundle { ca: server.bundle.ca.clone(), server: server.bundle.server.clone(), client: client.bundle.client.clone() })
+    Ok(dind_operator::tls::Bundle {
+        ca: server.bundle.ca.clone(),
+        server: server.bundle.server.clone(),
+        client: client.bundle.client.clone(),
+    })
 }
 
 #[tokio::test]
@@ -128,7 +135,11 @@ async fn nesting_depth_three() -> anyhow::Result<()> {
     nested_docker(&addr, &client, &run)?;
     let start = Instant::now();
     while nested_docker(&addr, &client, &["exec", "level2", "dind-init", "probe"]).is_err() {
-        ensure!(start.elapsed() < READY, "level 2 never became ready: {}", nested_docker(&addr, &client, &["logs", "level2"]).unwrap_or_default());
+        ensure!(
+            start.elapsed() < READY,
+            "level 2 never became ready: {}",
+            nested_docker(&addr, &client, &["logs", "level2"]).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Level 3: a container of the level-2 daemon. Its image travels through level 1:

@@ -40,8 +40,24 @@ async fn install_operator(client: &Client, ns: &str) -> anyhow::Result<()> {
     let watch = format!("watchNamespaces={{{ns}}}");
     run_tool(
         "helm",
-        &["install", "op", CHART, "-n", ns, "--set", &watch, "--set", &format!("daemon.image={DAEMON_IMAGE}"),
-          "--set", "image.pullPolicy=Never", "--set", "logFormat=text", "--wait", "--timeout", "180s"],
+        &[
+            "install",
+            "op",
+            CHART,
+            "-n",
+            ns,
+            "--set",
+            &watch,
+            "--set",
+            &format!("daemon.image={DAEMON_IMAGE}"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
     )
     .await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -214,7 +230,13 @@ async fn e2e_drills_end_with_a_working_daemon() {
         apply_manifest(&ns, &build_pod_manifest("build-killed", "ci")?).await?;
         eventually("build under way", READY, || {
             let ns = ns.clone();
-            async move { Ok(kubectl(&["logs", "-n", &ns, "build-killed"]).await.ok().filter(|l| l.contains("Step 3") || l.contains("RUN echo two")).map(|_| ())) }
+            async move {
+                Ok(kubectl(&["logs", "-n", &ns, "build-killed"])
+                    .await
+                    .ok()
+                    .filter(|l| l.contains("Step 3") || l.contains("RUN echo two"))
+                    .map(|_| ()))
+            }
         })
         .await?;
         let id = container_id(&client, &ns, "ci-0").await?;
@@ -223,7 +245,8 @@ async fn e2e_drills_end_with_a_working_daemon() {
             let pods = pods.clone();
             async move {
                 let p = pods.get("ci-0").await?;
-                let restarts = p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).map_or(0, |c| c.restart_count);
+                let restarts =
+                    p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).map_or(0, |c| c.restart_count);
                 Ok((restarts >= 1).then_some(()))
             }
         })
@@ -237,7 +260,10 @@ async fn e2e_drills_end_with_a_working_daemon() {
         let sts = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "json"]).await?;
         let sts: serde_json::Value = serde_json::from_str(&sts)?;
         let mut spec = sts["spec"]["template"]["spec"].clone();
-        spec["volumes"].as_array_mut().context("volumes")?.push(json!({"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}));
+        spec["volumes"]
+            .as_array_mut()
+            .context("volumes")?
+            .push(json!({"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}));
         spec["containers"][0].as_object_mut().context("container")?.remove("readinessProbe");
         spec["containers"][0].as_object_mut().context("container")?.remove("startupProbe");
         let intruder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"}, "spec": spec});
@@ -272,7 +298,12 @@ async fn e2e_drills_end_with_a_working_daemon() {
 
         // 3. The operator pod deleted in the middle of a reconcile.
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.drill.test"]}}}))).await?;
+        api.patch(
+            "ci",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.drill.test"]}}})),
+        )
+        .await?;
         let op_pods = pods.list(&ListParams::default().labels("app.kubernetes.io/name=dind-operator")).await?;
         for p in op_pods {
             pods.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await?;
@@ -280,7 +311,8 @@ async fn e2e_drills_end_with_a_working_daemon() {
         eventually("mirror rolled out after the operator came back", READY, || {
             let ns = ns.clone();
             async move {
-                let args = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
+                let args =
+                    kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
                 Ok(args.contains("mirror.drill.test").then_some(()))
             }
         })
@@ -294,11 +326,17 @@ async fn e2e_drills_end_with_a_working_daemon() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let cont = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status()?;
         ensure!(cont.success());
-        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.after-outage.test"]}}}))).await?;
+        api.patch(
+            "ci",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.after-outage.test"]}}})),
+        )
+        .await?;
         eventually("operator reconciles after the outage", READY, || {
             let ns = ns.clone();
             async move {
-                let args = kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
+                let args =
+                    kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
                 Ok(args.contains("mirror.after-outage.test").then_some(()))
             }
         })

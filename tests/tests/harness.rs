@@ -40,12 +40,7 @@ fn widget_crd(group: &str) -> anyhow::Result<CustomResourceDefinition> {
 
 async fn established(crds: &Api<CustomResourceDefinition>, name: &str) -> anyhow::Result<Option<()>> {
     let crd = crds.get(name).await?;
-    let ok = crd
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Established" && c.status == "True");
+    let ok = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
     Ok(ok.then_some(()))
 }
 
@@ -98,18 +93,24 @@ async fn service_account_without_a_grant_is_forbidden() {
         // Grant exactly one verb, so the test also shows the token works where granted.
         let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), &ns);
         roles
-            .create(&PostParams::default(), &serde_json::from_value(json!({
-                "metadata": {"name": "list-pods"},
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
-            }))?)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "list-pods"},
+                    "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+                }))?,
+            )
             .await?;
         let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(client.clone(), &ns);
         bindings
-            .create(&PostParams::default(), &serde_json::from_value(json!({
-                "metadata": {"name": "nobody-list-pods"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-pods"},
-                "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": ns}]
-            }))?)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "nobody-list-pods"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-pods"},
+                    "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": ns}]
+                }))?,
+            )
             .await?;
         let request = TokenRequest {
             spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(600), ..Default::default() },
@@ -168,18 +169,19 @@ async fn conflicting_server_side_apply_needs_force() {
 async fn deleting_an_owner_garbage_collects_what_it_owns() {
     with_namespace("gc", |client: Client, ns: String| async move {
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let owner = cms
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "owner"}}))?)
-            .await?;
+        let owner = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "owner"}}))?).await?;
         let uid = owner.metadata.uid.context("owner uid")?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         secrets
-            .create(&PostParams::default(), &serde_json::from_value(json!({
-                "metadata": {"name": "owned", "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid
-                }]},
-                "stringData": {"k": "v"}
-            }))?)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "owned", "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid
+                    }]},
+                    "stringData": {"k": "v"}
+                }))?,
+            )
             .await?;
         cms.delete("owner", &DeleteParams::background()).await?;
         eventually("owned Secret collected", Duration::from_secs(60), || {

@@ -145,7 +145,11 @@ async fn a_valid_daemon_gets_every_owned_object_with_owner_refs_and_our_field_ma
         let sts = owned_objects(&client, &ns, "ci").await?;
         let check = |kind: &str, meta: &kube::api::ObjectMeta| -> anyhow::Result<()> {
             let refs = meta.owner_references.clone().unwrap_or_default();
-            ensure!(refs.len() == 1 && refs[0].uid == uid && refs[0].controller == Some(true), "{kind} {:?}: owner refs {refs:?}", meta.name);
+            ensure!(
+                refs.len() == 1 && refs[0].uid == uid && refs[0].controller == Some(true),
+                "{kind} {:?}: owner refs {refs:?}",
+                meta.name
+            );
             let managers: BTreeSet<String> = meta.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
             ensure!(managers.contains(FIELD_MANAGER), "{kind} {:?}: managers {managers:?}", meta.name);
             Ok(())
@@ -189,7 +193,8 @@ async fn spec_changes_roll_into_the_statefulset() {
         create(&client, &ns, "ci", json!({})).await?;
         owned_objects(&client, &ns, "ci").await?;
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-        let change = json!({"spec": {"replicas": 2, "image": "docker:27.5.1-dind", "daemon": {"registryMirrors": ["https://mirror.example.test"]}}});
+        let change =
+            json!({"spec": {"replicas": 2, "image": "docker:27.5.1-dind", "daemon": {"registryMirrors": ["https://mirror.example.test"]}}});
         api.patch("ci", &PatchParams::default(), &Patch::Merge(&change)).await?;
         let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         eventually("StatefulSet follows the spec", WAIT, || {
@@ -273,7 +278,13 @@ async fn drift_in_owned_objects_is_repaired() {
 }
 
 async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
-    Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items.iter().map(ResourceExt::name_any).collect())
+    Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect())
 }
 
 #[tokio::test]
@@ -302,8 +313,16 @@ async fn deleting_removes_every_owned_object_and_keeps_volumes_only_with_retain_
             let ns = ns.clone();
             async move {
                 let sts = Api::<StatefulSet>::namespaced(c.clone(), &ns).list(&ListParams::default()).await?.items.len();
-                let svc = Api::<Service>::namespaced(c.clone(), &ns).list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator")).await?.items.len();
-                let sec = Api::<Secret>::namespaced(c.clone(), &ns).list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator")).await?.items.len();
+                let svc = Api::<Service>::namespaced(c.clone(), &ns)
+                    .list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator"))
+                    .await?
+                    .items
+                    .len();
+                let sec = Api::<Secret>::namespaced(c.clone(), &ns)
+                    .list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator"))
+                    .await?
+                    .items
+                    .len();
                 let np = Api::<NetworkPolicy>::namespaced(c.clone(), &ns).list(&ListParams::default()).await?.items.len();
                 let pvcs = pvc_names(&c, &ns).await?;
                 Ok((sts + svc + sec + np == 0 && pvcs == ["docker-kept-0"]).then_some(()))
@@ -327,7 +346,10 @@ async fn operator_killed_mid_reconcile_converges_without_duplicates_and_keeps_ce
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         eventually("some certificates made", WAIT, || {
             let secrets = secrets.clone();
-            async move { Ok((!secrets.list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator")).await?.items.is_empty()).then_some(())) }
+            async move {
+                Ok((!secrets.list(&ListParams::default().labels("app.kubernetes.io/managed-by=dind-operator")).await?.items.is_empty())
+                    .then_some(()))
+            }
         })
         .await?;
         op.kill();
@@ -428,7 +450,11 @@ async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test
         let status = dd.status.context("status")?;
         ensure!(status.ready_replicas == 1 && status.ready.as_deref() == Some("1/1"), "{status:?}");
         ensure!(status.endpoints.len() == 1 && status.endpoints[0].ready);
-        let events = run_tool("kubectl", &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=ci", "-o", "jsonpath={.items[*].reason}"]).await?;
+        let events = run_tool(
+            "kubectl",
+            &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=ci", "-o", "jsonpath={.items[*].reason}"],
+        )
+        .await?;
         ensure!(events.contains("CertificatesIssued") && events.contains("DaemonReady"), "events: {events}");
 
         // A pod of someone else's that mounts the daemon's volume makes it Degraded, naming it.

@@ -40,10 +40,11 @@ fn main() -> ExitCode {
             stale = true;
         } else {
             if let Some(dir) = full.parent()
-                && let Err(e) = std::fs::create_dir_all(dir) {
-                    eprintln!("crdgen: {}: {e}", dir.display());
-                    return ExitCode::FAILURE;
-                }
+                && let Err(e) = std::fs::create_dir_all(dir)
+            {
+                eprintln!("crdgen: {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = std::fs::write(&full, content) {
                 eprintln!("crdgen: {path}: {e}");
                 return ExitCode::FAILURE;

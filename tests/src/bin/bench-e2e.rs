@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use dind_tests::{client, run_tool, suffix};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, PostParams};
 use kube::Api;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
@@ -32,11 +32,8 @@ fn phases(pod: &Pod, log: &str) -> Option<Vec<(&'static str, f64)>> {
     let main_started = status.container_statuses.as_ref()?.first()?.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(secs)?;
     // dind-init logs its own steps and "dockerd listening ms=N" (N from its start), to the ms.
     let listening_ms: f64 = log.lines().find(|l| l.contains("dockerd listening"))?.split("ms=").nth(1)?.trim().parse().ok()?;
-    let starting_ms: f64 = log
-        .lines()
-        .filter(|l| l.contains("step="))
-        .filter_map(|l| l.split("ms=").nth(1)?.trim().parse::<f64>().ok())
-        .sum();
+    let starting_ms: f64 =
+        log.lines().filter(|l| l.contains("step=")).filter_map(|l| l.split("ms=").nth(1)?.trim().parse::<f64>().ok()).sum();
     Some(vec![
         ("scheduling", cond("PodScheduled")? - created),
         ("volume + sandbox", secs(init.started_at.as_ref()?) - cond("PodScheduled")?),
@@ -85,8 +82,26 @@ async fn main() -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
     let watch = format!("watchNamespaces={{{ns}}}");
-    run_tool("helm", &["install", "op", CHART, "-n", &ns, "--set", &watch, "--set", "daemon.image=dind-daemon:test",
-                       "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"]).await?;
+    run_tool(
+        "helm",
+        &[
+            "install",
+            "op",
+            CHART,
+            "-n",
+            &ns,
+            "--set",
+            &watch,
+            "--set",
+            "daemon.image=dind-daemon:test",
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    )
+    .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     let mut totals = Vec::new();
@@ -109,7 +124,11 @@ async fn main() -> anyhow::Result<()> {
         kubectl(&["delete", "dind", "-n", &ns, &name, "--wait=false"]).await?;
     }
     totals.sort();
-    println!("apply -> Ready, {runs} runs: median {:.2} s, all {:?}", totals[runs / 2].as_secs_f64(), totals.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>());
+    println!(
+        "apply -> Ready, {runs} runs: median {:.2} s, all {:?}",
+        totals[runs / 2].as_secs_f64(),
+        totals.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+    );
     if let Some(first) = split.first() {
         println!("phases (median; k8s timestamps are whole seconds, dind-init's are ms):");
         for (idx, (label, _)) in first.iter().enumerate() {

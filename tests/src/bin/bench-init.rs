@@ -49,16 +49,27 @@ async fn main() -> anyhow::Result<()> {
     let certs = Certs::new("bench")?;
     // The same dockerd flags dind-init would pass, minus what only dind-init prepares.
     let direct = [
-        "--host=unix:///var/run/docker.sock", "--host=tcp://0.0.0.0:2376", "--data-root=/var/lib/docker",
-        "--tlsverify", "--tlscacert=/certs/server/ca.crt", "--tlscert=/certs/server/tls.crt", "--tlskey=/certs/server/tls.key",
-        "--storage-driver=overlay2", "--shutdown-timeout=15",
+        "--host=unix:///var/run/docker.sock",
+        "--host=tcp://0.0.0.0:2376",
+        "--data-root=/var/lib/docker",
+        "--tlsverify",
+        "--tlscacert=/certs/server/ca.crt",
+        "--tlscert=/certs/server/tls.crt",
+        "--tlskey=/certs/server/tls.key",
+        "--storage-driver=overlay2",
+        "--shutdown-timeout=15",
     ];
     let (mut with_init, mut floor, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let (t, c, _volume) = time_to_ping(&certs, None, &[]).await?;
         with_init.push(t);
         let status = c.exec(&["cat", "/proc/1/status"])?;
-        let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         rss.push(kib);
         drop(c);
         let (t, c, _volume) = time_to_ping(&certs, Some("dockerd"), &direct).await?;
@@ -66,10 +77,20 @@ async fn main() -> anyhow::Result<()> {
         drop(c);
     }
     let (a, b) = (median(with_init.clone()), median(floor.clone()));
-    let size = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release/dind-init")).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/x86_64-unknown-linux-gnu/release/dind-init"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!("runs:                          {runs}");
-    println!("dind-init start -> mTLS ping:  median {:.0} ms  {:?}", a.as_secs_f64() * 1e3, with_init.iter().map(|d| d.as_millis()).collect::<Vec<_>>());
-    println!("dockerd direct (floor):        median {:.0} ms  {:?}", b.as_secs_f64() * 1e3, floor.iter().map(|d| d.as_millis()).collect::<Vec<_>>());
+    println!(
+        "dind-init start -> mTLS ping:  median {:.0} ms  {:?}",
+        a.as_secs_f64() * 1e3,
+        with_init.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
+    println!(
+        "dockerd direct (floor):        median {:.0} ms  {:?}",
+        b.as_secs_f64() * 1e3,
+        floor.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
     println!("ratio dind-init / floor:       {:.3} (target <= 1.15)", a.as_secs_f64() / b.as_secs_f64());
     println!("dind-init binary size:         {:.2} MiB (target <= 3)", size as f64 / 1048576.0);
     println!("dind-init RSS with dockerd up: {:.2} MiB (target <= 3)", *rss.iter().max().unwrap_or(&0) as f64 / 1024.0);

@@ -131,7 +131,9 @@ impl Window {
     async fn measure(op: &Operator, length: Duration) -> Self {
         async fn counters(op: &Operator) -> [f64; 3] {
             let mut out = [0.0; 3];
-            for (slot, name) in out.iter_mut().zip([RECONCILES, "dind_operator_reconciles_unchanged_total", "dind_operator_status_updates_total"]) {
+            for (slot, name) in
+                out.iter_mut().zip([RECONCILES, "dind_operator_reconciles_unchanged_total", "dind_operator_status_updates_total"])
+            {
                 *slot = op.metric(name).await.unwrap_or(0.0);
             }
             out
