@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project, on this machine, against real parts:
-#   unit tests · the CRD and RBAC generators' freshness · the real control plane
+#   rustfmt and clippy · unit tests · the CRD and RBAC generators' freshness · the real control plane
 #   (etcd, kube-apiserver, controller-manager, scheduler) · dind-init in real containers
 #   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path ·
 #   and finally the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
@@ -22,6 +22,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+log "formatting (rustfmt.toml) and lints (clippy, warnings are errors)"
+cargo fmt --check
+cargo clippy -q --workspace --all-targets -- -D warnings
 
 log "generated files are fresh (crds/, chart CRD and RBAC)"
 cargo run -q -p dind-operator --bin crdgen -- --check

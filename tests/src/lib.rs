@@ -165,6 +165,16 @@ pub async fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `kubectl apply -n NS -f` a manifest given as text (YAML or JSON), through a temp file, so the
+/// path under test is kubectl's own.
+pub async fn kubectl_apply(ns: &str, manifest: &str) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("dind-apply-{}.yaml", suffix()));
+    std::fs::write(&file, manifest)?;
+    let out = run_tool("kubectl", &["apply", "-n", ns, "-f", &file.to_string_lossy()]).await;
+    let _ = std::fs::remove_file(&file);
+    out.map(|_| ())
+}
+
 /// The operator binary under test: `$DIND_OPERATOR_BIN`, else the one cargo built beside
 /// this test executable (run `cargo build -p dind-operator` first; tests/run.sh does).
 pub fn operator_binary() -> PathBuf {

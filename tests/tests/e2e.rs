@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use dind_operator::crd::DindDaemon;
-use dind_tests::{cluster_dir, eventually, run_tool, with_namespace};
+use dind_tests::{cluster_dir, eventually, kubectl_apply, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -83,17 +83,18 @@ fn build_pod_manifest(pod: &str, daemon: &str) -> anyhow::Result<String> {
         .replace("secretName: ci-client", &format!("secretName: {daemon}-client")))
 }
 
-async fn apply_manifest(ns: &str, manifest: &str) -> anyhow::Result<()> {
-    let file = std::env::temp_dir().join(format!("dind-e2e-{}.yaml", dind_tests::suffix()));
-    std::fs::write(&file, manifest)?;
-    let out = kubectl(&["apply", "-n", ns, "-f", &file.to_string_lossy()]).await;
-    let _ = std::fs::remove_file(&file);
-    out.map(|_| ())
+/// Waits until the daemon container's arguments in StatefulSet `name` contain `needle`.
+async fn wait_for_sts_args(what: &str, ns: &str, name: &str, needle: &str) -> anyhow::Result<()> {
+    eventually(what, READY, || async move {
+        let args = kubectl(&["get", "statefulset", "-n", ns, name, "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
+        Ok(args.contains(needle).then_some(()))
+    })
+    .await
 }
 
 /// Runs the example build pod to completion; returns its log and how long it ran.
 async fn run_build(client: &Client, ns: &str, pod: &str, daemon: &str) -> anyhow::Result<(String, Duration)> {
-    apply_manifest(ns, &build_pod_manifest(pod, daemon)?).await?;
+    kubectl_apply(ns, &build_pod_manifest(pod, daemon)?).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let phase = eventually("build pod finished", READY, || {
         let pods = pods.clone();
@@ -185,7 +186,7 @@ async fn e2e_apply_ready_build_cache_and_refusal() {
         let refused = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: no-cert, labels: {{dind.dev/client: ci}}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {CLIENT_IMAGE}\n    imagePullPolicy: Never\n    env: [{{name: DOCKER_CERT_PATH, value: /nowhere}}]\n    command: [docker, -H, 'tcp://ci:2376', --tlsverify, --tlscacert, /ca/ca.pem, version]\n    volumeMounts: [{{name: ca, mountPath: /ca}}]\n  volumes: [{{name: ca, secret: {{secretName: ci-client, items: [{{key: ca.pem, path: ca.pem}}]}}}}]\n"
         );
-        apply_manifest(&ns, &refused).await?;
+        kubectl_apply(&ns, &refused).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let phase = eventually("no-cert pod finished", READY, || {
             let pods = pods.clone();
@@ -227,7 +228,7 @@ async fn e2e_drills_end_with_a_working_daemon() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
         // 1. SIGKILL the daemon container in the middle of a build, then build again.
-        apply_manifest(&ns, &build_pod_manifest("build-killed", "ci")?).await?;
+        kubectl_apply(&ns, &build_pod_manifest("build-killed", "ci")?).await?;
         eventually("build under way", READY, || {
             let ns = ns.clone();
             async move {
@@ -267,7 +268,7 @@ async fn e2e_drills_end_with_a_working_daemon() {
         spec["containers"][0].as_object_mut().context("container")?.remove("readinessProbe");
         spec["containers"][0].as_object_mut().context("container")?.remove("startupProbe");
         let intruder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"}, "spec": spec});
-        apply_manifest(&ns, &serde_json::to_string(&intruder)?).await?;
+        kubectl_apply(&ns, &serde_json::to_string(&intruder)?).await?;
         let message = eventually("intruder refused with the lock message", READY, || {
             let pods = pods.clone();
             async move {
@@ -308,15 +309,7 @@ async fn e2e_drills_end_with_a_working_daemon() {
         for p in op_pods {
             pods.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await?;
         }
-        eventually("mirror rolled out after the operator came back", READY, || {
-            let ns = ns.clone();
-            async move {
-                let args =
-                    kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
-                Ok(args.contains("mirror.drill.test").then_some(()))
-            }
-        })
-        .await?;
+        wait_for_sts_args("mirror rolled out after the operator came back", &ns, "ci", "mirror.drill.test").await?;
         wait_ready(&ns, "ci").await?;
 
         // 4. The apiserver stopped for 30 s (SIGSTOP): the operator recovers and reconciles again.
@@ -332,15 +325,7 @@ async fn e2e_drills_end_with_a_working_daemon() {
             &Patch::Merge(&json!({"spec": {"daemon": {"registryMirrors": ["https://mirror.after-outage.test"]}}})),
         )
         .await?;
-        eventually("operator reconciles after the outage", READY, || {
-            let ns = ns.clone();
-            async move {
-                let args =
-                    kubectl(&["get", "statefulset", "-n", &ns, "ci", "-o", "jsonpath={.spec.template.spec.containers[0].args}"]).await?;
-                Ok(args.contains("mirror.after-outage.test").then_some(()))
-            }
-        })
-        .await?;
+        wait_for_sts_args("operator reconciles after the outage", &ns, "ci", "mirror.after-outage.test").await?;
         wait_ready(&ns, "ci").await?;
         let (out, _) = run_build(&client, &ns, "build-final", "ci").await?;
         ensure!(out.contains("one\ntwo\nthree"), "{out}");
@@ -357,7 +342,7 @@ async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         let keep = |name: &str| json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": name}, "spec": {"storage": {"retainOnDelete": true}}});
-        apply_manifest(&ns, &serde_json::to_string(&keep("ci"))?).await?;
+        kubectl_apply(&ns, &serde_json::to_string(&keep("ci"))?).await?;
         wait_ready(&ns, "ci").await?;
         run_build(&client, &ns, "build-1", "ci").await?;
         api.delete("ci", &DeleteParams::foreground()).await?;
@@ -370,7 +355,7 @@ async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
         })
         .await?;
         ensure!(pvcs.get_opt("docker-ci-0").await?.is_some(), "retainOnDelete: the volume should stay");
-        apply_manifest(&ns, &serde_json::to_string(&keep("ci"))?).await?;
+        kubectl_apply(&ns, &serde_json::to_string(&keep("ci"))?).await?;
         wait_ready(&ns, "ci").await?;
         let (warm, _) = run_build(&client, &ns, "build-2", "ci").await?;
         ensure!(cached_steps(&warm) >= 3, "the recreated daemon did not reuse the kept cache:\n{warm}");

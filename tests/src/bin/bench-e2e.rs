@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dind_tests::{client, run_tool, suffix};
+use dind_tests::{client, kubectl_apply, run_tool, suffix};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
@@ -63,10 +63,7 @@ echo "BUILD $a $b""#;
             "volumeMounts": [{"name": "c", "mountPath": "/certs"}]}],
             "volumes": [{"name": "c", "secret": {"secretName": "bench-client"}}]}
     });
-    let file = std::env::temp_dir().join(format!("bench-{}.json", suffix()));
-    std::fs::write(&file, manifest.to_string())?;
-    kubectl(&["apply", "-n", ns, "-f", &file.to_string_lossy()]).await?;
-    let _ = std::fs::remove_file(&file);
+    kubectl_apply(ns, &manifest.to_string()).await?;
     kubectl(&["wait", "-n", ns, "--for=jsonpath={.status.phase}=Succeeded", &format!("pod/{pod}"), "--timeout=300s"]).await?;
     let log = kubectl(&["logs", "-n", ns, pod]).await?;
     let line = log.lines().find(|l| l.starts_with("BUILD ")).context("no BUILD line")?;
@@ -109,13 +106,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..runs {
         let name = format!("r{i}");
         let dd = format!("apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {{name: {name}}}\nspec: {{storage: {{size: 1Gi}}}}\n");
-        let file = std::env::temp_dir().join(format!("bench-{}.yaml", suffix()));
-        std::fs::write(&file, dd)?;
         let start = Instant::now();
-        kubectl(&["apply", "-n", &ns, "-f", &file.to_string_lossy()]).await?;
+        kubectl_apply(&ns, &dd).await?;
         kubectl(&["wait", "-n", &ns, "--for=condition=Ready", &format!("dind/{name}"), "--timeout=300s"]).await?;
         totals.push(start.elapsed());
-        let _ = std::fs::remove_file(&file);
         let pod = pods.get(&format!("{name}-0")).await?;
         let log = kubectl(&["logs", "-n", &ns, &format!("{name}-0")]).await?;
         if let Some(p) = phases(&pod, &log) {
@@ -140,10 +134,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Cold vs warm build: the daemon pod is deleted and recreated between the two.
     let dd = "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: bench}\nspec: {storage: {size: 1Gi}}\n";
-    let file = std::env::temp_dir().join(format!("bench-{}.yaml", suffix()));
-    std::fs::write(&file, dd)?;
-    kubectl(&["apply", "-n", &ns, "-f", &file.to_string_lossy()]).await?;
-    let _ = std::fs::remove_file(&file);
+    kubectl_apply(&ns, dd).await?;
     kubectl(&["wait", "-n", &ns, "--for=condition=Ready", "dind/bench", "--timeout=300s"]).await?;
     let cold = timed_build(&ns, "cold").await?;
     let old = pods.get("bench-0").await?.metadata.uid;
