@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -426,40 +426,55 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
     let seen = ctx.owned.stamps(&ns, &names);
     let last = ctx.applied.lock().ok().and_then(|m| m.get(&key).cloned()).filter(|a| a.owner_uid == uid);
-    let (pairs, secret_stamps) = match &last {
-        Some(a) if a.secrets_hold(&seen) => {
-            let certs = a.certs.clone();
-            ((Some(certs.ca), Some(certs.server), Some(certs.client)), secrets_of(&seen))
+    // No Secrets in the (listed) cache and no apply remembered: nothing to read. The CA Secret
+    // is then created, not applied, so one that exists after all (unlabelled, or written an
+    // instant ago) is never overwritten: the create fails and the loop reads it instead.
+    let mut fresh = last.is_none() && secrets_of(&seen).is_empty();
+    let (plan, applied_sts) = loop {
+        let (pairs, secret_stamps) = match &last {
+            Some(a) if a.secrets_hold(&seen) => {
+                let certs = a.certs.clone();
+                ((Some(certs.ca), Some(certs.server), Some(certs.client)), secrets_of(&seen))
+            }
+            _ if fresh => ((None, None, None), Stamps::new()),
+            _ => read_certificates(client, &ns, &names).await?,
+        };
+        let server_names = tls::server_names(&name, &ns, &names.headless_service, dd.spec.replicas);
+        let plan = tls::plan(pairs.0, pairs.1, pairs.2, &ns, &name, &server_names, time::OffsetDateTime::now_utc())?;
+
+        // Build: pure, spec in, objects out.
+        let owned = resources::build(dd, &ctx.defaults, &plan.bundle)?;
+        let fingerprint = applied::fingerprint(&owned)?;
+
+        // Apply: server-side apply with one field manager, forced (we own these objects) —
+        // unless the same objects were applied before and nobody has touched them since.
+        if last.as_ref().is_some_and(|a| a.unchanged(&uid, fingerprint, &seen)) {
+            ctx.metrics.unchanged.inc();
+            break (plan, None);
         }
-        _ => read_certificates(client, &ns, &names).await?,
-    };
-    let server_names = tls::server_names(&name, &ns, &names.headless_service, dd.spec.replicas);
-    let plan = tls::plan(pairs.0, pairs.1, pairs.2, &ns, &name, &server_names, time::OffsetDateTime::now_utc())?;
-
-    // Build: pure, spec in, objects out.
-    let owned = resources::build(dd, &ctx.defaults, &plan.bundle)?;
-    let fingerprint = applied::fingerprint(&owned)?;
-
-    // Apply: server-side apply with one field manager, forced (we own these objects) — unless
-    // the same objects were applied before and nobody has touched them since.
-    let mut applied_sts = None;
-    if !last.as_ref().is_some_and(|a| a.unchanged(&uid, fingerprint, &seen)) {
         let certs_changed = !plan.issued.is_empty();
-        let (mut stamps, sts) = apply_all(client, &ns, &owned, certs_changed).await?;
+        let write = match (certs_changed, fresh) {
+            (false, _) => SecretWrite::None,
+            (true, false) => SecretWrite::Apply,
+            (true, true) => SecretWrite::CreateCa,
+        };
+        let Some((mut stamps, sts)) = apply_all(client, &ns, &owned, write).await? else {
+            tracing::debug!(%name, "a CA Secret exists that the cache did not show; reading it");
+            fresh = false;
+            continue;
+        };
         if !certs_changed {
             stamps.extend(secret_stamps);
         }
-        applied_sts = Some(sts);
-        let record = Applied { owner_uid: uid, fingerprint, stamps, certs: plan.bundle.clone() };
+        let record = Applied { owner_uid: uid.clone(), fingerprint, stamps, certs: plan.bundle.clone() };
         if let Ok(mut m) = ctx.applied.lock() {
             m.insert(key.clone(), record);
         }
         if certs_changed {
             publish(ctx, dd, EventType::Normal, "CertificatesIssued", format!("issued {} certificate(s)", plan.issued.join(", "))).await;
         }
-    } else {
-        ctx.metrics.unchanged.inc();
-    }
+        break (plan, Some(sts));
+    };
     prune(ctx);
 
     // Status. The StatefulSet just applied is newer than the cache's copy; otherwise the cache's.
@@ -559,18 +574,38 @@ where
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?)
 }
 
-/// Applies every owned object (Secrets only when a certificate was made: an unchanged Secret
-/// needs no write) and returns the stamps of what it wrote, and the StatefulSet.
-async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool) -> Result<(Stamps, StatefulSet)> {
+/// How `apply_all` writes the certificate Secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SecretWrite {
+    /// Unchanged certificates: an unchanged Secret needs no write.
+    None,
+    /// New or renewed certificates over Secrets that were read.
+    Apply,
+    /// A first CA: created (fails if one exists), then the leaf Secrets applied.
+    CreateCa,
+}
+
+/// Applies every owned object and returns the stamps of what it wrote, and the StatefulSet;
+/// `None` if `SecretWrite::CreateCa` found a CA Secret already there.
+async fn apply_all(client: &Client, ns: &str, owned: &Owned, secrets: SecretWrite) -> Result<Option<(Stamps, StatefulSet)>> {
     fn stamp<K: Resource>(kind: &str, obj: &K, out: &mut Stamps) {
         if let (Some(name), Some(s)) = (obj.meta().name.as_deref(), Stamp::of(obj.meta())) {
             out.insert(applied::key(kind, name), s);
         }
     }
     let mut stamps = Stamps::new();
-    if certs_changed {
+    if secrets != SecretWrite::None {
         // The CA Secret first: if we stop half-way, the next pass finds the CA and re-uses it.
-        let ca = apply(client, ns, &owned.ca_secret).await?;
+        let ca = if secrets == SecretWrite::CreateCa {
+            let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match Api::<Secret>::namespaced(client.clone(), ns).create(&params, &owned.ca_secret).await {
+                Ok(ca) => ca,
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            apply(client, ns, &owned.ca_secret).await?
+        };
         let (server, client_secret) = tokio::try_join!(apply(client, ns, &owned.server_secret), apply(client, ns, &owned.client_secret))?;
         for s in [&ca, &server, &client_secret] {
             stamp("Secret", s, &mut stamps);
@@ -586,7 +621,7 @@ async fn apply_all(client: &Client, ns: &str, owned: &Owned, certs_changed: bool
     stamp("Service", &client_service, &mut stamps);
     stamp("NetworkPolicy", &policy, &mut stamps);
     stamp("StatefulSet", &sts, &mut stamps);
-    Ok((stamps, sts))
+    Ok(Some((stamps, sts)))
 }
 
 /// Whether a pod mounts a claim whose name starts with `prefix`.

@@ -277,6 +277,32 @@ async fn drift_in_owned_objects_is_repaired() {
     .await;
 }
 
+/// A CA Secret that exists before its DindDaemon, without our labels (so no cache of the
+/// operator shows it), is read and kept: the operator's create-the-CA shortcut must not loop
+/// on it or replace it.
+#[tokio::test]
+async fn a_pre_existing_unlabelled_ca_secret_is_adopted() {
+    with_namespace("adopt-ca", |client: Client, ns: String| async move {
+        let ca = dind_operator::tls::new_ca(&ns, "pre", time::OffsetDateTime::now_utc())?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pre-ca"},
+            "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "pre", json!({})).await?;
+        owned_objects(&client, &ns, "pre").await?;
+        let server = secrets.get("pre-server-tls").await?;
+        ensure!(secret_text(&server, "ca.crt") == ca.cert_pem, "the server certificate is not signed by the pre-existing CA");
+        let kept = secrets.get("pre-ca").await?;
+        ensure!(secret_text(&kept, "ca.key") == ca.key_pem, "the CA key was replaced");
+        ensure!(kept.labels().get("dind.dev/daemon").map(String::as_str) == Some("pre"), "the CA Secret was not taken over");
+        Ok(())
+    })
+    .await;
+}
+
 async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
