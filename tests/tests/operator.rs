@@ -22,6 +22,11 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A node selector no node matches: pods stay unscheduled, their status the test's to set.
+fn no_node() -> Value {
+    json!({"dind.dev/test": "no-kubelet"})
+}
+
 fn daemon(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": name}, "spec": spec})
 }
@@ -461,7 +466,9 @@ async fn mark_pod_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Result<
 async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test_without_a_kubelet() {
     with_namespace("ready", |client: Client, ns: String| async move {
         let _op = Operator::start(&ns, &[])?;
-        create(&client, &ns, "ci", json!({})).await?;
+        // Kept off any node: where the harness runs a kubelet (tests/run.sh), it would own the
+        // pod's status and overwrite the readiness this test sets.
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
         owned_objects(&client, &ns, "ci").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         eventually("the StatefulSet made ci-0", WAIT, || {
@@ -486,7 +493,7 @@ async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test
         // A pod of someone else's that mounts the daemon's volume makes it Degraded, naming it.
         let thief: Pod = serde_json::from_value(json!({
             "metadata": {"name": "thief"},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}],
+            "spec": {"nodeSelector": no_node(), "containers": [{"name": "c", "image": "busybox"}],
                      "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}]}
         }))?;
         pods.create(&PostParams::default(), &thief).await?;
