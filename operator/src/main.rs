@@ -120,6 +120,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_for_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
+            // Graceful shutdown lets in-flight work finish, but not forever (an apiserver that
+            // stopped answering would hold it): well inside the pod's default 30 s grace.
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "still busy after the shutdown grace; exiting anyway");
+            std::process::exit(1);
         }
     });
     let http = tokio::spawn(server::serve(args.http_addr, health.clone(), stopped()));
@@ -177,6 +182,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     http.await.context("HTTP server task")?.context("HTTP server")?;
     Ok(())
 }
+
+/// How long the operator may take to stop after SIGTERM before it exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 async fn wait_for_signal() {
     let term = async {

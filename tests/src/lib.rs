@@ -223,6 +223,22 @@ impl Operator {
         self.child.id()
     }
 
+    /// SIGTERM, as the kubelet sends it; then waits up to `within` for the process to exit.
+    /// Returns its exit status, or None if it was still running (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let sent = std::process::Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {} failed", self.pid());
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        Ok(None)
+    }
+
     /// SIGKILL: no graceful shutdown, as when a node dies mid-reconcile.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -308,6 +308,34 @@ async fn a_pre_existing_unlabelled_ca_secret_is_adopted() {
     .await;
 }
 
+/// SIGTERM while the apiserver does not answer (here: a port that accepts and never speaks)
+/// still ends the operator, after its 20 s shutdown grace and before the pod's default 30 s
+/// grace period — and before the client's own 30 s connect timeout could end it instead.
+#[tokio::test]
+async fn sigterm_ends_the_operator_even_when_the_apiserver_hangs() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let kubeconfig = std::env::temp_dir().join(format!("dind-silent-kubeconfig-{}", dind_tests::suffix()));
+    let server = format!("https://{}", silent.local_addr().expect("addr"));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: none}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    let mut op = Operator::start_with_kubeconfig(&kubeconfig, "any", &[]).expect("start");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_file(&kubeconfig);
+    let started = std::time::Instant::now();
+    let status = op.terminate(Duration::from_secs(28)).expect("terminate");
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
+    assert_eq!(status.code(), Some(1), "exit after the grace is an error exit");
+    assert!(took >= Duration::from_secs(19), "exited after {took:?}: not by the shutdown grace");
+    drop(silent);
+}
+
 async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
