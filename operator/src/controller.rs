@@ -539,9 +539,16 @@ fn forget(ctx: &Context, key: &str) {
     }
 }
 
-/// Forgets DindDaemons that are gone (deleted without a last reconcile). Cheap unless some
-/// are: it only walks the map when it holds more entries than there are DindDaemons.
+/// Forgets DindDaemons (and daemon pods) that are gone. Cheap unless some are: it only walks
+/// a map when it holds more entries than there are DindDaemons (pods).
 fn prune(ctx: &Context) {
+    // Storage drivers are remembered per pod uid; pods come and go.
+    if let Ok(mut drivers) = ctx.drivers.lock()
+        && drivers.len() > ctx.pods.len()
+    {
+        let live: std::collections::HashSet<String> = ctx.pods.state().iter().filter_map(|p| p.uid()).collect();
+        drivers.retain(|uid, _| live.contains(uid));
+    }
     let gone: Vec<String> = match ctx.applied.lock() {
         Ok(m) if m.len() > ctx.daemons.len() => m
             .keys()
