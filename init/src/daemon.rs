@@ -96,4 +96,26 @@ mod tests {
         assert_eq!(doc["registry-mirrors"], json!(["https://m"]));
         assert_eq!(doc["insecure-registries"], json!(["r:5000"]));
     }
+
+    #[test]
+    fn what_dind_init_sets_is_exactly_the_contracts_directives() {
+        let c = cfg(&["--mtu=1400", "--registry-mirror=https://m", "--insecure-registry=r:5000"], &[]);
+        let args = dockerd_args(&c, Path::new("/run/dind-init/daemon.json"));
+        for arg in args.iter().filter(|a| a.starts_with('-')) {
+            let d = dind_contract::owned_flag(arg).unwrap_or_else(|| panic!("{arg} is set by dind-init but not in the contract"));
+            assert_eq!(d.via, dind_contract::Via::Flag, "{arg}");
+        }
+        let doc = daemon_json(&c, Some(1400), Some("vfs"));
+        for key in doc.keys() {
+            let d = dind_contract::owned_key(key).unwrap_or_else(|| panic!("{key} is written by dind-init but not in the contract"));
+            assert_eq!(d.via, dind_contract::Via::DaemonJson, "{key}");
+        }
+        // And the other way: every directive of the contract is set by one of the two.
+        for d in dind_contract::DIRECTIVES {
+            let by_flag = args.iter().any(|a| dind_contract::owned_flag(a) == Some(d));
+            let by_file = d.key.is_some_and(|k| doc.contains_key(k));
+            let pidfile = d.key == Some("pidfile"); // dockerd's default, kept ours so nobody moves it
+            assert!(by_flag || by_file || pidfile || d.key == Some("tls"), "{d:?} is owned but never set");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use nix::sys::statfs::statfs;
 use nix::unistd::{AccessFlags, access};
 use tracing::warn;
 
-use crate::Error;
+use crate::error::Error;
 use crate::sys;
 
 /// One line of /proc/self/mountinfo, the fields we use.
