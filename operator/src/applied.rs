@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
 
+use crate::build::{CertSecrets, Owned};
 use crate::error::{Error, Result};
-use crate::resources::Owned;
 use crate::tls;
 
 /// Identity and version of one owned object.
@@ -59,13 +59,17 @@ pub fn fingerprint(owned: &Owned) -> Result<u64> {
         Ok(())
     }
     let mut hasher = DefaultHasher::new();
-    feed(&mut hasher, "StatefulSet", &owned.statefulset)?;
-    feed(&mut hasher, "headless Service", &owned.headless_service)?;
-    feed(&mut hasher, "client Service", &owned.client_service)?;
-    feed(&mut hasher, "NetworkPolicy", &owned.network_policy)?;
-    feed(&mut hasher, "CA Secret", &owned.ca_secret)?;
-    feed(&mut hasher, "server Secret", &owned.server_secret)?;
-    feed(&mut hasher, "client Secret", &owned.client_secret)?;
+    // Every owned object, by name: a new one is a compile error here.
+    let Owned { statefulset, headless_service, client_service, network_policy, secrets } = owned;
+    feed(&mut hasher, "StatefulSet", statefulset)?;
+    feed(&mut hasher, "headless Service", headless_service)?;
+    feed(&mut hasher, "client Service", client_service)?;
+    feed(&mut hasher, "NetworkPolicy", network_policy)?;
+    if let Some(CertSecrets { ca, server, client }) = secrets {
+        feed(&mut hasher, "CA Secret", ca)?;
+        feed(&mut hasher, "server Secret", server)?;
+        feed(&mut hasher, "client Secret", client)?;
+    }
     Ok(hasher.finish())
 }
 
@@ -145,8 +149,9 @@ pub struct Applied {
     pub owner_uid: String,
     pub fingerprint: u64,
     pub stamps: Stamps,
-    /// The certificates the Secrets held, so an unchanged Secret need not be read again.
-    pub certs: tls::Bundle,
+    /// The certificates the Secrets held, so an unchanged Secret need not be read again
+    /// (`None` with TLS off).
+    pub certs: Option<tls::Bundle>,
 }
 
 impl Applied {
@@ -237,7 +242,7 @@ mod tests {
             server: tls::Pair { cert_pem: "c".into(), key_pem: "k".into() },
             client: tls::Pair { cert_pem: "c".into(), key_pem: "k".into() },
         };
-        let applied = Applied { owner_uid: "dd".into(), fingerprint: 7, stamps: stamps.clone(), certs };
+        let applied = Applied { owner_uid: "dd".into(), fingerprint: 7, stamps: stamps.clone(), certs: Some(certs) };
         assert!(applied.unchanged("dd", 7, &stamps));
         assert!(!applied.unchanged("dd", 8, &stamps), "spec or certificates changed");
         assert!(!applied.unchanged("other", 7, &stamps), "DindDaemon re-created");

@@ -20,6 +20,36 @@ pub const DEFAULT_PORT: i32 = 2376;
 /// The default size of a daemon's volume when none is given.
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
 
+/// The CRD as the apiserver gets it: the derived one, plus the rules on `metadata.name` that
+/// the derive cannot express (every generated name must fit; see `names::MAX_NAME_LEN`).
+pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    let mut crd = <DindDaemon as kube::CustomResourceExt>::crd();
+    let max = crate::names::MAX_NAME_LEN;
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            root.x_kubernetes_validations.get_or_insert_with(Vec::new).extend([
+                ValidationRule {
+                    rule: format!("self.metadata.name.size() <= {max}"),
+                    message: Some(format!(
+                        "metadata.name may have at most {max} characters: the daemons' pods and Services are named after it"
+                    )),
+                    ..Default::default()
+                },
+                ValidationRule {
+                    rule: "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')".into(),
+                    message: Some(
+                        "metadata.name must be a DNS label (lowercase letters, digits and '-', starting with a letter): it names Services"
+                            .into(),
+                    ),
+                    ..Default::default()
+                },
+            ]);
+        }
+    }
+    crd
+}
+
 /// A Docker daemon (or several) run as a cluster resource: each replica is a `dind-init` +
 /// dockerd pod with its own persistent volume for /var/lib/docker, served over mutual TLS.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -134,6 +164,15 @@ impl Default for TlsSpec {
     .message("storage.size and storage.ephemeral are mutually exclusive: an emptyDir has no size").field_path(".size"))]
 #[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.storageClassName))")
     .message("storage.storageClassName and storage.ephemeral are mutually exclusive").field_path(".storageClassName"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.size) ? quantity(self.size) : quantity('20Gi')).compareTo(has(oldSelf.size) ? quantity(oldSelf.size) : quantity('20Gi')) == 0")
+    .message("storage.size cannot be changed on an existing DindDaemon (the StatefulSet's volume claim templates are immutable): \
+              delete and re-create it, with storage.retainOnDelete to keep the volumes").field_path(".size"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')")
+    .message("storage.storageClassName cannot be changed on an existing DindDaemon: its volumes exist in their class").field_path(".storageClassName"))]
+#[x_kube(validation = kube::core::Rule::new("self.ephemeral == oldSelf.ephemeral")
+    .message("storage.ephemeral cannot be changed on an existing DindDaemon: delete and re-create it").field_path(".ephemeral"))]
 #[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && self.retainOnDelete)")
     .message("storage.retainOnDelete needs a volume: it cannot be combined with storage.ephemeral").field_path(".retainOnDelete"))]
 #[serde(rename_all = "camelCase")]
@@ -212,44 +251,38 @@ pub struct DaemonSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_driver: Option<StorageDriver>,
 
-    /// Extra dockerd arguments, e.g. `--debug`. Flags the operator owns are refused.
+    /// Extra dockerd arguments, e.g. `--debug`. Refused: flags dind-init sets itself (-H/--host,
+    /// --tls*, --data-root/-g, --exec-root, --pidfile/-p, --config-file, --shutdown-timeout) and
+    /// flags with a field of their own here (--mtu, --storage-driver/-s, --registry-mirror,
+    /// --insecure-registry), also inside a group of short flags such as `-DH`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 1024)))]
-    #[x_kube(validation = kube::core::Rule::new(
-        "self.all(a, !(a.startsWith('-H') || a.startsWith('--host') || a.startsWith('--tls') || a.startsWith('--data-root') || a.startsWith('--config-file') || a.startsWith('--pidfile') || a.startsWith('--exec-root')))")
-        .message("daemon.extraArgs may not set -H/--host, --tls*, --data-root, --exec-root, --config-file or --pidfile: the operator owns them"))]
+    #[x_kube(validation = extra_args_rule())]
     pub extra_args: Vec<String>,
 
     /// daemon.json passthrough: any dockerd configuration key (e.g. `log-level`, `features`).
-    /// Refused: keys the operator owns (hosts, tls, tlsverify, tlscacert, tlscert, tlskey,
-    /// data-root, exec-root, pidfile) and keys with a field of their own here (mtu,
-    /// storage-driver, registry-mirrors, insecure-registries), so each setting has one place.
+    /// Refused: keys dind-init sets itself (hosts, tls, tlsverify, tlscacert, tlscert, tlskey,
+    /// data-root, exec-root, pidfile, shutdown-timeout) and keys with a field of their own here
+    /// (mtu, storage-driver, registry-mirrors, insecure-registries), so each setting has one place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "daemon_config_schema")]
     pub config: Option<BTreeMap<String, Value>>,
 }
 
-/// daemon.json keys that `daemon.config` may not set (see its doc comment).
-pub const DAEMON_CONFIG_REFUSED_KEYS: &[&str] = &[
-    "hosts",
-    "tls",
-    "tlsverify",
-    "tlscacert",
-    "tlscert",
-    "tlskey",
-    "data-root",
-    "exec-root",
-    "pidfile",
-    "mtu",
-    "storage-driver",
-    "registry-mirrors",
-    "insecure-registries",
-];
+/// The CEL rule of `daemon.extraArgs`: the contract's owned flags (`dind_contract`), the same
+/// check dind-init makes, so a refused flag is a 422 at `kubectl apply`, not a crash loop.
+fn extra_args_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!("self.all(a, !a.matches('{}'))", dind_contract::owned_flag_pattern())).message(
+        "daemon.extraArgs may not set a flag dind-init sets itself (-H/--host, --tls*, --data-root/-g, --exec-root, \
+         --pidfile/-p, --config-file, --shutdown-timeout; also inside a group such as -DH) or one with its own field \
+         (--mtu, --storage-driver/-s, --registry-mirror, --insecure-registry: use spec.daemon.*)",
+    )
+}
 
 /// A map of arbitrary JSON values. CEL cannot type free-form values, so the refused keys are
 /// an OpenAPI `not: anyOf: required` (the apiserver names spec.daemon.config when it refuses).
 fn daemon_config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let refused: Vec<Value> = DAEMON_CONFIG_REFUSED_KEYS.iter().map(|k| serde_json::json!({"required": [k]})).collect();
+    let refused: Vec<Value> = dind_contract::owned_keys().map(|k| serde_json::json!({"required": [k]})).collect();
     schemars::json_schema!({
         "type": "object",
         "maxProperties": 64,

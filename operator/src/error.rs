@@ -20,6 +20,16 @@ pub enum Error {
     MissingField(&'static str),
     #[error("the watches behind the operator's caches ended before their first list")]
     CachesClosed,
+    /// The apiserver refused (or failed) to apply an owned object; shown in status as is.
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the reconcile did not finish within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl From<kube::Error> for Error {
@@ -40,6 +50,10 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::MissingField(_) => "missing_field",
             Error::CachesClosed => "caches_closed",
+            Error::Apply { source: kube::Error::Api(s), .. } if s.code == 409 => "conflict",
+            Error::Apply { source: kube::Error::Api(s), .. } if s.code == 422 => "refused",
+            Error::Apply { .. } => "apply",
+            Error::Timeout(_) => "timeout",
         }
     }
 }

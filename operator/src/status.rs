@@ -5,8 +5,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use crate::build::docker_hosts;
 use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus};
-use crate::resources::{Names, docker_hosts};
+use crate::names::Names;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -22,37 +23,66 @@ pub struct Observed<'a> {
     pub intruders: Vec<(String, String)>,
     /// Storage driver per pod name, as the daemons reported it.
     pub drivers: Vec<(String, String)>,
+    /// Why the last apply failed (the apiserver's refusal, named), if it did.
+    pub apply_error: Option<String>,
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+/// A daemon that restarted counts as failing until it has run this long without a restart:
+/// a crash loop passes through short `Running` spells, which must not read as recovered.
+pub const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Why a daemon pod is failing, if it is: a crash loop with dind-init's last words, or an
-/// image that cannot be pulled.
-fn pod_failure(pod: &Pod) -> Option<String> {
+/// Why a daemon pod is failing, if it is: waiting in a crash loop or on an image, or
+/// restarted less than [`STABLE_AFTER`] ago; with dind-init's last words where there are some.
+fn pod_failure(pod: &Pod, now: &Time) -> Option<String> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses.iter().find_map(|cs| {
-        let waiting = cs.state.as_ref()?.waiting.as_ref()?;
-        let reason = waiting.reason.as_deref()?;
-        if !matches!(
-            reason,
-            "CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "CreateContainerError"
-        ) {
-            return None;
-        }
+        let state = cs.state.as_ref();
+        let waiting = state.and_then(|s| s.waiting.as_ref()).and_then(|w| Some((w.reason.as_deref()?, w.message.clone())));
+        let reason = match waiting {
+            Some((
+                reason @ ("CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "CreateContainerError"),
+                _,
+            )) => reason.to_string(),
+            _ if cs.restart_count == 0 => return None,
+            // Restarted: failing while it is down, and until it has stayed up for a while.
+            _ => match state.and_then(|s| s.running.as_ref()) {
+                Some(running) if running.started_at.as_ref().is_some_and(|t| up_for(t, now) >= STABLE_AFTER) => return None,
+                Some(_) => format!("restarted {} time(s), up for less than {}s", cs.restart_count, STABLE_AFTER.as_secs()),
+                None => format!("restarted {} time(s)", cs.restart_count),
+            },
+        };
         let last = cs
             .last_state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
+            .or_else(|| state.and_then(|s| s.terminated.as_ref()))
             .and_then(|t| t.message.clone())
             .map(|m| m.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_string())
             .filter(|m| !m.is_empty());
-        Some(match last {
-            Some(msg) => format!("pod {} {}: {}", pod.name_any(), reason, msg),
-            None => format!("pod {} {}: {}", pod.name_any(), reason, waiting.message.clone().unwrap_or_default()),
-        })
+        let detail = last.or_else(|| waiting.and_then(|(_, m)| m)).unwrap_or_default();
+        Some(format!("pod {} {reason}: {detail}", pod.name_any()))
     })
+}
+
+fn up_for(started: &Time, now: &Time) -> std::time::Duration {
+    std::time::Duration::try_from(now.0.duration_since(started.0)).unwrap_or_default()
+}
+
+/// When a restarted daemon will have been up for [`STABLE_AFTER`], if one is on its way there:
+/// the time to look again, since no watch event marks that moment.
+pub fn recheck_after(pods: &[Pod], now: &Time) -> Option<std::time::Duration> {
+    pods.iter()
+        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .filter(|cs| cs.restart_count > 0)
+        .filter_map(|cs| cs.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(|t| up_for(t, now))
+        .filter(|up| *up < STABLE_AFTER)
+        .map(|up| STABLE_AFTER - up + std::time::Duration::from_secs(1))
+        .min()
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
@@ -119,8 +149,10 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     } else {
         condition(PROGRESSING, false, "Complete", "the current spec is rolled out".into(), generation, &now)
     };
-    let failures: Vec<String> = observed.pods.iter().filter_map(pod_failure).collect();
-    let degraded = if let Some((pod, claim)) = observed.intruders.first() {
+    let failures: Vec<String> = observed.pods.iter().filter_map(|p| pod_failure(p, &now)).collect();
+    let degraded = if let Some(error) = &observed.apply_error {
+        condition(DEGRADED, true, "ApplyFailed", format!("the spec cannot be applied: {error}"), generation, &now)
+    } else if let Some((pod, claim)) = observed.intruders.first() {
         condition(
             DEGRADED,
             true,
@@ -298,5 +330,64 @@ mod tests {
         .unwrap();
         let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], ..Default::default() }, at(1));
         assert_eq!(get(&st, PROGRESSING).reason, "RollingOut");
+    }
+
+    fn restarted(state: serde_json::Value, restarts: i32) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "ci-0"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{
+                "name": "dockerd", "image": "x", "imageID": "", "ready": true, "restartCount": restarts,
+                "state": state,
+                "lastState": {"terminated": {"exitCode": 2, "message": "dind-init: --shutdown-timeout: given twice\n"}}
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_daemon_that_keeps_restarting_is_degraded_until_it_stays_up() {
+        // Measured: 4 restarts, and Degraded=False "no daemon is failing" during the Running
+        // spells of the crash loop, flipping on every cycle.
+        let d = dd(1);
+        let s = sts(1, 1);
+        let started = |secs: i64| json!({"running": {"startedAt": at(secs).0.to_string()}});
+        for (state, now) in
+            [(started(100), 110), (json!({"terminated": {"exitCode": 2}}), 110), (json!({"waiting": {"reason": "CrashLoopBackOff"}}), 110)]
+        {
+            let pods = [restarted(state.clone(), 4)];
+            let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, at(now));
+            let c = get(&st, DEGRADED);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DaemonFailing"), "{state}");
+            assert!(c.message.contains("given twice"), "dind-init's last words: {}", c.message);
+        }
+        // Up for 10 s: look again when it has been up for STABLE_AFTER.
+        let pods = [restarted(started(100), 4)];
+        let again = recheck_after(&pods, &at(110)).unwrap();
+        assert_eq!(again.as_secs(), STABLE_AFTER.as_secs() - 10 + 1);
+        // Up long enough: recovered, and nothing left to re-check.
+        let later = at(100 + i64::try_from(STABLE_AFTER.as_secs()).unwrap());
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, later.clone());
+        assert_eq!(get(&st, DEGRADED).status, "False");
+        assert_eq!(recheck_after(&pods, &later), None);
+        // Never restarted: not failing.
+        let fresh = [restarted(started(100), 0)];
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &fresh, ..Default::default() }, at(101));
+        assert_eq!(get(&st, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_refused_apply_is_degraded_with_the_apiservers_words() {
+        let d = dd(1);
+        let s = sts(1, 1);
+        let error = "applying StatefulSet ci: ApiError: StatefulSet.apps \"ci\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than ...".to_string();
+        let st = compute(
+            &d,
+            &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], apply_error: Some(error), ..Default::default() },
+            at(1),
+        );
+        let c = get(&st, DEGRADED);
+        assert_eq!((c.status.as_str(), c.reason.as_str(), c.observed_generation), ("True", "ApplyFailed", Some(2)));
+        assert!(c.message.contains("StatefulSet ci") && c.message.contains("Forbidden"), "{}", c.message);
+        assert_eq!(get(&st, READY).status, "True", "the running daemons keep serving");
     }
 }

@@ -77,9 +77,9 @@ pub fn needs_renewal(info: &CertInfo, now: OffsetDateTime) -> bool {
     now >= renew_at || now < info.not_before
 }
 
-/// The server's names: the client Service, the headless Service and each replica, short and
-/// fully qualified, plus localhost (for probes and port-forwards).
-pub fn server_names(name: &str, namespace: &str, headless: &str, replicas: i32) -> BTreeSet<String> {
+/// The server's names: the client Service, the headless Service and (by wildcard) each
+/// replica, short and fully qualified, plus localhost (for probes and port-forwards).
+pub fn server_names(name: &str, namespace: &str, headless: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::from(["localhost".to_string(), "127.0.0.1".to_string()]);
     for svc in [name, headless] {
         names.insert(svc.to_string());
@@ -87,10 +87,10 @@ pub fn server_names(name: &str, namespace: &str, headless: &str, replicas: i32) 
         names.insert(format!("{svc}.{namespace}.svc"));
         names.insert(format!("{svc}.{namespace}.svc.cluster.local"));
     }
-    for i in 0..replicas.max(1) {
-        names.insert(format!("{name}-{i}.{headless}"));
-        names.insert(format!("{name}-{i}.{headless}.{namespace}.svc"));
-        names.insert(format!("{name}-{i}.{headless}.{namespace}.svc.cluster.local"));
+    // Every daemon's own name (NAME-i.NAME-daemons...) by a wildcard, not one name per
+    // replica: scaling must not re-issue the certificate, which would restart every daemon.
+    for zone in [headless.to_string(), format!("{headless}.{namespace}.svc"), format!("{headless}.{namespace}.svc.cluster.local")] {
+        names.insert(format!("*.{zone}"));
     }
     names
 }
@@ -212,17 +212,46 @@ mod tests {
     use super::*;
 
     fn names() -> BTreeSet<String> {
-        server_names("d", "ns", "d-daemons", 2)
+        server_names("d", "ns", "d-daemons")
     }
 
     #[test]
     fn server_names_cover_services_replicas_and_localhost() {
         let n = names();
-        for want in ["localhost", "127.0.0.1", "d.ns.svc", "d-daemons.ns.svc", "d-0.d-daemons.ns.svc", "d-1.d-daemons.ns.svc.cluster.local"]
-        {
+        for want in ["localhost", "127.0.0.1", "d.ns.svc", "d-daemons.ns.svc", "*.d-daemons.ns.svc", "*.d-daemons.ns.svc.cluster.local"] {
             assert!(n.contains(want), "missing {want}");
         }
-        assert!(!n.contains("d-2.d-daemons.ns.svc"));
+    }
+
+    #[test]
+    fn the_server_certificate_verifies_for_any_replica_so_scaling_reissues_nothing() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let p = plan(None, None, None, "ns", "d", &names(), OffsetDateTime::now_utc()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(p.bundle.ca.cert_pem.as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots)).build().unwrap();
+        let leaf = CertificateDer::from_pem_slice(p.bundle.server.cert_pem.as_bytes()).unwrap();
+        for host in ["d-0.d-daemons.ns.svc", "d-63.d-daemons.ns.svc", "d-5.d-daemons.ns.svc.cluster.local", "d.ns.svc"] {
+            let name = ServerName::try_from(host).unwrap();
+            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now()).unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        let other = ServerName::try_from("x-0.other.ns.svc").unwrap();
+        assert!(verifier.verify_server_cert(&leaf, &[], &other, &[], UnixTime::now()).is_err());
+        // The names do not depend on the number of replicas: the same plan keeps the certificate.
+        let again = plan(
+            Some(p.bundle.ca.clone()),
+            Some(p.bundle.server.clone()),
+            Some(p.bundle.client.clone()),
+            "ns",
+            "d",
+            &names(),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert!(again.issued.is_empty());
     }
 
     #[test]
@@ -261,10 +290,12 @@ mod tests {
     }
 
     #[test]
-    fn a_new_replica_reissues_only_the_server_certificate() {
+    fn changed_names_reissue_only_the_server_certificate() {
+        // (Replicas no longer change the names: see the wildcard test above.)
         let now = OffsetDateTime::now_utc();
         let b = plan(None, None, None, "ns", "d", &names(), now).unwrap().bundle;
-        let more = server_names("d", "ns", "d-daemons", 3);
+        let mut more = names();
+        more.insert("d-2.d-daemons.ns.svc".into());
         let p = plan(Some(b.ca.clone()), Some(b.server), Some(b.client.clone()), "ns", "d", &more, now).unwrap();
         assert_eq!(p.issued, vec!["server"]);
         assert_eq!(p.bundle.client, b.client);

@@ -134,7 +134,7 @@ pub struct Certs {
 impl Certs {
     pub fn new(name: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("dind-test-certs-{name}-{}", crate::suffix()));
-        let names = tls::server_names(name, "test", &format!("{name}-daemons"), 1);
+        let names = tls::server_names(name, "test", &format!("{name}-daemons"));
         let bundle = tls::plan(None, None, None, "test", name, &names, time_now()).context("certificates")?.bundle;
         let write = |sub: &str, files: &[(&str, &str)]| -> anyhow::Result<()> {
             std::fs::create_dir_all(dir.join(sub))?;

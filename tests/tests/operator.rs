@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use dind_operator::controller::FIELD_MANAGER;
 use dind_operator::crd::DindDaemon;
+use dind_operator::names::FIELD_MANAGER;
 use dind_tests::{Operator, eventually, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};

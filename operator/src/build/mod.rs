@@ -1,0 +1,124 @@
+//! The build step: a DindDaemon's spec in, every object it owns out. Pure: no client, no clock,
+//! no randomness (certificates are made by `tls` and passed in), so it is unit-tested whole.
+//!
+//! One file per kind of object. TLS is decided once, by the caller: `certs` is `Some` exactly
+//! when `spec.tls.enabled` (see [`certificates_wanted`]); with TLS off no certificate is made,
+//! no Secret built and none mounted.
+
+mod dind_init;
+mod network_policy;
+mod secrets;
+mod services;
+mod statefulset;
+#[cfg(test)]
+mod tests;
+
+use dind_contract::{client_tls, server_tls};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, dind_init_args};
+pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
+pub use statefulset::CAPABILITIES;
+
+use crate::crd::DindDaemon;
+use crate::error::{Error, Result};
+use crate::names::{self, Names};
+use crate::tls;
+
+/// What the platform team configured on the operator (Helm values → flags).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub image: String,
+    pub init_image: String,
+}
+
+/// Whether a DindDaemon needs certificates: the one place TLS on/off is read from the spec.
+pub fn certificates_wanted(dd: &DindDaemon) -> bool {
+    dd.spec.tls.enabled
+}
+
+/// The three certificate Secrets of a DindDaemon with TLS on.
+#[derive(Clone, Debug)]
+pub struct CertSecrets {
+    /// CA certificate and key: signs the leaves, never mounted.
+    pub ca: Secret,
+    /// Server certificate, key and CA certificate: mounted for dind-init.
+    pub server: Secret,
+    /// Client certificate, key and CA certificate: a DOCKER_CERT_PATH.
+    pub client: Secret,
+}
+
+/// Every object a DindDaemon owns, ready for server-side apply. Code that handles all of them
+/// destructures this without `..`, so a new kind of object is a compile error there.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    pub statefulset: StatefulSet,
+    pub headless_service: Service,
+    pub client_service: Service,
+    pub network_policy: NetworkPolicy,
+    /// `None` with TLS off.
+    pub secrets: Option<CertSecrets>,
+}
+
+/// The DOCKER_HOST of the client Service and of each replica (pod name, DOCKER_HOST).
+pub fn docker_hosts(dd: &DindDaemon, namespace: &str) -> (String, Vec<(String, String)>) {
+    let names = Names::of(&dd.name_any());
+    let port = dd.spec.port;
+    let service = names::docker_host(&names.service_host(namespace), port);
+    let replicas = (0..dd.spec.replicas).map(|i| (names.pod(i), names::docker_host(&names.replica_host(i, namespace), port))).collect();
+    (service, replicas)
+}
+
+fn meta(dd: &DindDaemon, name: &str, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: dd.namespace(),
+        labels: Some(Names::of(&dd.name_any()).labels()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// Builds every owned object. `certs` is `Some` exactly with TLS on (see
+/// [`certificates_wanted`]). Fails only on a DindDaemon without name/namespace/uid.
+pub fn build(dd: &DindDaemon, defaults: &Defaults, certs: Option<&tls::Bundle>) -> Result<Owned> {
+    let owner = dd.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let name = dd.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    dd.metadata.namespace.as_ref().ok_or(Error::MissingField("metadata.namespace"))?;
+    let names = Names::of(&name);
+    Ok(Owned {
+        statefulset: statefulset::daemon_statefulset(dd, defaults, certs, &names, &owner)?,
+        headless_service: services::headless_service(dd, &names, &owner),
+        client_service: services::client_service(dd, &names, &owner),
+        network_policy: network_policy::network_policy(dd, &names, &owner),
+        secrets: certs.map(|certs| CertSecrets {
+            ca: secrets::secret(dd, &names.ca_secret, &owner, None, [(server_tls::CA, &certs.ca.cert_pem), (CA_KEY, &certs.ca.key_pem)]),
+            server: secrets::secret(
+                dd,
+                &names.server_secret,
+                &owner,
+                Some("kubernetes.io/tls"),
+                [
+                    (server_tls::CA, &certs.ca.cert_pem),
+                    (server_tls::CERT, &certs.server.cert_pem),
+                    (server_tls::KEY, &certs.server.key_pem),
+                ],
+            ),
+            client: secrets::secret(
+                dd,
+                &names.client_secret,
+                &owner,
+                None,
+                [
+                    (client_tls::CA, &certs.ca.cert_pem),
+                    (client_tls::CERT, &certs.client.cert_pem),
+                    (client_tls::KEY, &certs.client.key_pem),
+                ],
+            ),
+        }),
+    })
+}

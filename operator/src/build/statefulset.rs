@@ -1,0 +1,244 @@
+//! The StatefulSet of daemons: one pod per daemon (`dind-init` installed by an init container,
+//! then run as PID 1 of the daemon image) with its own volume for the data root.
+
+use std::collections::BTreeMap;
+
+use dind_contract::{BIN_DIR, BINARY, DATA_ROOT, SERVER_TLS_DIR};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SELinuxOptions, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+
+use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, dind_init_args};
+use super::{Defaults, meta};
+use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
+use crate::error::Result;
+use crate::names::{CLAIM_TEMPLATE, Names, TLS_DIGEST_ANNOTATION};
+use crate::tls;
+
+/// Every capability but SYS_RESOURCE (which the Capabilities mode exists to avoid).
+pub const CAPABILITIES: &[&str] = &[
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+fn security_context(mode: SecurityMode) -> SecurityContext {
+    // The seed's LSM warning: an inner Docker's profiles conflict with the outer one's, so
+    // AppArmor is unconfined and SELinux uses spc_t ("super privileged container").
+    let base = SecurityContext {
+        app_armor_profile: Some(AppArmorProfile { type_: "Unconfined".into(), localhost_profile: None }),
+        se_linux_options: Some(SELinuxOptions { type_: Some("spc_t".into()), ..Default::default() }),
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        ..Default::default()
+    };
+    match mode {
+        SecurityMode::Privileged => SecurityContext { privileged: Some(true), allow_privilege_escalation: Some(true), ..base },
+        SecurityMode::Capabilities => SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(true),
+            capabilities: Some(Capabilities { add: Some(CAPABILITIES.iter().map(|c| (*c).to_string()).collect()), drop: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "Unconfined".into(), localhost_profile: None }),
+            ..base
+        },
+    }
+}
+
+fn probe(period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction { command: Some(vec![format!("{BIN_DIR}/{BINARY}"), "probe".into()]) }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    }
+}
+
+/// The PVC retention policy string for `storage.retainOnDelete`.
+fn retention(retain: bool) -> String {
+    if retain { "Retain" } else { "Delete" }.to_string()
+}
+
+pub fn daemon_statefulset(
+    dd: &DindDaemon,
+    defaults: &Defaults,
+    certs: Option<&tls::Bundle>,
+    names: &Names,
+    owner: &OwnerReference,
+) -> Result<StatefulSet> {
+    let spec = &dd.spec;
+    let mut volumes = vec![Volume {
+        name: "dind-bin".into(),
+        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![
+        VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() },
+        VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), read_only: Some(true), ..Default::default() },
+    ];
+    if certs.is_some() {
+        volumes.push(Volume {
+            name: "server-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.server_secret.clone()),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "server-tls".into(),
+            mount_path: SERVER_TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let mut claims = None;
+    if spec.storage.ephemeral {
+        volumes.push(Volume { name: CLAIM_TEMPLATE.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+    } else {
+        let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+        claims = Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta { name: Some(CLAIM_TEMPLATE.into()), labels: Some(names.selector()), ..Default::default() },
+            spec: Some(PersistentVolumeClaimSpec {
+                // One daemon per volume: dockerd must have /var/lib/docker to itself.
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: spec.storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+    }
+    let args = dind_init_args(dd, certs.is_some())?;
+    let install = Container {
+        name: "install-dind-init".into(),
+        image: Some(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone())),
+        command: Some(vec!["/dind-init".into(), "install".into(), BIN_DIR.into()]),
+        volume_mounts: Some(vec![VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), ..Default::default() }]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let daemon = Container {
+        name: "dockerd".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
+        command: Some(vec![format!("{BIN_DIR}/{BINARY}")]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("docker".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        volume_mounts: Some(mounts),
+        resources: spec.resources.clone(),
+        security_context: Some(security_context(spec.security.mode)),
+        // Startup: up to 2 minutes for a first start on a slow volume; then readiness every 5 s.
+        // dind-init's last error (e.g. the lock holder) shows in the pod's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        startup_probe: Some(probe(1, 120)),
+        readiness_probe: Some(probe(5, 2)),
+        ..Default::default()
+    };
+    Ok(StatefulSet {
+        metadata: meta(dd, &names.statefulset, owner),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(names.headless_service.clone()),
+            selector: LabelSelector { match_labels: Some(names.selector()), ..Default::default() },
+            // Daemons are independent; there is no ordering to wait for.
+            pod_management_policy: Some("Parallel".into()),
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(retention(spec.storage.retain_on_delete)),
+                when_scaled: Some(retention(spec.storage.retain_on_delete)),
+            }),
+            volume_claim_templates: claims,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(names.labels()),
+                    annotations: certs.map(|c| BTreeMap::from([(TLS_DIGEST_ANNOTATION.to_string(), certs_digest(&c.server.cert_pem))])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: Some(vec![install]),
+                    containers: vec![daemon],
+                    volumes: Some(volumes),
+                    // Kubernetes would inject DIND_* service variables into the daemon's env.
+                    enable_service_links: Some(false),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(DOCKERD_SHUTDOWN_TIMEOUT + 30),
+                    node_selector: spec.node_selector.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    affinity: spec.affinity.clone(),
+                    runtime_class_name: spec.security.runtime_class_name.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// A short digest of the server certificate (FNV-1a; identity, not security).
+fn certs_digest(pem: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pem.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}

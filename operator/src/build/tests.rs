@@ -1,0 +1,184 @@
+
+use super::*;
+use crate::crd::{DindDaemonSpec, StorageDriver};
+use crate::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};
+use k8s_openapi::api::core::v1::PodSpec;
+use serde_json::json;
+use time::OffsetDateTime;
+
+fn daemon(spec: serde_json::Value) -> DindDaemon {
+    let spec: DindDaemonSpec = serde_json::from_value(spec).unwrap();
+    let mut dd = DindDaemon::new("ci", spec);
+    dd.metadata.namespace = Some("builds".into());
+    dd.metadata.uid = Some("0000-uid".into());
+    dd
+}
+
+fn defaults() -> Defaults {
+    Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }
+}
+
+fn certs() -> tls::Bundle {
+    let names = tls::server_names("ci", "builds", "ci-daemons");
+    tls::plan(None, None, None, "builds", "ci", &names, OffsetDateTime::now_utc()).unwrap().bundle
+}
+
+fn pod(o: &Owned) -> PodSpec {
+    o.statefulset.spec.clone().unwrap().template.spec.unwrap()
+}
+
+#[test]
+fn minimal_spec_builds_every_owned_object_with_owner_refs() {
+    let dd = daemon(json!({}));
+    let o = build(&dd, &defaults(), Some(&certs())).unwrap();
+    let metas = [
+        &o.statefulset.metadata,
+        &o.headless_service.metadata,
+        &o.client_service.metadata,
+        &o.network_policy.metadata,
+        &o.secrets.as_ref().unwrap().ca.metadata,
+        &o.secrets.as_ref().unwrap().server.metadata,
+        &o.secrets.as_ref().unwrap().client.metadata,
+    ];
+    for m in metas {
+        let refs = m.owner_references.as_ref().unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].kind, "DindDaemon");
+        assert_eq!(refs[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("builds"));
+    }
+    let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
+    assert_eq!(names, ["ci", "ci-daemons", "ci", "ci", "ci-ca", "ci-server-tls", "ci-client"]);
+
+    let sts = o.statefulset.spec.clone().unwrap();
+    assert_eq!(sts.replicas, Some(1));
+    assert_eq!(sts.service_name.as_deref(), Some("ci-daemons"));
+    let claims = sts.volume_claim_templates.unwrap();
+    assert_eq!(claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "20Gi");
+    assert_eq!(sts.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(), Some("Delete"));
+
+    let pod = pod(&o);
+    assert_eq!(pod.enable_service_links, Some(false));
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some("dind-init:test"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("docker:28.5.2-dind"));
+    assert_eq!(c.command.as_ref().unwrap(), &vec!["/dind/bin/dind-init".to_string()]);
+    assert_eq!(c.args.as_ref().unwrap(), &vec!["--port=2376", "--shutdown-timeout=15", "--tls-dir=/certs/server"]);
+    assert!(pod.termination_grace_period_seconds.unwrap() > DOCKERD_SHUTDOWN_TIMEOUT);
+    assert_eq!(c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(true));
+    assert_eq!(sc.se_linux_options.as_ref().unwrap().type_.as_deref(), Some("spc_t"));
+    assert_eq!(sc.app_armor_profile.as_ref().unwrap().type_, "Unconfined");
+
+    let secrets = o.secrets.clone().unwrap();
+    let client = secrets.client.data.unwrap();
+    assert!(["ca.pem", "cert.pem", "key.pem"].iter().all(|k| client.contains_key(*k)));
+    let server = secrets.server.data.unwrap();
+    assert!(!server.contains_key("ca.key"), "the CA key must not be mounted into daemon pods");
+    assert!(secrets.ca.data.unwrap().contains_key("ca.key"));
+
+    let np = o.network_policy.spec.unwrap();
+    let from = np.ingress.unwrap()[0].from.clone().unwrap();
+    assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[CLIENT_LABEL], "ci");
+}
+
+#[test]
+fn full_spec_reaches_dind_init_and_the_pod() {
+    let dd = daemon(json!({
+        "image": "docker:27-dind", "initImage": "reg/dind-init:1", "replicas": 3, "port": 3376,
+        "storage": {"size": "50Gi", "storageClassName": "fast", "retainOnDelete": true},
+        "daemon": {"mtu": 1400, "registryMirrors": ["https://mirror.local"], "insecureRegistries": ["r.local:5000"],
+                   "storageDriver": "vfs", "extraArgs": ["--debug"], "config": {"log-level": "warn"}},
+        "resources": {"limits": {"memory": "4Gi"}},
+        "security": {"mode": "Capabilities", "runtimeClassName": "sysbox-runc"},
+        "nodeSelector": {"pool": "builds"},
+        "tolerations": [{"key": "builds", "operator": "Exists"}]
+    }));
+    let o = build(&dd, &defaults(), Some(&certs())).unwrap();
+    let sts = o.statefulset.spec.clone().unwrap();
+    assert_eq!(sts.replicas, Some(3));
+    let claim = &sts.volume_claim_templates.unwrap()[0];
+    assert_eq!(claim.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(sts.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(), Some("Retain"));
+    let pod = pod(&o);
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("sysbox-runc"));
+    assert_eq!(pod.node_selector.unwrap()["pool"], "builds");
+    assert_eq!(pod.tolerations.unwrap().len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("docker:27-dind"));
+    assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "4Gi");
+    let args = c.args.clone().unwrap();
+    for want in [
+        "--port=3376",
+        "--mtu=1400",
+        "--storage-driver=vfs",
+        "--registry-mirror=https://mirror.local",
+        "--insecure-registry=r.local:5000",
+        r#"--daemon-config={"log-level":"warn"}"#,
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} missing from {args:?}");
+    }
+    assert_eq!(&args[args.len() - 2..], ["--", "--debug"]);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap().add.as_ref().unwrap();
+    assert!(caps.contains(&"SYS_ADMIN".to_string()) && !caps.contains(&"SYS_RESOURCE".to_string()));
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "Unconfined");
+    assert_eq!(o.client_service.spec.unwrap().ports.unwrap()[0].port, 3376);
+    assert_eq!(StorageDriver::Vfs.as_str(), "vfs");
+}
+
+#[test]
+fn ephemeral_storage_uses_an_empty_dir_and_tls_off_mounts_no_secret() {
+    let dd = daemon(json!({"storage": {"ephemeral": true}, "tls": {"enabled": false}, "port": 2375}));
+    // TLS is decided once: off means no certificates are made and no Secret is built.
+    assert!(!certificates_wanted(&dd));
+    let o = build(&dd, &defaults(), None).unwrap();
+    assert!(o.secrets.is_none());
+    assert!(o.statefulset.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.is_none());
+    let sts = o.statefulset.spec.clone().unwrap();
+    assert!(sts.volume_claim_templates.is_none());
+    let pod = pod(&o);
+    let vols = pod.volumes.unwrap();
+    assert!(vols.iter().any(|v| v.name == "docker" && v.empty_dir.is_some()));
+    assert!(!vols.iter().any(|v| v.name == "server-tls"));
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(args.contains(&"--tls=false".to_string()) && args.contains(&"--port=2375".to_string()));
+}
+
+#[test]
+fn several_replicas_get_their_own_docker_hosts() {
+    let dd = daemon(json!({"replicas": 2}));
+    let (service, replicas) = docker_hosts(&dd, "builds");
+    assert_eq!(service, "tcp://ci.builds.svc:2376");
+    assert_eq!(
+        replicas,
+        vec![
+            ("ci-0".to_string(), "tcp://ci-0.ci-daemons.builds.svc:2376".to_string()),
+            ("ci-1".to_string(), "tcp://ci-1.ci-daemons.builds.svc:2376".to_string())
+        ]
+    );
+    let o = build(&dd, &defaults(), Some(&certs())).unwrap();
+    assert_eq!(o.client_service.spec.unwrap().session_affinity.as_deref(), Some("ClientIP"));
+    assert_eq!(o.headless_service.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+}
+
+#[test]
+fn a_new_server_certificate_changes_the_pod_template() {
+    let dd = daemon(json!({}));
+    let a = build(&dd, &defaults(), Some(&certs())).unwrap();
+    let b = build(&dd, &defaults(), Some(&certs())).unwrap();
+    let ann =
+        |o: &Owned| o.statefulset.spec.clone().unwrap().template.metadata.unwrap().annotations.unwrap()[TLS_DIGEST_ANNOTATION].clone();
+    assert_ne!(ann(&a), ann(&b));
+    let (ca, server, client) = pairs_from_secrets(
+        Some(&a.secrets.as_ref().unwrap().ca),
+        Some(&a.secrets.as_ref().unwrap().server),
+        Some(&a.secrets.as_ref().unwrap().client),
+    );
+    let kept = tls::Bundle { ca: ca.unwrap(), server: server.unwrap(), client: client.unwrap() };
+    let again = build(&dd, &defaults(), Some(&kept)).unwrap();
+    assert_eq!(ann(&a), ann(&again));
+}

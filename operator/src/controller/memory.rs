@@ -1,0 +1,140 @@
+//! What the operator remembers between reconciles, per DindDaemon: its last apply (so an
+//! unchanged one costs no request), the storage driver of each daemon pod (asked once), and its
+//! consecutive failures (for backoff). Pruned when what it describes is gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::applied::Applied;
+
+/// The first retry of a failed reconcile comes after this long, then twice as long each time.
+pub const BACKOFF_START: Duration = Duration::from_secs(5);
+/// Retries never wait longer than this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The delay before retrying after `failures` consecutive failures (1 = the first).
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// The last successful apply of each DindDaemon, by `namespace/name`.
+    applied: Mutex<HashMap<String, Applied>>,
+    /// Storage driver per daemon pod uid, asked once per pod over mTLS.
+    drivers: Mutex<HashMap<String, String>>,
+    /// Consecutive failed reconciles, by `namespace/name`.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Memory {
+    /// The last apply of `key`, if it was of this very DindDaemon (same uid).
+    pub fn last_apply(&self, key: &str, uid: &str) -> Option<Applied> {
+        self.applied.lock().ok()?.get(key).filter(|a| a.owner_uid == uid).cloned()
+    }
+
+    pub fn remember_apply(&self, key: &str, applied: Applied) {
+        if let Ok(mut m) = self.applied.lock() {
+            m.insert(key.to_string(), applied);
+        }
+    }
+
+    pub fn driver(&self, pod_uid: &str) -> Option<String> {
+        self.drivers.lock().ok()?.get(pod_uid).cloned()
+    }
+
+    pub fn remember_driver(&self, pod_uid: &str, driver: &str) {
+        if let Ok(mut m) = self.drivers.lock() {
+            m.insert(pod_uid.to_string(), driver.to_string());
+        }
+    }
+
+    /// Counts a failure of `key`; returns how many in a row.
+    pub fn failed(&self, key: &str) -> u32 {
+        let Ok(mut m) = self.failures.lock() else { return 1 };
+        let n = m.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// Forgets everything about one DindDaemon.
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.applied.lock() {
+            m.remove(key);
+        }
+        self.succeeded(key);
+    }
+
+    /// Forgets DindDaemons that are gone and pods that are gone. Cheap unless some are: a map is
+    /// walked only when it holds more entries than there are live objects.
+    pub fn prune(
+        &self,
+        daemons: usize,
+        daemon_exists: impl Fn(&str) -> bool,
+        pods: usize,
+        live_pods: impl FnOnce() -> HashSet<String>,
+    ) -> Vec<String> {
+        if let Ok(mut drivers) = self.drivers.lock()
+            && drivers.len() > pods
+        {
+            let live = live_pods();
+            drivers.retain(|uid, _| live.contains(uid));
+        }
+        let gone: Vec<String> = match self.applied.lock() {
+            Ok(m) if m.len() > daemons => m.keys().filter(|k| !daemon_exists(k)).cloned().collect(),
+            _ => Vec::new(),
+        };
+        for key in &gone {
+            self.forget(key);
+        }
+        if let Ok(mut f) = self.failures.lock()
+            && f.len() > daemons
+        {
+            f.retain(|k, _| daemon_exists(k));
+        }
+        gone
+    }
+
+    /// Sizes of the maps (applied, drivers, failures), for tests.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let len = |m: &Mutex<HashMap<String, _>>| m.lock().map(|m| m.len()).unwrap_or_default();
+        (
+            self.applied.lock().map(|m| m.len()).unwrap_or_default(),
+            self.drivers.lock().map(|m| m.len()).unwrap_or_default(),
+            len(&self.failures),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn failures_count_until_a_success_and_prune_drops_the_gone() {
+        let m = Memory::default();
+        assert_eq!((m.failed("a/x"), m.failed("a/x"), m.failed("a/y")), (1, 2, 1));
+        m.succeeded("a/x");
+        assert_eq!(m.failed("a/x"), 1);
+        m.remember_driver("pod-1", "overlay2");
+        m.remember_driver("pod-2", "vfs");
+        m.prune(1, |k| k == "a/x", 1, || HashSet::from(["pod-2".to_string()]));
+        assert_eq!(m.sizes(), (0, 1, 1));
+        assert_eq!(m.driver("pod-2").as_deref(), Some("vfs"));
+    }
+}

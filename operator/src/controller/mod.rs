@@ -1,0 +1,223 @@
+//! The controller: where a reconcile starts.
+//!
+//! - `run` (here) starts the watches and the kube-runtime `Controller` for one namespace (or all);
+//! - `watches`: what each watch keeps (slimming) and which of its events wake a reconcile;
+//! - `reconcile`: one pass over a DindDaemon, in named steps, and the retry policy;
+//! - `apply`: server-side apply of the owned objects; `observe`: the daemons as they run;
+//! - `events`: Kubernetes events; `memory`: what is remembered between passes.
+
+mod apply;
+mod events;
+mod memory;
+mod observe;
+mod reconcile;
+mod watches;
+
+use std::sync::Arc;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{Api, Client, Resource};
+
+pub use memory::{BACKOFF_MAX, BACKOFF_START, Memory, backoff};
+pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
+pub use watches::{daemons_of_pod, slim_daemon, slim_pod, slim_statefulset};
+
+use crate::applied::{self, Stamp, StampCache, Stamps};
+use crate::build::Defaults;
+use crate::crd::DindDaemon;
+use crate::metrics::Metrics;
+use crate::names::{FIELD_MANAGER, MANAGED_BY_LABEL, Names};
+use watches::{content_hash, hash_of, owned_metadata, relevant_changes};
+
+/// At most this many reconciles run at once.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
+
+/// What every reconcile shares; built once per controller.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub defaults: Defaults,
+    /// Whether to ask daemons for their storage driver (off where pods are unreachable).
+    pub query_daemons: bool,
+    /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
+    pub pods: Store<Pod>,
+    /// The objects the operator owns, as their watches last showed them.
+    pub owned: OwnedCaches,
+    /// The DindDaemons themselves (the controller's own cache).
+    pub daemons: Store<DindDaemon>,
+    /// Last applies, storage drivers, failures (see `memory`).
+    pub memory: Memory,
+    /// Turns true once every cache above has had its first list.
+    pub caches_ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Caches of the objects the operator owns, fed by the same watches that trigger reconciles.
+/// StatefulSets keep metadata and status (what status and drift detection read); of the rest
+/// only their stamps are kept.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // Stores of thousands of objects: not for logs.
+pub struct OwnedCaches {
+    pub statefulsets: Store<StatefulSet>,
+    pub services: StampCache,
+    pub secrets: StampCache,
+    pub policies: StampCache,
+}
+
+impl OwnedCaches {
+    /// Waits for each cache's first list; until then a missing object may only be unlisted.
+    /// At most one task may wait on a `Store` at a time (kube 5's `wait_until_ready` keeps a
+    /// single waker and strands the other waiters), hence the `caches_ready` gate.
+    async fn ready(&self) -> bool {
+        self.services.wait_until_ready().await;
+        self.secrets.wait_until_ready().await;
+        self.policies.wait_until_ready().await;
+        self.statefulsets.wait_until_ready().await.is_ok()
+    }
+
+    /// The stamps of a DindDaemon's owned objects as the caches hold them now.
+    fn stamps(&self, ns: &str, names: &Names) -> Stamps {
+        let mut out = Stamps::new();
+        let sts = self.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
+        if let Some(stamp) = sts.and_then(|s| Stamp::of(&s.metadata)) {
+            out.insert(applied::key("StatefulSet", &names.statefulset), stamp);
+        }
+        let mut add = |cache: &StampCache, kind: &str, name: &str| {
+            if let Some(stamp) = cache.get(ns, name) {
+                out.insert(applied::key(kind, name), stamp);
+            }
+        };
+        add(&self.services, "Service", &names.headless_service);
+        add(&self.services, "Service", &names.client_service);
+        add(&self.policies, "NetworkPolicy", &names.network_policy);
+        for secret in [&names.ca_secret, &names.server_secret, &names.client_secret] {
+            add(&self.secrets, "Secret", secret);
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("defaults", &self.defaults).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The context of a controller over these caches; spawns the task that opens the
+    /// `caches_ready` gate once they have all listed.
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        settings: Settings,
+        pods: Store<Pod>,
+        owned: OwnedCaches,
+        daemons: Store<DindDaemon>,
+    ) -> Self {
+        let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
+        let (gate_pods, gate_owned) = (pods.clone(), owned.clone());
+        tokio::spawn(async move {
+            if gate_pods.wait_until_ready().await.is_ok() && gate_owned.ready().await {
+                let _ = ready_tx.send(true);
+            }
+        });
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            defaults: settings.defaults,
+            query_daemons: settings.query_daemons,
+            pods,
+            owned,
+            daemons,
+            memory: Memory::default(),
+            caches_ready,
+        }
+    }
+}
+
+/// What the operator was configured with, shared by the controller of each namespace.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub defaults: Defaults,
+    pub query_daemons: bool,
+}
+
+/// Runs the controller for one namespace (or all, with `None`) until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    settings: Settings,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(c: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    let ns = namespace.as_deref();
+    // Each watch feeds a slim cache (read by reconcile, which then never lists) and the
+    // triggers; `relevant_changes` lets through only changes of what the operator reads.
+    //
+    // DindDaemons: spec changes (generation), not our own status writes.
+    let (daemons, writer) = reflector::store::<DindDaemon>();
+    let daemon_stream = relevant_changes(
+        reflector(
+            writer,
+            watcher(api::<DindDaemon>(&client, ns), watcher::Config::default().any_semantic()).map_ok(|e| e.modify(slim_daemon)),
+        )
+        .default_backoff(),
+        |dd| hash_of(&(&dd.metadata.uid, dd.metadata.generation, dd.metadata.deletion_timestamp.is_some())),
+    );
+    // Pods: our daemons' readiness and crash loops, and foreign pods that mount a daemon's
+    // volume.
+    let (pods, writer) = reflector::store::<Pod>();
+    let pod_stream = relevant_changes(
+        reflector(writer, watcher(api::<Pod>(&client, ns), watcher::Config::default()).map_ok(|e| e.modify(slim_pod))).default_backoff(),
+        content_hash,
+    );
+    // Our own children only (the label keeps the operator from caching every Secret).
+    let ours = watcher::Config::default().labels(&format!("{}={FIELD_MANAGER}", MANAGED_BY_LABEL));
+    let (statefulsets, writer) = reflector::store::<StatefulSet>();
+    let sts_stream = relevant_changes(
+        reflector(writer, watcher(api::<StatefulSet>(&client, ns), ours.clone()).map_ok(|e| e.modify(slim_statefulset))).default_backoff(),
+        content_hash,
+    );
+    let (services, service_stream) = owned_metadata(api::<PartialObjectMeta<Service>>(&client, ns), &ours);
+    let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
+    let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
+    let owned = OwnedCaches { statefulsets, services, secrets, policies };
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone()));
+    Controller::for_stream(daemon_stream, daemons)
+        .owns_stream(sts_stream)
+        .owns_stream(service_stream)
+        .owns_stream(secret_stream)
+        .owns_stream(policy_stream)
+        .watches_stream(pod_stream, daemons_of_pod)
+        // Bounded: a thousand reconciles at once would open a thousand connections and queue
+        // the apiserver into timeouts; sixteen keep it busy without drowning it.
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile request failed");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,135 @@
+//! Observing the daemons of a DindDaemon: its pods from the cache, foreign pods on its volumes,
+//! and the storage driver each ready daemon reports.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::Context;
+use crate::crd::DindDaemon;
+use crate::names::{DAEMON_LABEL, Names, parse_claim};
+use crate::{daemon_info, status, tls};
+
+/// What reconcile saw of the daemons, owned (status borrows it).
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub statefulset: Option<StatefulSet>,
+    pub pods: Vec<Pod>,
+    pub intruders: Vec<(String, String)>,
+    pub drivers: Vec<(String, String)>,
+}
+
+/// Looks at the daemons: `applied_sts` (just returned by an apply) is newer than the cache's.
+pub async fn daemons(
+    ctx: &Context,
+    dd: &DindDaemon,
+    ns: &str,
+    names: &Names,
+    applied_sts: Option<StatefulSet>,
+    certs: Option<&tls::Bundle>,
+) -> Seen {
+    let statefulset =
+        applied_sts.or_else(|| ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns)).map(|s| (*s).clone()));
+    let name = &names.daemon;
+    let concerned = ctx.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns) && (p.labels().get(DAEMON_LABEL) == Some(name) || mounts_claim_of(p, name))
+    });
+    let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| (**p).clone()).collect();
+    let intruders = find_intruders(name, &pods, &concerned);
+    let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, ns, names, &pods, certs).await } else { Vec::new() };
+    Seen { statefulset, pods, intruders, drivers }
+}
+
+/// The claims of a pod that belong to DindDaemon `name` (exactly: `docker-ci-big-0` is not `ci`'s).
+fn claims_of<'a>(pod: &'a Pod, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()))
+        .filter(move |claim| parse_claim(claim).is_some_and(|(owner, _)| owner == name))
+}
+
+fn mounts_claim_of(pod: &Pod, name: &str) -> bool {
+    claims_of(pod, name).next().is_some()
+}
+
+/// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`).
+pub fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
+    let ours: Vec<String> = ours.iter().map(ResourceExt::name_any).collect();
+    let mut found = Vec::new();
+    for pod in all.iter().filter(|p| !ours.contains(&p.name_any())) {
+        let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished {
+            continue;
+        }
+        found.extend(claims_of(pod, name).map(|claim| (pod.name_any(), claim.to_string())));
+    }
+    found
+}
+
+/// Storage driver of each ready daemon, asked once per pod over the daemon's own mTLS. Pods
+/// that are not ready are not dialled (they would only time out), and the rest are asked at
+/// once, not one after another.
+async fn storage_drivers(
+    ctx: &Context,
+    dd: &DindDaemon,
+    ns: &str,
+    names: &Names,
+    pods: &[Pod],
+    certs: Option<&tls::Bundle>,
+) -> Vec<(String, String)> {
+    let asks = pods.iter().filter(|p| status::pod_ready(p)).filter_map(|pod| {
+        let uid = pod.uid()?;
+        let ip = pod.status.as_ref()?.pod_ip.clone()?;
+        Some(async move {
+            if let Some(known) = ctx.memory.driver(&uid) {
+                return Some((pod.name_any(), known));
+            }
+            let sni = names.pod_host(&pod.name_any(), ns);
+            let tls = certs.map(|c| (c, sni.as_str()));
+            match daemon_info::storage_driver(&ip, dd.spec.port, tls).await {
+                Ok(d) => {
+                    ctx.memory.remember_driver(&uid, &d);
+                    Some((pod.name_any(), d))
+                }
+                Err(e) => {
+                    tracing::debug!(pod = %pod.name_any(), error = %e, "daemon did not tell its storage driver");
+                    None
+                }
+            }
+        })
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, daemon: Option<&str>, claim: &str) -> Pod {
+        let labels = daemon.map(|d| json!({"dind.dev/daemon": d})).unwrap_or(json!({}));
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "b", "labels": labels},
+            "spec": {"containers": [], "volumes": [{"name": "docker", "persistentVolumeClaim": {"claimName": claim}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_longer_daemon_name_is_not_an_intruder() {
+        // Measured: DindDaemon `ci` called the daemon of `ci-big` an intruder (prefix docker-ci-).
+        let ours = vec![pod("ci-0", Some("ci"), "docker-ci-0")];
+        let all: Vec<Arc<Pod>> = vec![
+            Arc::new(ours[0].clone()),
+            Arc::new(pod("ci-big-0", Some("ci-big"), "docker-ci-big-0")),
+            Arc::new(pod("thief", None, "docker-ci-0")),
+        ];
+        assert_eq!(find_intruders("ci", &ours, &all), [("thief".to_string(), "docker-ci-0".to_string())]);
+        assert!(!mounts_claim_of(&all[1], "ci"));
+        assert!(mounts_claim_of(&all[1], "ci-big"));
+    }
+}

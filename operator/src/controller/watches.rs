@@ -1,0 +1,315 @@
+//! The watches behind the controller: what each keeps (slimming), which of its events wake a
+//! reconcile (`relevant_changes`), and which DindDaemons a pod concerns (`daemons_of_pod`).
+
+use std::collections::{HashMap, HashSet};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::applied::StampCache;
+use crate::crd::DindDaemon;
+use crate::names::{DAEMON_LABEL, parse_claim};
+
+/// A metadata-only watch of one kind of owned object: its stamps and its trigger stream.
+pub(super) fn owned_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+) -> (StampCache, impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let cache = StampCache::default();
+    let observer = cache.clone();
+    let stream = watcher(api, config.clone())
+        .default_backoff()
+        .map_ok(move |event| {
+            observer.observe(&event);
+            event
+        })
+        .touched_objects();
+    (cache, stream)
+}
+
+/// The objects of a reflected watch whose `relevant` hash changed since they were last seen,
+/// and every deleted one: watch events that change nothing the operator reads (a pod's
+/// scheduling condition, our own status writes) then wake no reconcile.
+///
+/// The memory of hashes follows re-lists: what a re-list does not show again is dropped (a
+/// watch that broke while objects were deleted would otherwise keep their hashes forever).
+/// Only hashes are kept, not objects (memory at a thousand DindDaemons), so a vanished object
+/// wakes nothing itself; the StatefulSet it belonged to changes status and wakes its owner.
+pub(super) fn relevant_changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    relevant: fn(&K) -> u64,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + 'static,
+{
+    let mut filter = RelevantChanges::<K>::default();
+    events
+        .map(move |event| match event {
+            Err(e) => vec![Err(e)],
+            Ok(event) => filter.pass(event, relevant).into_iter().map(Ok).collect(),
+        })
+        .flat_map(futures::stream::iter)
+}
+
+/// The state of [`relevant_changes`]: a hash per object seen, and during a re-list the
+/// objects it has shown so far.
+#[derive(Debug)]
+pub(super) struct RelevantChanges<K: Resource<DynamicType = ()>> {
+    seen: HashMap<ObjectRef<K>, u64>,
+    relisting: Option<HashSet<ObjectRef<K>>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for RelevantChanges<K> {
+    fn default() -> Self {
+        Self { seen: HashMap::new(), relisting: None }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> RelevantChanges<K> {
+    /// The objects this event should wake a reconcile for.
+    pub(super) fn pass(&mut self, event: watcher::Event<K>, relevant: fn(&K) -> u64) -> Vec<K> {
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let key = ObjectRef::from_obj(&obj);
+                if let Some(listed) = self.relisting.as_mut() {
+                    listed.insert(key.clone());
+                }
+                let hash = relevant(&obj);
+                if self.seen.insert(key, hash) == Some(hash) { Vec::new() } else { vec![obj] }
+            }
+            watcher::Event::Delete(obj) => {
+                self.seen.remove(&ObjectRef::from_obj(&obj));
+                vec![obj]
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.relisting.take() {
+                    self.seen.retain(|k, _| listed.contains(k));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// How many objects the filter remembers.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+pub(super) fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A hash of everything a (slimmed) object holds but its resourceVersion.
+pub(super) fn content_hash<K: Resource + Serialize + Clone>(obj: &K) -> u64 {
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version = None;
+    hash_of(&serde_json::to_vec(&copy).unwrap_or_default())
+}
+
+/// Keeps of a DindDaemon what reconcile reads: spec, status, identity. `kubectl apply`'s
+/// last-applied annotation and the managed fields would double its size.
+pub fn slim_daemon(dd: &mut DindDaemon) {
+    dd.metadata.managed_fields = None;
+    if let Some(a) = dd.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Drops what neither the caches' readers nor the owner mapping need.
+fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
+/// Keeps of a StatefulSet its metadata (owner, generation) and status: what status and drift
+/// detection read. The pod template is most of its size.
+pub fn slim_statefulset(sts: &mut StatefulSet) {
+    slim_meta(&mut sts.metadata);
+    sts.spec = None;
+    if let Some(status) = sts.status.as_mut() {
+        // Not the revision hashes or collision count: they change nothing status reports.
+        *status = k8s_openapi::api::apps::v1::StatefulSetStatus {
+            observed_generation: status.observed_generation,
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas,
+            updated_replicas: status.updated_replicas,
+            ..Default::default()
+        };
+    }
+}
+
+/// Keeps of a pod only what the operator reads: names, labels, PVC volumes, phase, readiness,
+/// IP and container states. A thousand pending pods then cost little memory.
+pub fn slim_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    // Of the labels, only the one that names the pod's DindDaemon.
+    meta.labels = meta.labels.take().and_then(|mut l| l.remove_entry(DAEMON_LABEL)).map(|kv| [kv].into());
+    if let Some(spec) = pod.spec.as_mut() {
+        let volumes = spec.volumes.take().map(|v| {
+            v.into_iter()
+                .filter(|v| v.persistent_volume_claim.is_some())
+                .map(|v| k8s_openapi::api::core::v1::Volume {
+                    name: v.name,
+                    persistent_volume_claim: v.persistent_volume_claim,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        *spec = k8s_openapi::api::core::v1::PodSpec { volumes, ..Default::default() };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let keep = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            conditions: status.conditions.take().map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            container_statuses: status.container_statuses.take().map(|cs| {
+                cs.into_iter()
+                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                        name: c.name,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        state: c.state,
+                        last_state: c.last_state,
+                        container_id: c.container_id,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
+        *status = keep;
+    }
+}
+
+/// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume
+/// (`docker-NAME-i`) it mounts.
+pub fn daemons_of_pod(pod: Pod) -> Vec<ObjectRef<DindDaemon>> {
+    let ns = pod.namespace();
+    let mut names: Vec<String> = pod.labels().get(DAEMON_LABEL).cloned().into_iter().collect();
+    for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) else { continue };
+        if let Some((name, _)) = parse_claim(claim)
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let r = ObjectRef::new(&n);
+            match &ns {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_map_to_the_daemons_they_concern() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "thief", "namespace": "b", "labels": {"dind.dev/daemon": "own"}},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "persistentVolumeClaim": {"claimName": "docker-my-ci-12"}},
+                {"name": "b", "persistentVolumeClaim": {"claimName": "docker-own-0"}},
+                {"name": "c", "persistentVolumeClaim": {"claimName": "data-x-0"}},
+                {"name": "d", "persistentVolumeClaim": {"claimName": "docker-x-y"}}
+            ]}
+        }))
+        .unwrap();
+        let refs: Vec<String> =
+            daemons_of_pod(pod).iter().map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name)).collect();
+        assert_eq!(refs, ["b/own", "b/my-ci"]);
+        // A claim of DindDaemon `ci-big` concerns `ci-big`, never `ci`.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "x", "namespace": "b"},
+            "spec": {"containers": [], "volumes": [{"name": "a", "persistentVolumeClaim": {"claimName": "docker-ci-big-0"}}]}
+        }))
+        .unwrap();
+        assert_eq!(daemons_of_pod(pod).iter().map(|r| r.name.clone()).collect::<Vec<_>>(), ["ci-big"]);
+    }
+
+    fn cm(name: &str, data: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"v": data}})).unwrap()
+    }
+
+    #[test]
+    fn relevant_changes_forget_what_a_relist_no_longer_shows() {
+        fn h(c: &k8s_openapi::api::core::v1::ConfigMap) -> u64 {
+            hash_of(&c.data)
+        }
+        let mut f = RelevantChanges::default();
+        let names = |v: Vec<k8s_openapi::api::core::v1::ConfigMap>| v.iter().map(ResourceExt::name_any).collect::<Vec<_>>();
+        assert!(f.pass(watcher::Event::Init, h).is_empty());
+        assert_eq!(names(f.pass(watcher::Event::InitApply(cm("a", "1")), h)), ["a"]);
+        assert_eq!(names(f.pass(watcher::Event::InitApply(cm("b", "1")), h)), ["b"]);
+        assert!(f.pass(watcher::Event::InitDone, h).is_empty());
+        assert!(f.pass(watcher::Event::Apply(cm("a", "1")), h).is_empty(), "unchanged content wakes nothing");
+        assert_eq!(names(f.pass(watcher::Event::Apply(cm("a", "2")), h)), ["a"]);
+        // The watch broke; b was deleted meanwhile: the re-list does not show it.
+        f.pass(watcher::Event::Init, h);
+        assert!(f.pass(watcher::Event::InitApply(cm("a", "2")), h).is_empty());
+        assert_eq!(f.len(), 2);
+        assert!(f.pass(watcher::Event::InitDone, h).is_empty());
+        assert_eq!(f.len(), 1, "the vanished object is forgotten");
+    }
+
+    #[test]
+    fn slim_pods_keep_what_status_reads() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ci-0", "labels": {"dind.dev/daemon": "ci", "controller-revision-hash": "ci-5d8"}, "annotations": {"big": "x"}},
+            "spec": {"containers": [{"name": "dockerd", "image": "docker:dind", "args": ["a", "b"]}],
+                     "volumes": [{"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}},
+                                 {"name": "tmp", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "hostIP": "1.2.3.4",
+                       "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                       "containerStatuses": [{"name": "dockerd", "image": "docker:dind", "imageID": "sha", "ready": true, "restartCount": 2,
+                                              "state": {"running": {}}}]}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none());
+        assert_eq!(pod.labels().len(), 1, "only the daemon label stays");
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty());
+        assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.host_ip.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        let cs = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.ready, cs.restart_count, cs.image.as_str()), (true, 2, ""));
+        assert_eq!(daemons_of_pod(pod).len(), 1, "slimming keeps what the trigger maps on");
+    }
+}

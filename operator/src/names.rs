@@ -1,0 +1,150 @@
+//! Every name the operator generates, in one place: owned objects, volumes, DNS names, labels,
+//! and the field manager. A DindDaemon's name is the root of all of them, which is why the CRD
+//! bounds it (see [`MAX_NAME_LEN`]).
+
+use std::collections::BTreeMap;
+
+/// The one field manager of every object the operator writes (and the events' reporter).
+pub const FIELD_MANAGER: &str = "dind-operator";
+
+/// Label every owned object carries; its value is the DindDaemon's name.
+pub const DAEMON_LABEL: &str = "dind.dev/daemon";
+/// Carried by every object the operator makes; its watches select on it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Label a pod needs to reach a daemon through the NetworkPolicy; value: the DindDaemon's name.
+pub const CLIENT_LABEL: &str = "dind.dev/client";
+/// Pod-template annotation: a digest of the server certificate, so a re-issue rolls the pods
+/// (dockerd reads its certificates only at start).
+pub const TLS_DIGEST_ANNOTATION: &str = "dind.dev/server-cert-digest";
+/// Where the operator itself runs: its pods may reach daemons to read their storage driver.
+pub const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "dind-operator");
+/// The name of the volume claim template; the StatefulSet makes claims `docker-NAME-i` of it.
+pub const CLAIM_TEMPLATE: &str = "docker";
+
+/// The longest DindDaemon name. The StatefulSet's pods carry the label
+/// `controller-revision-hash: NAME-<10 characters>`, and a label value has at most 63
+/// characters: a longer name makes a StatefulSet whose pods can never be created. The other
+/// generated names (`NAME-daemons`, a DNS label; `NAME-server-tls`) fit within this bound.
+pub const MAX_NAME_LEN: usize = 52;
+
+/// The names derived from one DindDaemon's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// The DindDaemon's own name.
+    pub daemon: String,
+    pub statefulset: String,
+    /// Headless: gives each daemon its own DNS name (`NAME-i.NAME-daemons.NS.svc`).
+    pub headless_service: String,
+    /// The client Service (`NAME.NS.svc`).
+    pub client_service: String,
+    pub server_secret: String,
+    pub client_secret: String,
+    pub ca_secret: String,
+    pub network_policy: String,
+}
+
+impl Names {
+    pub fn of(name: &str) -> Self {
+        Self {
+            daemon: name.to_string(),
+            statefulset: name.to_string(),
+            headless_service: format!("{name}-daemons"),
+            client_service: name.to_string(),
+            server_secret: format!("{name}-server-tls"),
+            client_secret: format!("{name}-client"),
+            ca_secret: format!("{name}-ca"),
+            network_policy: name.to_string(),
+        }
+    }
+
+    /// The pod of daemon `ordinal` (the StatefulSet's naming).
+    pub fn pod(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.statefulset)
+    }
+
+    /// The volume claim of daemon `ordinal`: `docker-NAME-i`.
+    pub fn claim(&self, ordinal: i32) -> String {
+        format!("{CLAIM_TEMPLATE}-{}", self.pod(ordinal))
+    }
+
+    /// The DNS name of daemon `ordinal` through the headless Service.
+    pub fn replica_host(&self, ordinal: i32, namespace: &str) -> String {
+        format!("{}.{}.{namespace}.svc", self.pod(ordinal), self.headless_service)
+    }
+
+    /// The DNS name of a daemon pod through the headless Service, by pod name.
+    pub fn pod_host(&self, pod: &str, namespace: &str) -> String {
+        format!("{pod}.{}.{namespace}.svc", self.headless_service)
+    }
+
+    /// The DNS name of the client Service.
+    pub fn service_host(&self, namespace: &str) -> String {
+        format!("{}.{namespace}.svc", self.client_service)
+    }
+
+    /// The labels of every owned object and daemon pod.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "dind".to_string()),
+            ("app.kubernetes.io/instance".to_string(), self.daemon.clone()),
+            (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+            (DAEMON_LABEL.to_string(), self.daemon.clone()),
+        ])
+    }
+
+    /// The pod selector: stable across spec changes (a StatefulSet's selector is immutable).
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(DAEMON_LABEL.to_string(), self.daemon.clone()), ("app.kubernetes.io/name".to_string(), "dind".to_string())])
+    }
+}
+
+/// `tcp://HOST:PORT`, a DOCKER_HOST.
+pub fn docker_host(host: &str, port: i32) -> String {
+    format!("tcp://{host}:{port}")
+}
+
+/// The DindDaemon a volume claim belongs to, and the daemon's ordinal: the inverse of
+/// [`Names::claim`]. `docker-ci-big-0` is daemon 0 of `ci-big`, never of `ci`.
+pub fn parse_claim(claim: &str) -> Option<(&str, u32)> {
+    let rest = claim.strip_prefix(CLAIM_TEMPLATE)?.strip_prefix('-')?;
+    let (name, ordinal) = rest.rsplit_once('-')?;
+    if name.is_empty() || ordinal.is_empty() || !ordinal.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, ordinal.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_round_trip_and_never_match_a_longer_name() {
+        let ci = Names::of("ci");
+        assert_eq!(ci.claim(0), "docker-ci-0");
+        assert_eq!(parse_claim(&ci.claim(12)), Some(("ci", 12)));
+        assert_eq!(parse_claim("docker-ci-big-0"), Some(("ci-big", 0)));
+        for bad in ["docker-ci", "docker--0", "docker-ci-x", "data-ci-0", "dockerci-0", "docker-ci-"] {
+            assert_eq!(parse_claim(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_names_are_built_once() {
+        let n = Names::of("ci");
+        assert_eq!(n.replica_host(1, "b"), "ci-1.ci-daemons.b.svc");
+        assert_eq!(n.pod_host("ci-1", "b"), n.replica_host(1, "b"));
+        assert_eq!(docker_host(&n.service_host("b"), 2376), "tcp://ci.b.svc:2376");
+    }
+
+    #[test]
+    fn the_longest_name_fits_every_generated_name() {
+        let name = "a".repeat(MAX_NAME_LEN);
+        let n = Names::of(&name);
+        // controller-revision-hash label value: NAME-<10>.
+        assert!(name.len() + 1 + 10 <= 63);
+        assert!(n.headless_service.len() <= 63, "a Service name is a DNS label");
+        assert!(n.pod(63).len() <= 63, "a pod's hostname is a DNS label");
+        assert!(n.server_secret.len() <= 253);
+    }
+}
