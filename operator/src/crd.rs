@@ -273,9 +273,9 @@ pub struct DaemonSpec {
 /// check dind-init makes, so a refused flag is a 422 at `kubectl apply`, not a crash loop.
 fn extra_args_rule() -> kube::core::Rule {
     kube::core::Rule::new(format!("self.all(a, !a.matches('{}'))", dind_contract::owned_flag_pattern())).message(
-        "daemon.extraArgs may not set a flag dind-init sets itself (-H/--host, --tls*, --data-root/-g, --exec-root, \
-         --pidfile/-p, --config-file, --shutdown-timeout; also inside a group such as -DH) or one with its own field \
-         (--mtu, --storage-driver/-s, --registry-mirror, --insecure-registry: use spec.daemon.*)",
+        "daemon.extraArgs may not set these flags, the operator owns them: -H/--host, --tls*, --data-root/-g, --exec-root, \
+         --pidfile/-p, --config-file, --shutdown-timeout (also inside a group such as -DH); and --mtu, --storage-driver/-s, \
+         --registry-mirror, --insecure-registry have their own fields in spec.daemon",
     )
 }
 

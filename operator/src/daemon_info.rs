@@ -32,6 +32,19 @@ pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -
     info.get("Driver").and_then(|d| d.as_str()).map(str::to_string).ok_or_else(|| "/info has no Driver".into())
 }
 
+/// The most of an answer the operator reads: a daemon's image is chosen by its tenant, so what
+/// it answers is untrusted; `/info` is a few KiB.
+pub const MAX_ANSWER: u64 = 256 * 1024;
+
+/// Reads at most [`MAX_ANSWER`] bytes; more is an error, not a larger allocation.
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(reader: R, out: &mut Vec<u8>) -> Result<(), String> {
+    reader.take(MAX_ANSWER + 1).read_to_end(out).await.map_err(|e| e.to_string())?;
+    if out.len() as u64 > MAX_ANSWER {
+        return Err(format!("answer larger than {MAX_ANSWER} bytes"));
+    }
+    Ok(())
+}
+
 /// One `GET path` to a daemon at `addr` (host:port); the body of a 200 answer.
 pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -43,12 +56,12 @@ pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result
             let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
             let mut s = connector.connect(name, stream).await.map_err(|e| e.to_string())?;
             s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            s.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+            read_bounded(s, &mut response).await?;
         }
         None => {
             let mut s = stream;
             s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            s.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+            read_bounded(s, &mut response).await?;
         }
     }
     let text = String::from_utf8_lossy(&response);
@@ -57,4 +70,27 @@ pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result
         return Err(format!("answer: {}", head.lines().next().unwrap_or_default()));
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon (whose image its tenant controls) that answers without end is cut off, not
+    /// read into memory.
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+            let chunk = vec![b'x'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let err = get(&addr.to_string(), None, "/info").await.unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+    }
 }

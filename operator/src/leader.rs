@@ -3,6 +3,13 @@
 //! The holder renews every `renew` interval; a candidate takes the lease only once it has not
 //! been renewed for `duration`. Every write carries the resourceVersion it read, so two
 //! candidates cannot both win the same race (the apiserver refuses the second with 409).
+//!
+//! The holder steps down *before* its lease can expire: when it has not confirmed a renewal
+//! for `renew_deadline` (< `duration`, as client-go's leader election does), counted from the
+//! moment the last successful renewal was sent, and every renewal is bounded by what is left of
+//! that deadline, so a renewal that hangs cannot keep a stale leader writing beside a new one.
+//! (kube-rs has no leader election of its own; the crates that add one pin older kube
+//! versions, so this small one is ours.)
 
 use std::time::Duration;
 
@@ -20,7 +27,15 @@ pub struct LeaseLock {
     identity: String,
     duration: Duration,
     renew: Duration,
+    renew_deadline: Duration,
 }
+
+/// How long a lease lasts without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// The holder steps down when it could not renew for this long: 5 s before the lease expires.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the holder renews (and a candidate retries).
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 impl LeaseLock {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
@@ -28,8 +43,9 @@ impl LeaseLock {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             identity: identity.into(),
-            duration: Duration::from_secs(15),
-            renew: Duration::from_secs(2),
+            duration: LEASE_DURATION,
+            renew: RETRY_PERIOD,
+            renew_deadline: RENEW_DEADLINE,
         }
     }
 
@@ -53,26 +69,11 @@ impl LeaseLock {
         }
     }
 
-    /// Renews until a renewal fails for longer than the lease lasts; then returns (leadership
-    /// lost: the caller must stop reconciling).
+    /// Renews until leadership is lost or cannot be confirmed within the renew deadline; then
+    /// returns (the caller must stop writing at once).
     pub async fn hold(&self) {
-        let mut last_ok = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(self.renew).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
-                    warn!(lease = %self.name, "lease taken by another replica");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not renew the lease");
-                    if last_ok.elapsed() > self.duration {
-                        return;
-                    }
-                }
-            }
-        }
+        let lease = self.name.clone();
+        hold_with(self.renew, self.renew_deadline, || self.try_acquire_or_renew(), &lease).await;
     }
 
     /// Gives the lease up at shutdown, so a standby takes over without waiting it out.
@@ -128,5 +129,89 @@ impl LeaseLock {
             lease_transitions: Some(transitions),
             ..Default::default()
         }
+    }
+}
+
+/// Renews every `period` and returns once leadership is lost (`Ok(false)`) or no renewal has
+/// succeeded for `deadline`, counted from when the last successful one was sent (the lease's
+/// renewTime is set before sending, so its expiry is at least `duration` after that moment).
+/// Each attempt may take only what is left of the deadline.
+async fn hold_with<F, Fut, E>(period: Duration, deadline: Duration, mut renew: F, lease: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
+{
+    let mut confirmed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(period).await;
+        let sent = tokio::time::Instant::now();
+        let left = deadline.saturating_sub(sent.duration_since(confirmed));
+        if left.is_zero() {
+            warn!(lease, ?deadline, "no renewal confirmed within the renew deadline; stepping down");
+            return;
+        }
+        match tokio::time::timeout(left, renew()).await {
+            Ok(Ok(true)) => confirmed = sent,
+            Ok(Ok(false)) => {
+                warn!(lease, "lease taken by another replica");
+                return;
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not renew the lease"),
+            Err(_) => warn!(lease, "renewing the lease did not answer in time"),
+        }
+        if confirmed.elapsed() >= deadline {
+            warn!(lease, ?deadline, "no renewal confirmed within the renew deadline; stepping down");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_steps_down_before_the_lease_expires() {
+        // Two renewals succeed, then the apiserver stops answering (the request hangs).
+        let calls = Arc::new(AtomicU32::new(0));
+        let started = tokio::time::Instant::now();
+        let c = calls.clone();
+        hold_with(
+            RETRY_PERIOD,
+            RENEW_DEADLINE,
+            move || {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        Ok::<bool, String>(true)
+                    } else {
+                        std::future::pending::<()>().await;
+                        Ok(true)
+                    }
+                }
+            },
+            "test",
+        )
+        .await;
+        // The last confirmed renewal was sent at 2 x RETRY_PERIOD; the lease runs until 15 s
+        // after it. Stepping down must come before that, at the renew deadline.
+        let last_ok = RETRY_PERIOD * 2;
+        let stepped_down = started.elapsed();
+        assert!(stepped_down <= last_ok + RENEW_DEADLINE, "stepped down after {stepped_down:?}");
+        assert!(stepped_down < last_ok + LEASE_DURATION, "overlap with a successor");
+        assert!(stepped_down >= last_ok + RENEW_DEADLINE - Duration::from_millis(1), "stepped down too early: {stepped_down:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_step_down_at_the_deadline_and_a_lost_lease_at_once() {
+        let started = tokio::time::Instant::now();
+        hold_with(RETRY_PERIOD, RENEW_DEADLINE, || async { Err::<bool, _>("refused") }, "test").await;
+        assert!(started.elapsed() <= RENEW_DEADLINE, "{:?}", started.elapsed());
+        let started = tokio::time::Instant::now();
+        hold_with(RETRY_PERIOD, RENEW_DEADLINE, || async { Ok::<bool, String>(false) }, "test").await;
+        assert_eq!(started.elapsed(), RETRY_PERIOD);
     }
 }

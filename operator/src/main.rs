@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dind_operator::build::Defaults;
 use dind_operator::controller::{self, Settings};
 use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
-use dind_operator::leader::LeaseLock;
+use dind_operator::leader::{self, LeaseLock};
 use dind_operator::metrics::Metrics;
-use dind_operator::server::{self, Health};
+use dind_operator::server::{self, Health, Liveness};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -104,7 +104,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let health = Arc::new(Health { registry, ready: false.into() });
+    let liveness = Arc::new(Liveness::default());
+    let health = Arc::new(Health { registry, ready: false.into(), liveness: liveness.clone() });
 
     // One shutdown signal for the HTTP server, the lease and every controller.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -152,9 +153,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
             holder.hold().await;
-            // Leadership lost: stop reconciling at once; the process exits and restarts as a standby.
+            // Leadership lost (or unconfirmed): stop reconciling at once, and exit before the
+            // lease can pass to another replica even if in-flight work would hold the shutdown.
+            // The pod restarts as a standby.
             tracing::error!("lost leadership; stopping");
             let _ = stop_tx.send(true);
+            tokio::time::sleep(leader::LEASE_DURATION.saturating_sub(leader::RENEW_DEADLINE + std::time::Duration::from_secs(1))).await;
+            tracing::error!("still busy after losing leadership; exiting");
+            std::process::exit(1);
         });
         Some(lock)
     } else {
@@ -164,6 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         defaults: Defaults { image: args.default_image, init_image: args.default_init_image },
         query_daemons: args.query_daemons,
+        liveness,
     };
     tracing::info!(namespaces = ?args.namespaces, "reconciling DindDaemons");
     if args.namespaces.is_empty() {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +17,42 @@ pub struct Health {
     pub registry: Registry,
     /// Set once the API is reachable and the CRD is served.
     pub ready: AtomicBool,
+    /// Whether reconciles still finish (see [`Liveness`]).
+    pub liveness: Arc<Liveness>,
+}
+
+/// Reconciles that timed out in a row, with no reconcile finishing in between. An operator
+/// whose every reconcile times out (a stalled apiserver connection) is not alive: `/healthz`
+/// says so and the kubelet restarts it, with fresh connections.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    timeouts_in_a_row: AtomicU32,
+}
+
+impl Liveness {
+    /// This many timeouts in a row, and nothing finished, make `/healthz` fail.
+    pub const LIMIT: u32 = 3;
+
+    pub fn timed_out(&self) {
+        self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reconcile finished (successfully or with an answer from the apiserver).
+    pub fn finished(&self) {
+        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    pub fn alive(&self) -> bool {
+        self.timeouts_in_a_row.load(Ordering::Relaxed) < Self::LIMIT
+    }
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.liveness.alive() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "reconciles keep timing out: the apiserver connection is stalled")
+    }
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
@@ -37,12 +73,26 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(health);
+    let app =
+        Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_fails_once_reconciles_keep_timing_out_and_recovers_when_one_finishes() {
+        let health = Arc::new(Health { registry: Registry::default(), ready: true.into(), liveness: Arc::default() });
+        assert_eq!(healthz(State(health.clone())).await.0, StatusCode::OK);
+        for _ in 0..Liveness::LIMIT {
+            health.liveness.timed_out();
+        }
+        assert_eq!(healthz(State(health.clone())).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        health.liveness.finished();
+        assert_eq!(healthz(State(health)).await.0, StatusCode::OK);
+    }
 }

@@ -5,6 +5,7 @@
 //! objects and events in the test output, so a red CI run explains itself.
 
 pub mod docker;
+pub mod operator;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::crd::{DindDaemonSpec, StorageDriver};
 use crate::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};

@@ -35,6 +35,7 @@ use crate::build::Defaults;
 use crate::crd::DindDaemon;
 use crate::metrics::Metrics;
 use crate::names::{FIELD_MANAGER, MANAGED_BY_LABEL, Names};
+use crate::server::Liveness;
 use watches::{content_hash, hash_of, owned_metadata, relevant_changes};
 
 /// At most this many reconciles run at once.
@@ -58,6 +59,7 @@ pub struct Context {
     pub memory: Memory,
     /// Turns true once every cache above has had its first list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
+    pub liveness: Arc<Liveness>,
 }
 
 /// Caches of the objects the operator owns, fed by the same watches that trigger reconciles.
@@ -141,6 +143,7 @@ impl Context {
             daemons,
             memory: Memory::default(),
             caches_ready,
+            liveness: settings.liveness,
         }
     }
 }
@@ -150,6 +153,8 @@ impl Context {
 pub struct Settings {
     pub defaults: Defaults,
     pub query_daemons: bool,
+    /// Told whether reconciles finish (for `/healthz`).
+    pub liveness: Arc<Liveness>,
 }
 
 /// Runs the controller for one namespace (or all, with `None`) until `shutdown` resolves.

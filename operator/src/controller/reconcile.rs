@@ -53,8 +53,13 @@ pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action>
         Ok(result) => result,
         Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
     };
-    if result.is_ok() {
-        ctx.memory.succeeded(&key_of(&dd));
+    match &result {
+        Err(Error::Timeout(_)) => ctx.liveness.timed_out(),
+        Ok(_) => {
+            ctx.liveness.finished();
+            ctx.memory.succeeded(&key_of(&dd));
+        }
+        Err(_) => ctx.liveness.finished(),
     }
     ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
     result

@@ -1,0 +1,78 @@
+//! Helpers of the operator tests (`tests/tests/operator_*.rs`): DindDaemons made from JSON,
+//! waiting for the objects the operator owns, reading Secrets and claims.
+
+use std::time::Duration;
+
+use dind_operator::crd::DindDaemon;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::eventually;
+
+/// How long a test waits for the operator to do something.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A node selector no node matches: pods stay unscheduled, their status the test's to set.
+pub fn no_node() -> Value {
+    json!({"dind.dev/test": "no-kubelet"})
+}
+
+pub fn daemon(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": name}, "spec": spec})
+}
+
+pub async fn create(client: &Client, ns: &str, name: &str, spec: Value) -> anyhow::Result<DindDaemon> {
+    let api: Api<DindDaemon> = Api::namespaced(client.clone(), ns);
+    let obj: DindDaemon = serde_json::from_value(daemon(name, spec))?;
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// Waits until the operator has applied every owned object of `name`.
+pub async fn owned_objects(client: &Client, ns: &str, name: &str) -> anyhow::Result<StatefulSet> {
+    let c = client.clone();
+    let (ns, name) = (ns.to_string(), name.to_string());
+    eventually("owned objects applied", WAIT, move || {
+        let (c, ns, name) = (c.clone(), ns.clone(), name.clone());
+        async move {
+            let sts = Api::<StatefulSet>::namespaced(c.clone(), &ns).get_opt(&name).await?;
+            let svc = Api::<Service>::namespaced(c.clone(), &ns).get_opt(&format!("{name}-daemons")).await?;
+            let np = Api::<NetworkPolicy>::namespaced(c.clone(), &ns).get_opt(&name).await?;
+            let client_secret = Api::<Secret>::namespaced(c.clone(), &ns).get_opt(&format!("{name}-client")).await?;
+            Ok(match (sts, svc, np, client_secret) {
+                (Some(sts), Some(_), Some(_), Some(_)) => Some(sts),
+                _ => None,
+            })
+        }
+    })
+    .await
+}
+
+pub fn secret_text(s: &Secret, key: &str) -> String {
+    s.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default()
+}
+
+pub async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
+    Ok(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect())
+}
+
+/// Sets a pod's Ready condition as a kubelet would (there is no kubelet without the node).
+pub async fn mark_pod_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}
+    ]}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The real `dind-operator` binary reconciling on the real apiserver, a fresh namespace per test:
+//! owned objects, spec changes, drift, certificates, status.
+//!
+//! Without a node (tests/cluster/node.sh) no kubelet runs pods, so where readiness matters the
+//! test sets the pods' Ready condition itself; those tests say so in their names.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use dind_operator::crd::DindDaemon;
+use dind_operator::names::FIELD_MANAGER;
+use dind_tests::operator::{WAIT, create, mark_pod_ready, no_node, owned_objects, secret_text};
+use dind_tests::{Operator, eventually, run_tool, with_namespace};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_valid_daemon_gets_every_owned_object_with_owner_refs_and_our_field_manager() {
+    with_namespace("owned", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        let dd = create(&client, &ns, "ci", json!({})).await?;
+        let uid = dd.uid().context("uid")?;
+        let sts = owned_objects(&client, &ns, "ci").await?;
+        let check = |kind: &str, meta: &kube::api::ObjectMeta| -> anyhow::Result<()> {
+            let refs = meta.owner_references.clone().unwrap_or_default();
+            ensure!(
+                refs.len() == 1 && refs[0].uid == uid && refs[0].controller == Some(true),
+                "{kind} {:?}: owner refs {refs:?}",
+                meta.name
+            );
+            let managers: BTreeSet<String> = meta.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+            ensure!(managers.contains(FIELD_MANAGER), "{kind} {:?}: managers {managers:?}", meta.name);
+            Ok(())
+        };
+        check("StatefulSet", &sts.metadata)?;
+        for svc in ["ci", "ci-daemons"] {
+            check("Service", &Api::<Service>::namespaced(client.clone(), &ns).get(svc).await?.metadata)?;
+        }
+        for secret in ["ci-ca", "ci-server-tls", "ci-client"] {
+            check("Secret", &Api::<Secret>::namespaced(client.clone(), &ns).get(secret).await?.metadata)?;
+        }
+        check("NetworkPolicy", &Api::<NetworkPolicy>::namespaced(client.clone(), &ns).get("ci").await?.metadata)?;
+        let client_secret = Api::<Secret>::namespaced(client.clone(), &ns).get("ci-client").await?;
+        for key in ["ca.pem", "cert.pem", "key.pem"] {
+            ensure!(secret_text(&client_secret, key).contains("-----BEGIN"), "ci-client lacks {key}");
+        }
+        // Status is written by the same manager and names the client Secret and DOCKER_HOST.
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let status = eventually("status written", WAIT, || {
+            let api = api.clone();
+            async move { Ok(api.get("ci").await?.status.filter(|s| s.observed_generation == Some(1))) }
+        })
+        .await?;
+        ensure!(status.docker_host.as_deref() == Some(&*format!("tcp://ci.{ns}.svc:2376")), "{status:?}");
+        ensure!(status.client_secret_name.as_deref() == Some("ci-client"));
+        ensure!(status.ready.as_deref() == Some("0/1"));
+        // kubectl shows the DESIGN.md columns.
+        let table = run_tool("kubectl", &["get", "dind", "-n", &ns]).await?;
+        let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+        ensure!(header == ["NAME", "READY", "DOCKERHOST", "DRIVER", "AGE"], "{table}");
+        ensure!(table.contains("0/1") && table.contains(&format!("tcp://ci.{ns}.svc:2376")), "{table}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_changes_roll_into_the_statefulset() {
+    with_namespace("spec-change", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let change =
+            json!({"spec": {"replicas": 2, "image": "docker:27.5.1-dind", "daemon": {"registryMirrors": ["https://mirror.example.test"]}}});
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&change)).await?;
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        eventually("StatefulSet follows the spec", WAIT, || {
+            let sts_api = sts_api.clone();
+            async move {
+                let sts = sts_api.get("ci").await?;
+                let spec = sts.spec.context("spec")?;
+                let c = &spec.template.spec.context("pod spec")?.containers[0];
+                let args = c.args.clone().unwrap_or_default();
+                Ok((spec.replicas == Some(2)
+                    && c.image.as_deref() == Some("docker:27.5.1-dind")
+                    && args.contains(&"--registry-mirror=https://mirror.example.test".to_string()))
+                .then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Measured before: after `replicas` 1 → 2, pod ci-0 had a new uid. The server certificate
+/// listed every replica's name, so scaling re-issued it and its digest annotation rolled every
+/// daemon, killing running builds. Now it names the replicas by wildcard: scaling changes
+/// neither the certificate nor the pod template.
+#[tokio::test]
+async fn scaling_keeps_the_certificate_and_the_pod_template() {
+    with_namespace("scale", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        let before = owned_objects(&client, &ns, "ci").await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let cert_before = secret_text(&secrets.get("ci-server-tls").await?, "tls.crt");
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 2}}))).await?;
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let after = eventually("StatefulSet scaled to 2", WAIT, || {
+            let sts_api = sts_api.clone();
+            async move { Ok(sts_api.get("ci").await?.spec.filter(|s| s.replicas == Some(2))) }
+        })
+        .await?;
+        let template =
+            |spec: Option<k8s_openapi::api::apps::v1::StatefulSetSpec>| spec.map(|s| serde_json::to_value(s.template)).transpose();
+        ensure!(
+            template(before.spec)? == Some(serde_json::to_value(&after.template)?),
+            "scaling changed the pod template (every daemon restarts)"
+        );
+        // Give a re-issue (if any) the time to happen, then compare.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cert_after = secret_text(&secrets.get("ci-server-tls").await?, "tls.crt");
+        ensure!(cert_after == cert_before, "scaling re-issued the server certificate");
+        let names = dind_operator::tls::inspect(&cert_after)?.dns_names;
+        ensure!(names.contains(&format!("*.ci-daemons.{ns}.svc")), "server names: {names:?}");
+        Ok(())
+    })
+    .await;
+}
+
+/// A spec the apiserver refuses when the operator applies it (here: a StatefulSet of the same
+/// name with another, immutable, selector) shows as Degraded/ApplyFailed with the apiserver's
+/// words and an event, and is retried with backoff, not every 5 s in silence.
+#[tokio::test]
+async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff() {
+    with_namespace("refused", |client: Client, ns: String| async move {
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 0, "serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+        }))?;
+        Api::<StatefulSet>::namespaced(client.clone(), &ns).create(&PostParams::default(), &sts).await?;
+        let op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "web", json!({"nodeSelector": no_node()})).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let degraded = eventually("Degraded/ApplyFailed", WAIT, || {
+            let api = api.clone();
+            async move {
+                let st = api.get("web").await?.status.unwrap_or_default();
+                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "ApplyFailed"))
+            }
+        })
+        .await?;
+        ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("immutable"), "{}", degraded.message);
+        ensure!(degraded.observed_generation == Some(1));
+        let first_error = std::time::Instant::now();
+        let events = run_tool(
+            "kubectl",
+            &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=web", "-o", "jsonpath={.items[*].reason}"],
+        )
+        .await?;
+        ensure!(events.contains("ApplyFailed"), "events: {events}");
+        // Backoff 5, 10, 20 s: in the 25 s after the first failure at most 3 more attempts
+        // (a fixed 5 s retry would make 5).
+        tokio::time::sleep(Duration::from_secs(25).saturating_sub(first_error.elapsed())).await;
+        let errors = op.metric("dind_operator_reconcile_errors_total").await.unwrap_or_default();
+        ensure!((1.0..=4.0).contains(&errors), "{errors} failed reconciles in ~25 s");
+        Ok(())
+    })
+    .await;
+}
+
+/// Measured before: DindDaemon `ci` treated the daemon pod of DindDaemon `ci-big` as an
+/// intruder on its volume (claim prefix `docker-ci-`) and went Degraded, telling the user to
+/// delete a healthy pod.
+#[tokio::test]
+async fn the_daemon_of_a_longer_named_dind_daemon_is_not_an_intruder() {
+    with_namespace("prefix", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci-big", json!({"nodeSelector": no_node()})).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        eventually("the StatefulSet made ci-big-0", WAIT, || {
+            let pods = pods.clone();
+            async move { Ok(pods.get_opt("ci-big-0").await?.map(|_| ())) }
+        })
+        .await?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let degraded = eventually("ci has a Degraded condition", WAIT, || {
+            let api = api.clone();
+            async move {
+                let st = api.get("ci").await?.status.unwrap_or_default();
+                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded"))
+            }
+        })
+        .await?;
+        ensure!(degraded.status == "False", "ci is Degraded: {} {}", degraded.reason, degraded.message);
+        Ok(())
+    })
+    .await;
+}
+/// An operator that skips applies when nothing changed must still see, and undo, changes made
+/// behind its back: an edited StatefulSet, a deleted Service, a deleted certificate Secret.
+#[tokio::test]
+async fn drift_in_owned_objects_is_repaired() {
+    with_namespace("drift", |client: Client, ns: String| async move {
+        let op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({})).await?;
+        let first = owned_objects(&client, &ns, "ci").await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let ca_before = secret_text(&secrets.get("ci-ca").await?, "ca.crt");
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let service_uid = services.get("ci").await?.uid();
+        // Let the operator settle, so the next changes meet its "nothing changed" path.
+        eventually("a reconcile with nothing to apply", WAIT, || async {
+            Ok(op.metric("dind_operator_reconciles_unchanged_total").await.is_some_and(|n| n >= 1.0).then_some(()))
+        })
+        .await?;
+
+        // One change at a time: each must be found on its own.
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let edit = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "spec": {"replicas": 3}});
+        sts_api.patch("ci", &PatchParams::apply("someone-else").force(), &Patch::Apply(&edit)).await?;
+        eventually("StatefulSet replicas back to 1", WAIT, || {
+            let sts_api = sts_api.clone();
+            async move { Ok((sts_api.get("ci").await?.spec.and_then(|s| s.replicas) == Some(1)).then_some(())) }
+        })
+        .await?;
+        services.delete("ci", &DeleteParams::default()).await?;
+        let back = eventually("client Service re-created", WAIT, || {
+            let (services, old_uid) = (services.clone(), service_uid.clone());
+            async move { Ok(services.get_opt("ci").await?.filter(|s| s.uid() != old_uid)) }
+        })
+        .await?;
+        ensure!(back.labels().get("dind.dev/daemon").map(String::as_str) == Some("ci"), "re-created Service lacks our labels");
+        secrets.delete("ci-server-tls", &DeleteParams::default()).await?;
+        let server = eventually("server Secret re-issued", WAIT, || {
+            let secrets = secrets.clone();
+            async move { Ok(secrets.get_opt("ci-server-tls").await?) }
+        })
+        .await?;
+        // The kept CA signs the new server certificate; the CA itself did not change.
+        ensure!(secret_text(&server, "ca.crt") == ca_before, "server Secret carries another CA");
+        ensure!(secret_text(&secrets.get("ci-ca").await?, "ca.crt") == ca_before, "CA changed");
+        let sts = sts_api.get("ci").await?;
+        ensure!(sts.uid() == first.uid(), "StatefulSet was re-created instead of patched");
+        Ok(())
+    })
+    .await;
+}
+
+/// A CA Secret that exists before its DindDaemon, without our labels (so no cache of the
+/// operator shows it), is read and kept: the operator's create-the-CA shortcut must not loop
+/// on it or replace it.
+#[tokio::test]
+async fn a_pre_existing_unlabelled_ca_secret_is_adopted() {
+    with_namespace("adopt-ca", |client: Client, ns: String| async move {
+        let ca = dind_operator::tls::new_ca(&ns, "pre", time::OffsetDateTime::now_utc())?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pre-ca"},
+            "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "pre", json!({})).await?;
+        owned_objects(&client, &ns, "pre").await?;
+        let server = secrets.get("pre-server-tls").await?;
+        ensure!(secret_text(&server, "ca.crt") == ca.cert_pem, "the server certificate is not signed by the pre-existing CA");
+        let kept = secrets.get("pre-ca").await?;
+        ensure!(secret_text(&kept, "ca.key") == ca.key_pem, "the CA key was replaced");
+        ensure!(kept.labels().get("dind.dev/daemon").map(String::as_str) == Some("pre"), "the CA Secret was not taken over");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test_without_a_kubelet() {
+    with_namespace("ready", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        // Kept off any node: where the harness runs a kubelet (tests/run.sh), it would own the
+        // pod's status and overwrite the readiness this test sets.
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        eventually("the StatefulSet made ci-0", WAIT, || {
+            let pods = pods.clone();
+            async move { Ok(pods.get_opt("ci-0").await?.map(|_| ())) }
+        })
+        .await?;
+        mark_pod_ready(&client, &ns, "ci-0").await?;
+        // kubectl wait is how users (and CI scripts) wait for a daemon.
+        run_tool("kubectl", &["wait", "-n", &ns, "--for=condition=Ready", "dind/ci", "--timeout=60s"]).await?;
+        let dd = Api::<DindDaemon>::namespaced(client.clone(), &ns).get("ci").await?;
+        let status = dd.status.context("status")?;
+        ensure!(status.ready_replicas == 1 && status.ready.as_deref() == Some("1/1"), "{status:?}");
+        ensure!(status.endpoints.len() == 1 && status.endpoints[0].ready);
+        let events = run_tool(
+            "kubectl",
+            &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=ci", "-o", "jsonpath={.items[*].reason}"],
+        )
+        .await?;
+        ensure!(events.contains("CertificatesIssued") && events.contains("DaemonReady"), "events: {events}");
+
+        // A pod of someone else's that mounts the daemon's volume makes it Degraded, naming it.
+        let thief: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "thief"},
+            "spec": {"nodeSelector": no_node(), "containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}]}
+        }))?;
+        pods.create(&PostParams::default(), &thief).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let degraded = eventually("Degraded names the intruder", WAIT, || {
+            let api = api.clone();
+            async move {
+                let st = api.get("ci").await?.status.unwrap_or_default();
+                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True"))
+            }
+        })
+        .await?;
+        ensure!(degraded.reason == "VolumeInUse" && degraded.message.contains("thief"), "{degraded:?}");
+        Ok(())
+    })
+    .await;
+}
