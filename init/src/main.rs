@@ -66,6 +66,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Wait { socket, timeout_ms } => match probe::wait(&socket, Duration::from_millis(timeout_ms)) {
+            Ok(waited) => {
+                info!(ms = waited.as_millis() as u64, "dockerd answers /_ping");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dind-init wait: dockerd did not answer /_ping on {} within {timeout_ms} ms: {e}", socket.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Install { dir } => match prepare::install(&dir) {
             Ok(target) => {
                 info!(target = %target.display(), "installed");

@@ -21,7 +21,7 @@ pub enum Error {
     #[error("the watches behind the operator's caches ended before their first list")]
     CachesClosed,
     /// The apiserver refused (or failed) to apply an owned object; shown in status as is.
-    #[error("applying {kind} {name}: {source}")]
+    #[error("applying {kind} {name}: {}", api_message(source))]
     Apply {
         kind: String,
         name: String,
@@ -55,6 +55,14 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Timeout(_) => "timeout",
         }
+    }
+}
+
+/// The apiserver's own words for an API error (its Display adds the whole status object).
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
     }
 }
 

@@ -24,6 +24,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule("networking.k8s.io", &["networkpolicies"], &["list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
         rule("", &["pods"], &["get", "list", "watch"]),
+        // EndpointSlices of our Services: a daemon is Ready once its Service routes to it.
+        rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
 }

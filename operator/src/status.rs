@@ -25,6 +25,9 @@ pub struct Observed<'a> {
     pub drivers: Vec<(String, String)>,
     /// Why the last apply failed (the apiserver's refusal, named), if it did.
     pub apply_error: Option<String>,
+    /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
+    /// daemon is ready only once it answers *and* is routed: Ready means a client can connect.
+    pub routed: Vec<String>,
 }
 
 /// A daemon that restarted counts as failing until it has run this long without a restart:
@@ -109,7 +112,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         .map(|(pod_name, host)| {
             let pod = observed.pods.iter().find(|p| p.name_any() == pod_name);
             DaemonEndpoint {
-                ready: pod.is_some_and(pod_ready),
+                ready: pod.is_some_and(pod_ready) && observed.routed.contains(&pod_name),
                 storage_driver: observed.drivers.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| d.clone()),
                 name: pod_name,
                 docker_host: host,
@@ -140,7 +143,11 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     } else if desired == 0 {
         condition(READY, false, "ScaledToZero", "replicas is 0".into(), generation, &now)
     } else {
-        condition(READY, false, "DaemonsNotReady", format!("{ready_replicas}/{desired} daemons ready"), generation, &now)
+        let unrouted: Vec<String> =
+            observed.pods.iter().filter(|p| pod_ready(p) && !observed.routed.contains(&p.name_any())).map(ResourceExt::name_any).collect();
+        let detail =
+            if unrouted.is_empty() { String::new() } else { format!(" ({} answer; not yet routed by the Service)", unrouted.join(", ")) };
+        condition(READY, false, "DaemonsNotReady", format!("{ready_replicas}/{desired} daemons ready{detail}"), generation, &now)
     };
     let progressing = if !rolled_out {
         condition(PROGRESSING, true, "RollingOut", "the StatefulSet is rolling out the current spec".into(), generation, &now)
@@ -227,6 +234,11 @@ mod tests {
         .unwrap()
     }
 
+    /// Every daemon pod of these tests is routed by the Service, unless a test says otherwise.
+    fn all_routed() -> Vec<String> {
+        (0..4).map(|i| format!("ci-{i}")).collect()
+    }
+
     fn at(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
     }
@@ -242,7 +254,13 @@ mod tests {
         let s = sts(1, 1);
         let st = compute(
             &d,
-            &Observed { statefulset: Some(&s), pods: &pods, drivers: vec![("ci-0".into(), "overlay2".into())], ..Default::default() },
+            &Observed {
+                statefulset: Some(&s),
+                pods: &pods,
+                drivers: vec![("ci-0".into(), "overlay2".into())],
+                routed: vec!["ci-0".into()],
+                ..Default::default()
+            },
             at(100),
         );
         assert_eq!(st.ready.as_deref(), Some("1/1"));
@@ -260,7 +278,7 @@ mod tests {
         let d = dd(2);
         let pods = [pod("ci-0", true), pod("ci-1", false)];
         let s = sts(2, 2);
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, at(1));
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, at(1));
         assert_eq!(st.docker_host.as_deref(), Some("tcp://ci-0.ci-daemons.b.svc:2376"));
         assert_eq!(st.endpoints.len(), 2);
         assert!(st.endpoints[0].ready && !st.endpoints[1].ready);
@@ -274,13 +292,13 @@ mod tests {
         let mut d = dd(1);
         let s = sts(1, 1);
         let not_ready = [pod("ci-0", false)];
-        let first = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, ..Default::default() }, at(10));
+        let first = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, routed: all_routed(), ..Default::default() }, at(10));
         d.status = Some(first);
-        let second = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, ..Default::default() }, at(20));
+        let second = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, routed: all_routed(), ..Default::default() }, at(20));
         assert_eq!(get(&second, READY).last_transition_time, at(10));
         d.status = Some(second);
         let ready = [pod("ci-0", true)];
-        let third = compute(&d, &Observed { statefulset: Some(&s), pods: &ready, ..Default::default() }, at(30));
+        let third = compute(&d, &Observed { statefulset: Some(&s), pods: &ready, routed: all_routed(), ..Default::default() }, at(30));
         assert_eq!(get(&third, READY).last_transition_time, at(30));
         assert_eq!(get(&third, DEGRADED).last_transition_time, at(10), "Degraded stayed False");
     }
@@ -292,7 +310,13 @@ mod tests {
         let s = sts(1, 1);
         let st = compute(
             &d,
-            &Observed { statefulset: Some(&s), pods: &pods, intruders: vec![("thief".into(), "docker-ci-0".into())], ..Default::default() },
+            &Observed {
+                statefulset: Some(&s),
+                pods: &pods,
+                intruders: vec![("thief".into(), "docker-ci-0".into())],
+                routed: all_routed(),
+                ..Default::default()
+            },
             at(1),
         );
         let c = get(&st, DEGRADED);
@@ -314,7 +338,7 @@ mod tests {
         }))
         .unwrap();
         let s = sts(1, 1);
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[crashing], ..Default::default() }, at(1));
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[crashing], routed: all_routed(), ..Default::default() }, at(1));
         let c = get(&st, DEGRADED);
         assert_eq!(c.reason, "DaemonFailing");
         assert!(c.message.contains("in use by another daemon"), "{}", c.message);
@@ -328,7 +352,8 @@ mod tests {
             "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 0}
         }))
         .unwrap();
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], ..Default::default() }, at(1));
+        let st =
+            compute(&d, &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], routed: all_routed(), ..Default::default() }, at(1));
         assert_eq!(get(&st, PROGRESSING).reason, "RollingOut");
     }
 
@@ -355,7 +380,7 @@ mod tests {
             [(started(100), 110), (json!({"terminated": {"exitCode": 2}}), 110), (json!({"waiting": {"reason": "CrashLoopBackOff"}}), 110)]
         {
             let pods = [restarted(state.clone(), 4)];
-            let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, at(now));
+            let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, at(now));
             let c = get(&st, DEGRADED);
             assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DaemonFailing"), "{state}");
             assert!(c.message.contains("given twice"), "dind-init's last words: {}", c.message);
@@ -366,12 +391,12 @@ mod tests {
         assert_eq!(again.as_secs(), STABLE_AFTER.as_secs() - 10 + 1);
         // Up long enough: recovered, and nothing left to re-check.
         let later = at(100 + i64::try_from(STABLE_AFTER.as_secs()).unwrap());
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, later.clone());
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, later.clone());
         assert_eq!(get(&st, DEGRADED).status, "False");
         assert_eq!(recheck_after(&pods, &later), None);
         // Never restarted: not failing.
         let fresh = [restarted(started(100), 0)];
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &fresh, ..Default::default() }, at(101));
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &fresh, routed: all_routed(), ..Default::default() }, at(101));
         assert_eq!(get(&st, DEGRADED).status, "False");
     }
 
@@ -382,12 +407,34 @@ mod tests {
         let error = "applying StatefulSet ci: ApiError: StatefulSet.apps \"ci\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than ...".to_string();
         let st = compute(
             &d,
-            &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], apply_error: Some(error), ..Default::default() },
+            &Observed {
+                statefulset: Some(&s),
+                pods: &[pod("ci-0", true)],
+                apply_error: Some(error),
+                routed: all_routed(),
+                ..Default::default()
+            },
             at(1),
         );
         let c = get(&st, DEGRADED);
         assert_eq!((c.status.as_str(), c.reason.as_str(), c.observed_generation), ("True", "ApplyFailed", Some(2)));
         assert!(c.message.contains("StatefulSet ci") && c.message.contains("Forbidden"), "{}", c.message);
         assert_eq!(get(&st, READY).status, "True", "the running daemons keep serving");
+    }
+
+    #[test]
+    fn a_daemon_is_ready_only_once_its_service_routes_to_it() {
+        // Measured before: the first connection right after Ready was refused; the Service
+        // routed about a second later.
+        let d = dd(1);
+        let s = sts(1, 1);
+        let pods = [pod("ci-0", true)];
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, at(1));
+        let c = get(&st, READY);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "DaemonsNotReady"));
+        assert!(c.message.contains("ci-0 answer; not yet routed"), "{}", c.message);
+        assert!(!st.endpoints[0].ready);
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: vec!["ci-0".into()], ..Default::default() }, at(2));
+        assert_eq!(get(&st, READY).status, "True");
     }
 }

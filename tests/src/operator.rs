@@ -68,11 +68,37 @@ pub async fn pvc_names(client: &Client, ns: &str) -> anyhow::Result<Vec<String>>
 /// Sets a pod's Ready condition as a kubelet would (there is no kubelet without the node).
 pub async fn mark_pod_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // The EndpointSlice controller routes only to pods on a node with an IP, and a daemon is
+    // Ready only once its Service routes to it. So the pod is bound (as the scheduler would) to
+    // a Node object no kubelet serves, tainted so nothing else lands there, and given an IP on
+    // the harness's own pod network (never dialled: the tests run the operator with
+    // --query-daemons=false).
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    if nodes.get_opt(NO_KUBELET_NODE).await?.is_none() {
+        let node = json!({"metadata": {"name": NO_KUBELET_NODE, "labels": no_node()},
+                          "spec": {"taints": [{"key": "dind.dev/no-kubelet", "effect": "NoSchedule"}]}});
+        match nodes.create(&PostParams::default(), &serde_json::from_value(node)?).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if pods.get(pod).await?.spec.and_then(|s| s.node_name).is_none() {
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                             "target": {"apiVersion": "v1", "kind": "Node", "name": NO_KUBELET_NODE}});
+        let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{pod}/binding"))
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&binding)?)?;
+        client.request_text(req).await?;
+    }
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = json!({"status": {"phase": "Running", "conditions": [
+    let status = json!({"status": {"phase": "Running", "podIP": "10.244.0.254", "podIPs": [{"ip": "10.244.0.254"}], "conditions": [
         {"type": "Ready", "status": "True", "lastTransitionTime": now},
         {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}
     ]}});
     pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status)).await?;
     Ok(())
 }
+
+/// A Node object that no kubelet serves (see [`mark_pod_ready`]).
+pub const NO_KUBELET_NODE: &str = "dind-test-no-kubelet";

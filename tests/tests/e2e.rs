@@ -265,8 +265,9 @@ async fn e2e_drills_end_with_a_working_daemon() {
             .as_array_mut()
             .context("volumes")?
             .push(json!({"name": "docker", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}));
-        spec["containers"][0].as_object_mut().context("container")?.remove("readinessProbe");
-        spec["containers"][0].as_object_mut().context("container")?.remove("startupProbe");
+        for field in ["readinessProbe", "startupProbe", "livenessProbe", "lifecycle"] {
+            spec["containers"][0].as_object_mut().context("container")?.remove(field);
+        }
         let intruder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder"}, "spec": spec});
         kubectl_apply(&ns, &serde_json::to_string(&intruder)?).await?;
         let message = eventually("intruder refused with the lock message", READY, || {

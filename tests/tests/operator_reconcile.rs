@@ -159,7 +159,8 @@ async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff
             }
         })
         .await?;
-        ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("immutable"), "{}", degraded.message);
+        ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("Forbidden"), "{}", degraded.message);
+        ensure!(!degraded.message.contains("Status {"), "the apiserver's words, not a debug dump: {}", degraded.message);
         ensure!(degraded.observed_generation == Some(1));
         let first_error = std::time::Instant::now();
         let events = run_tool(
@@ -171,7 +172,7 @@ async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff
         // Backoff 5, 10, 20 s: in the 25 s after the first failure at most 3 more attempts
         // (a fixed 5 s retry would make 5).
         tokio::time::sleep(Duration::from_secs(25).saturating_sub(first_error.elapsed())).await;
-        let errors = op.metric("dind_operator_reconcile_errors_total").await.unwrap_or_default();
+        let errors = op.metric("dind_operator_reconcile_errors_total{kind=\"refused\"}").await.unwrap_or_default();
         ensure!((1.0..=4.0).contains(&errors), "{errors} failed reconciles in ~25 s");
         Ok(())
     })

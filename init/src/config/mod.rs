@@ -34,6 +34,12 @@ pub enum Command {
         socket: PathBuf,
         timeout_ms: u64,
     },
+    /// Blocks until dockerd answers `/_ping` (a postStart hook: the container counts as started,
+    /// and so as ready, only once Docker answers).
+    Wait {
+        socket: PathBuf,
+        timeout_ms: u64,
+    },
     /// Copy this binary into a directory (the init-container pattern).
     Install {
         dir: PathBuf,
@@ -240,6 +246,10 @@ mod tests {
         assert_eq!(i, Command::Install { dir: "/opt/dind".into() });
         assert!(parse(&["install".into()], &env).is_err());
         assert!(parse(&["probe".into(), "--port".into(), "1".into()], &env).is_err());
+        let w = parse(&["wait".into()], &env).unwrap();
+        assert_eq!(w, Command::Wait { socket: dind_contract::SOCKET.into(), timeout_ms: 120_000 });
+        let e = parse(&["wait".into(), "--timeout-ms".into(), "0".into()], &env).unwrap_err();
+        assert_eq!(e.setting, "--timeout-ms");
     }
 
     fn arb_arg() -> impl Strategy<Value = String> {

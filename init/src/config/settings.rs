@@ -76,7 +76,7 @@ pub(super) const SETTINGS: &[Setting] = &[
         flag: "timeout-ms",
         env: &["DIND_INIT_PROBE_TIMEOUT_MS"],
         repeatable: false,
-        help: "probe: give up after this many milliseconds (default 1000)",
+        help: "probe: give up after this many milliseconds (default 1000); wait: (default 120000)",
     },
 ];
 
@@ -86,6 +86,7 @@ pub fn usage() -> String {
         "dind-init: PID 1 for Docker-in-Docker containers\n\n\
          usage: dind-init [run] [FLAGS] [-- DOCKERD_ARGS...]\n       \
          dind-init probe [--socket PATH] [--timeout-ms N]\n       \
+         dind-init wait [--socket PATH] [--timeout-ms N]   (until dockerd answers)\n       \
          dind-init install DIR\n\nflags (each also read from the environment):\n",
     );
     for set in SETTINGS {

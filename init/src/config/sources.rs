@@ -21,6 +21,7 @@ pub(super) struct Raw {
 pub fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Command, ConfigError> {
     let (sub, rest) = match args.first().map(String::as_str) {
         Some("probe") => ("probe", &args[1..]),
+        Some("wait") => ("wait", &args[1..]),
         Some("install") => ("install", &args[1..]),
         Some("run") => ("run", &args[1..]),
         _ => ("run", args),
@@ -95,15 +96,17 @@ pub fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Command,
     let one = |flag: &str| lookup(flag).into_iter().next();
 
     match sub {
-        "probe" => {
-            only_flags(&flags, &["socket", "timeout-ms"], "probe")?;
-            no_positional(&positional, "probe")?;
+        "probe" | "wait" => {
+            only_flags(&flags, &["socket", "timeout-ms"], sub)?;
+            no_positional(&positional, sub)?;
             let socket = one("socket").map_or_else(|| PathBuf::from(dind_contract::SOCKET), |r| PathBuf::from(r.value));
+            // A probe is one question; a wait asks until dockerd answers (up to an hour).
+            let (max, default) = if sub == "wait" { (3_600_000, 120_000) } else { (60_000, 1000) };
             let timeout_ms = match one("timeout-ms") {
-                Some(r) => parse_number(&r, 1, 60_000)?,
-                None => 1000,
+                Some(r) => parse_number(&r, 1, max)?,
+                None => default,
             };
-            Ok(Command::Probe { socket, timeout_ms })
+            Ok(if sub == "wait" { Command::Wait { socket, timeout_ms } } else { Command::Probe { socket, timeout_ms } })
         }
         "install" => {
             only_flags(&flags, &[], "install")?;

@@ -65,7 +65,10 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     assert_eq!(c.command.as_ref().unwrap(), &vec!["/dind/bin/dind-init".to_string()]);
     assert_eq!(c.args.as_ref().unwrap(), &vec!["--port=2376", "--shutdown-timeout=15", "--tls-dir=/certs/server"]);
     assert!(pod.termination_grace_period_seconds.unwrap() > DOCKERD_SHUTDOWN_TIMEOUT);
-    assert_eq!(c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
+    assert_eq!(c.liveness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
+    // The start gate: the container counts as started once dockerd answers.
+    let gate = c.lifecycle.as_ref().unwrap().post_start.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
+    assert_eq!(gate[..2], ["/dind/bin/dind-init".to_string(), "wait".to_string()]);
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.privileged, Some(true));
     assert_eq!(sc.se_linux_options.as_ref().unwrap().type_.as_deref(), Some("spc_t"));

@@ -28,7 +28,18 @@ pub async fn announce_transitions(ctx: &Context, dd: &DindDaemon, old: Option<&D
     }
 }
 
-pub async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, note: String) {
+/// An event's note may have at most this many bytes (the apiserver refuses longer ones).
+const MAX_NOTE: usize = 1024;
+
+pub async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, mut note: String) {
+    if note.len() > MAX_NOTE {
+        let mut end = MAX_NOTE - 3;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
     let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &dd.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -28,7 +29,7 @@ use kube::{Api, Client, Resource};
 
 pub use memory::{BACKOFF_MAX, BACKOFF_START, Memory, backoff};
 pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
-pub use watches::{daemons_of_pod, slim_daemon, slim_pod, slim_statefulset};
+pub use watches::{daemon_of_labelled, daemons_of_pod, slim_daemon, slim_endpoint_slice, slim_pod, slim_statefulset};
 
 use crate::applied::{self, Stamp, StampCache, Stamps};
 use crate::build::Defaults;
@@ -55,6 +56,9 @@ pub struct Context {
     pub owned: OwnedCaches,
     /// The DindDaemons themselves (the controller's own cache).
     pub daemons: Store<DindDaemon>,
+    /// The EndpointSlices of our Services (their labels are the Services'), slimmed to which
+    /// pods they route to: a daemon is Ready only once its Service routes to it.
+    pub routes: Store<EndpointSlice>,
     /// Last applies, storage drivers, failures (see `memory`).
     pub memory: Memory,
     /// Turns true once every cache above has had its first list.
@@ -123,11 +127,12 @@ impl Context {
         pods: Store<Pod>,
         owned: OwnedCaches,
         daemons: Store<DindDaemon>,
+        routes: Store<EndpointSlice>,
     ) -> Self {
         let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
-        let (gate_pods, gate_owned) = (pods.clone(), owned.clone());
+        let (gate_pods, gate_owned, gate_routes) = (pods.clone(), owned.clone(), routes.clone());
         tokio::spawn(async move {
-            if gate_pods.wait_until_ready().await.is_ok() && gate_owned.ready().await {
+            if gate_pods.wait_until_ready().await.is_ok() && gate_routes.wait_until_ready().await.is_ok() && gate_owned.ready().await {
                 let _ = ready_tx.send(true);
             }
         });
@@ -141,6 +146,7 @@ impl Context {
             pods,
             owned,
             daemons,
+            routes,
             memory: Memory::default(),
             caches_ready,
             liveness: settings.liveness,
@@ -206,14 +212,25 @@ pub async fn run(
     let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
     let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
     let owned = OwnedCaches { statefulsets, services, secrets, policies };
+    // EndpointSlices of our Services: which daemons a Service routes to, for Ready. The
+    // EndpointSlice controller copies the Service's labels, but not `managed-by` (it sets its
+    // own), so they are selected by the daemon label.
+    let (routes, writer) = reflector::store::<EndpointSlice>();
+    let ours_routed = watcher::Config::default().labels(crate::names::DAEMON_LABEL);
+    let route_stream = relevant_changes(
+        reflector(writer, watcher(api::<EndpointSlice>(&client, ns), ours_routed).map_ok(|e| e.modify(slim_endpoint_slice)))
+            .default_backoff(),
+        content_hash,
+    );
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone(), routes));
     Controller::for_stream(daemon_stream, daemons)
         .owns_stream(sts_stream)
         .owns_stream(service_stream)
         .owns_stream(secret_stream)
         .owns_stream(policy_stream)
         .watches_stream(pod_stream, daemons_of_pod)
+        .watches_stream(route_stream, daemon_of_labelled)
         // Bounded: a thousand reconciles at once would open a thousand connections and queue
         // the apiserver into timeouts; sixteen keep it busy without drowning it.
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))

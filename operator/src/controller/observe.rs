@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
+use super::watches::SERVICE_NAME_LABEL;
 use crate::crd::DindDaemon;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
 use crate::{daemon_info, status, tls};
@@ -20,6 +21,8 @@ pub struct Seen {
     pub pods: Vec<Pod>,
     pub intruders: Vec<(String, String)>,
     pub drivers: Vec<(String, String)>,
+    /// Pods the client Service routes to.
+    pub routed: Vec<String>,
 }
 
 /// Looks at the daemons: `applied_sts` (just returned by an apply) is newer than the cache's.
@@ -40,7 +43,22 @@ pub async fn daemons(
     let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| (**p).clone()).collect();
     let intruders = find_intruders(name, &pods, &concerned);
     let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, ns, names, &pods, certs).await } else { Vec::new() };
-    Seen { statefulset, pods, intruders, drivers }
+    let routed = routed_pods(ctx, ns, &names.client_service);
+    Seen { statefulset, pods, intruders, drivers, routed }
+}
+
+/// The pods that the EndpointSlices of Service `service` list as ready endpoints.
+fn routed_pods(ctx: &Context, ns: &str, service: &str) -> Vec<String> {
+    let slices = ctx.routes.state_filter(|s| {
+        s.metadata.namespace.as_deref() == Some(ns)
+            && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
+    });
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+        .collect()
 }
 
 /// The claims of a pod that belong to DindDaemon `name` (exactly: `docker-ci-big-0` is not `ci`'s).

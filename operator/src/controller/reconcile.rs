@@ -113,6 +113,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         intruders: seen_daemons.intruders,
         drivers: seen_daemons.drivers,
         apply_error: apply_error.as_ref().map(ToString::to_string),
+        routed: seen_daemons.routed,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(dd, &observed, now.clone());

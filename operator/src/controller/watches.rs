@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -204,6 +205,37 @@ pub fn slim_pod(pod: &mut Pod) {
         };
         *status = keep;
     }
+}
+
+/// Keeps of an EndpointSlice what Ready reads: its labels (the Service's: which DindDaemon, which
+/// Service) and, per endpoint, the pod it routes to and whether it is ready.
+pub fn slim_endpoint_slice(slice: &mut EndpointSlice) {
+    let meta = &mut slice.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.labels = meta.labels.take().map(|l| l.into_iter().filter(|(k, _)| k == DAEMON_LABEL || k == SERVICE_NAME_LABEL).collect());
+    slice.ports = None;
+    for ep in &mut slice.endpoints {
+        ep.addresses = Vec::new();
+        ep.hints = None;
+        ep.node_name = None;
+        ep.zone = None;
+        ep.hostname = None;
+        ep.deprecated_topology = None;
+        ep.target_ref = ep.target_ref.take().map(|r| ObjectReference { name: r.name, ..Default::default() });
+        ep.conditions = ep.conditions.take().map(|c| EndpointConditions { ready: c.ready, ..Default::default() });
+    }
+}
+
+/// The label of an EndpointSlice that names its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The DindDaemon an object labelled with [`DAEMON_LABEL`] belongs to (EndpointSlices carry
+/// their Service's labels).
+pub fn daemon_of_labelled<K: Resource>(obj: K) -> Option<ObjectRef<DindDaemon>> {
+    let name = obj.meta().labels.as_ref()?.get(DAEMON_LABEL)?;
+    Some(ObjectRef::new(name).within(obj.meta().namespace.as_deref()?))
 }
 
 /// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume

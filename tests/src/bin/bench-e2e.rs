@@ -103,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut totals = Vec::new();
     let mut split: Vec<Vec<(&str, f64)>> = Vec::new();
+    // After Ready: how long until a TCP connection to the client Service is accepted (0 when
+    // the first attempt is), i.e. whether Ready means a client can connect.
+    let mut connect_after_ready = Vec::new();
     for i in 0..runs {
         let name = format!("r{i}");
         let dd = format!("apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {{name: {name}}}\nspec: {{storage: {{size: 1Gi}}}}\n");
@@ -110,6 +113,19 @@ async fn main() -> anyhow::Result<()> {
         kubectl_apply(&ns, &dd).await?;
         kubectl(&["wait", "-n", &ns, "--for=condition=Ready", &format!("dind/{name}"), "--timeout=300s"]).await?;
         totals.push(start.elapsed());
+        let ip = kubectl(&["get", "svc", "-n", &ns, &name, "-o", "jsonpath={.spec.clusterIP}"]).await?;
+        let ready_at = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let connect = tokio::net::TcpStream::connect((ip.trim(), 2376));
+            if matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_))) {
+                break;
+            }
+            anyhow::ensure!(ready_at.elapsed() < Duration::from_secs(30), "the Service of {name} never accepted a connection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        connect_after_ready.push((if attempts == 1 { 0.0 } else { ready_at.elapsed().as_secs_f64() }, attempts));
         let pod = pods.get(&format!("{name}-0")).await?;
         let log = kubectl(&["logs", "-n", &ns, &format!("{name}-0")]).await?;
         if let Some(p) = phases(&pod, &log) {
@@ -122,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         "apply -> Ready, {runs} runs: median {:.2} s, all {:?}",
         totals[runs / 2].as_secs_f64(),
         totals.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+    println!(
+        "first connection to the Service after Ready: {}",
+        connect_after_ready.iter().map(|(t, n)| format!("{t:.2}s/{n} tries")).collect::<Vec<_>>().join(", ")
     );
     if let Some(first) = split.first() {
         println!("phases (median; k8s timestamps are whole seconds, dind-init's are ms):");
