@@ -45,6 +45,9 @@ pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// every few seconds would keep an idle operator busy.
 const PERIODIC: Duration = Duration::from_secs(30 * 60);
 
+/// How soon to look again at a Service that does not route to its ready daemons yet.
+const ROUTE_RECHECK: Duration = Duration::from_millis(200);
+
 /// One pass over a DindDaemon, bounded by [`RECONCILE_TIMEOUT`].
 pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -115,6 +118,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         apply_error: apply_error.as_ref().map(ToString::to_string),
         routed: seen_daemons.routed,
     };
+    let look_again = seen_daemons.look_again;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(dd, &observed, now.clone());
     announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
@@ -132,8 +136,12 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         // Retried with backoff; the user sees it in the Degraded condition and its event.
         return Err(e);
     }
-    // A daemon that restarted is Degraded until it has stayed up: look again when it has.
-    let recheck = status::recheck_after(observed.pods, &now).map_or(PERIODIC, |d| d.min(PERIODIC));
+    // A daemon that restarted is Degraded until it has stayed up: look again when it has. A
+    // Service that does not route yet is asked again shortly.
+    let mut recheck = status::recheck_after(observed.pods, &now).map_or(PERIODIC, |d| d.min(PERIODIC));
+    if look_again {
+        recheck = recheck.min(ROUTE_RECHECK);
+    }
     Ok(Action::requeue(recheck))
 }
 

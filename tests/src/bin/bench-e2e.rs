@@ -129,6 +129,8 @@ async fn main() -> anyhow::Result<()> {
         let pod = pods.get(&format!("{name}-0")).await?;
         let log = kubectl(&["logs", "-n", &ns, &format!("{name}-0")]).await?;
         if let Some(p) = phases(&pod, &log) {
+            let total = totals.last().map_or(0.0, Duration::as_secs_f64);
+            println!("run {i}: {total:.2} s = {}", p.iter().map(|(l, v)| format!("{l} {v:.2}")).collect::<Vec<_>>().join(", "));
             split.push(p);
         }
         kubectl(&["delete", "dind", "-n", &ns, &name, "--wait=false"]).await?;
