@@ -7,9 +7,8 @@
 //! object changes its stamp, and any spec or certificate change changes the fingerprint, so
 //! drift is still repaired on the next pass.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -18,6 +17,7 @@ use kube::runtime::watcher;
 use crate::build::{CertSecrets, Owned};
 use crate::error::{Error, Result};
 use crate::tls;
+use crate::watch_map::WatchMap;
 
 /// Identity and version of one owned object.
 ///
@@ -76,69 +76,23 @@ pub fn fingerprint(owned: &Owned) -> Result<u64> {
 /// The stamp of every object of one kind a watch shows, by namespace and name: all the
 /// operator keeps of Services, Secrets and NetworkPolicies (a full cache of their metadata
 /// would cost ~1 KiB per object, a stamp ~0.1 KiB).
-#[derive(Clone, Debug)]
-pub struct StampCache {
-    state: Arc<Mutex<StampState>>,
-    ready: Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-#[derive(Debug, Default)]
-struct StampState {
-    stamps: HashMap<(String, String), Stamp>,
-    /// Filled during a (re-)list and swapped in when it ends, so objects deleted while the
-    /// watch was down disappear.
-    relisting: Option<HashMap<(String, String), Stamp>>,
-}
-
-impl Default for StampCache {
-    fn default() -> Self {
-        Self { state: Arc::default(), ready: Arc::new(tokio::sync::watch::Sender::new(false)) }
-    }
-}
+#[derive(Clone, Debug, Default)]
+pub struct StampCache(WatchMap<Stamp>);
 
 impl StampCache {
     /// Folds one watch event into the cache.
     pub fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
-        fn entry<K: Resource>(obj: &K) -> Option<((String, String), Stamp)> {
-            let meta = obj.meta();
-            Some(((meta.namespace.clone().unwrap_or_default(), meta.name.clone()?), Stamp::of(meta)?))
-        }
-        let Ok(mut state) = self.state.lock() else { return };
-        match event {
-            watcher::Event::Init => state.relisting = Some(HashMap::new()),
-            watcher::Event::InitApply(obj) => {
-                if let (Some(list), Some((key, stamp))) = (state.relisting.as_mut(), entry(obj)) {
-                    list.insert(key, stamp);
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(list) = state.relisting.take() {
-                    state.stamps = list;
-                }
-                self.ready.send_replace(true);
-            }
-            watcher::Event::Apply(obj) => {
-                if let Some((key, stamp)) = entry(obj) {
-                    state.stamps.insert(key, stamp);
-                }
-            }
-            watcher::Event::Delete(obj) => {
-                if let Some((key, _)) = entry(obj) {
-                    state.stamps.remove(&key);
-                }
-            }
-        }
+        self.0.observe(event, |obj| Stamp::of(obj.meta()));
     }
 
     /// The stamp of `namespace/name`, if the watch shows such an object.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Stamp> {
-        self.state.lock().ok()?.stamps.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.0.get(namespace, name)
     }
 
     /// Waits for the first list to complete. Any number of tasks may wait.
     pub async fn wait_until_ready(&self) {
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+        self.0.wait_until_ready().await;
     }
 }
 

@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod watch_map;
 
 /// The CRD as YAML, exactly as `crds/dinddaemon.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

@@ -18,6 +18,9 @@ pub const CLIENT_LABEL: &str = "dind.dev/client";
 pub const TLS_DIGEST_ANNOTATION: &str = "dind.dev/server-cert-digest";
 /// Where the operator itself runs: its pods may reach daemons to read their storage driver.
 pub const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "dind-operator");
+/// Label of the client Service, copied by the EndpointSlice controller onto its slices: the
+/// operator watches only those (not the headless Service's) to know what the Service routes to.
+pub const ROUTE_LABEL: (&str, &str) = ("dind.dev/route", "client");
 /// The name of the volume claim template; the StatefulSet makes claims `docker-NAME-i` of it.
 pub const CLAIM_TEMPLATE: &str = "docker";
 

@@ -12,7 +12,7 @@ use dind_operator::tls;
 pub const DAEMON_IMAGE: &str = "dind-daemon:test";
 pub const BUSYBOX_IMAGE: &str = "dind-busybox:test";
 
-/// Capabilities mode of DESIGN.md: Docker's `--privileged` fails on these VMs.
+/// Capabilities mode of docs/design.md: Docker's `--privileged` fails on these VMs.
 pub const CAPABILITIES_MODE: &[&str] =
     &["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"];
 

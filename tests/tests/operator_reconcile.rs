@@ -59,7 +59,7 @@ async fn a_valid_daemon_gets_every_owned_object_with_owner_refs_and_our_field_ma
         ensure!(status.docker_host.as_deref() == Some(&*format!("tcp://ci.{ns}.svc:2376")), "{status:?}");
         ensure!(status.client_secret_name.as_deref() == Some("ci-client"));
         ensure!(status.ready.as_deref() == Some("0/1"));
-        // kubectl shows the DESIGN.md columns.
+        // kubectl shows the columns of docs/design.md.
         let table = run_tool("kubectl", &["get", "dind", "-n", &ns]).await?;
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
         ensure!(header == ["NAME", "READY", "DOCKERHOST", "DRIVER", "AGE"], "{table}");

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
 use crate::crd::DindDaemon;
-use crate::names::Names;
+use crate::names::{Names, ROUTE_LABEL};
 
 fn service_port(port: i32) -> ServicePort {
     ServicePort {
@@ -36,8 +36,11 @@ pub fn headless_service(dd: &DindDaemon, names: &Names, owner: &OwnerReference) 
 /// The client Service (NAME.NS.svc). Sticky per client so that, with several daemons, one
 /// client's build and run land on the same daemon.
 pub fn client_service(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> Service {
+    let mut metadata = meta(dd, &names.client_service, owner);
+    // Copied onto its EndpointSlices, which the operator watches to know what it routes to.
+    metadata.labels.get_or_insert_with(Default::default).insert(ROUTE_LABEL.0.into(), ROUTE_LABEL.1.into());
     Service {
-        metadata: meta(dd, &names.client_service, owner),
+        metadata,
         spec: Some(ServiceSpec {
             selector: Some(names.selector()),
             ports: Some(vec![service_port(dd.spec.port)]),

@@ -29,14 +29,15 @@ use kube::{Api, Client, Resource};
 
 pub use memory::{BACKOFF_MAX, BACKOFF_START, Memory, backoff};
 pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
-pub use watches::{daemon_of_labelled, daemons_of_pod, slim_daemon, slim_endpoint_slice, slim_pod, slim_statefulset};
+pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_endpoint_slice, slim_pod, slim_statefulset};
 
 use crate::applied::{self, Stamp, StampCache, Stamps};
 use crate::build::Defaults;
 use crate::crd::DindDaemon;
 use crate::metrics::Metrics;
-use crate::names::{FIELD_MANAGER, MANAGED_BY_LABEL, Names};
+use crate::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
 use crate::server::Liveness;
+use crate::watch_map::WatchMap;
 use watches::{content_hash, hash_of, owned_metadata, relevant_changes};
 
 /// At most this many reconciles run at once.
@@ -56,9 +57,9 @@ pub struct Context {
     pub owned: OwnedCaches,
     /// The DindDaemons themselves (the controller's own cache).
     pub daemons: Store<DindDaemon>,
-    /// The EndpointSlices of our Services (their labels are the Services'), slimmed to which
-    /// pods they route to: a daemon is Ready only once its Service routes to it.
-    pub routes: Store<EndpointSlice>,
+    /// What the client Services route to, by EndpointSlice (see `observe::routed_pods`): a
+    /// daemon is Ready only once its Service routes to it.
+    pub routes: WatchMap<Route>,
     /// Last applies, storage drivers, failures (see `memory`).
     pub memory: Memory,
     /// Turns true once every cache above has had its first list.
@@ -127,12 +128,13 @@ impl Context {
         pods: Store<Pod>,
         owned: OwnedCaches,
         daemons: Store<DindDaemon>,
-        routes: Store<EndpointSlice>,
+        routes: WatchMap<Route>,
     ) -> Self {
         let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
         let (gate_pods, gate_owned, gate_routes) = (pods.clone(), owned.clone(), routes.clone());
         tokio::spawn(async move {
-            if gate_pods.wait_until_ready().await.is_ok() && gate_routes.wait_until_ready().await.is_ok() && gate_owned.ready().await {
+            gate_routes.wait_until_ready().await;
+            if gate_pods.wait_until_ready().await.is_ok() && gate_owned.ready().await {
                 let _ = ready_tx.send(true);
             }
         });
@@ -212,14 +214,19 @@ pub async fn run(
     let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
     let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
     let owned = OwnedCaches { statefulsets, services, secrets, policies };
-    // EndpointSlices of our Services: which daemons a Service routes to, for Ready. The
-    // EndpointSlice controller copies the Service's labels, but not `managed-by` (it sets its
-    // own), so they are selected by the daemon label.
-    let (routes, writer) = reflector::store::<EndpointSlice>();
-    let ours_routed = watcher::Config::default().labels(crate::names::DAEMON_LABEL);
+    // EndpointSlices of our client Services: which daemons a Service routes to, for Ready. The
+    // EndpointSlice controller copies the Service's labels (but not `managed-by`: it sets its
+    // own), so they are selected by the route label. Only the routed pods are kept.
+    let routes = WatchMap::<Route>::default();
     let route_stream = relevant_changes(
-        reflector(writer, watcher(api::<EndpointSlice>(&client, ns), ours_routed).map_ok(|e| e.modify(slim_endpoint_slice)))
-            .default_backoff(),
+        {
+            let routes = routes.clone();
+            let selector = format!("{},{}={}", DAEMON_LABEL, ROUTE_LABEL.0, ROUTE_LABEL.1);
+            watcher(api::<EndpointSlice>(&client, ns), watcher::Config::default().labels(&selector)).default_backoff().map_ok(move |e| {
+                routes.observe(&e, route_of);
+                e.modify(slim_endpoint_slice)
+            })
+        },
         content_hash,
     );
 

@@ -9,7 +9,6 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use super::watches::SERVICE_NAME_LABEL;
 use crate::crd::DindDaemon;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
 use crate::{daemon_info, status, tls};
@@ -79,16 +78,7 @@ async fn service_accepts(ctx: &Context, ns: &str, names: &Names, port: i32) -> b
 
 /// The pods that the EndpointSlices of Service `service` list as ready endpoints.
 fn routed_pods(ctx: &Context, ns: &str, service: &str) -> Vec<String> {
-    let slices = ctx.routes.state_filter(|s| {
-        s.metadata.namespace.as_deref() == Some(ns)
-            && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(service)
-    });
-    slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .filter_map(|e| e.target_ref.as_ref()?.name.clone())
-        .collect()
+    ctx.routes.values_in(ns, |r| r.service == service).into_iter().flat_map(|r| r.pods).collect()
 }
 
 /// The claims of a pod that belong to DindDaemon `name` (exactly: `docker-ci-big-0` is not `ci`'s).

@@ -228,6 +228,26 @@ pub fn slim_endpoint_slice(slice: &mut EndpointSlice) {
     }
 }
 
+/// What the operator keeps of an EndpointSlice: its Service and the pods it routes to (ready
+/// endpoints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub service: String,
+    pub pods: Vec<String>,
+}
+
+/// The [`Route`] of an EndpointSlice.
+pub fn route_of(slice: &EndpointSlice) -> Option<Route> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    let pods = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+        .collect();
+    Some(Route { service, pods })
+}
+
 /// The label of an EndpointSlice that names its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -343,5 +363,20 @@ mod tests {
         let cs = &status.container_statuses.as_ref().unwrap()[0];
         assert_eq!((cs.ready, cs.restart_count, cs.image.as_str()), (true, 2, ""));
         assert_eq!(daemons_of_pod(pod).len(), 1, "slimming keeps what the trigger maps on");
+    }
+
+    #[test]
+    fn a_route_keeps_the_service_and_its_ready_pods() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "ci-x1", "namespace": "b", "labels": {"kubernetes.io/service-name": "ci", "dind.dev/daemon": "ci"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "ci-0"}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "ci-1"}}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(route_of(&slice), Some(Route { service: "ci".into(), pods: vec!["ci-0".into()] }));
+        assert_eq!(daemon_of_labelled(slice).map(|r| r.name), Some("ci".to_string()));
     }
 }
