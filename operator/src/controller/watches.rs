@@ -170,10 +170,15 @@ pub fn slim_pod(pod: &mut Pod) {
     meta.finalizers = None;
     // Of the labels, only the one that names the pod's DindDaemon.
     meta.labels = meta.labels.take().and_then(|mut l| l.remove_entry(DAEMON_LABEL)).map(|kv| [kv].into());
+    // The watch sees every pod (a foreign pod on a daemon's volume must be seen, and no
+    // selector can ask for that), so what is kept of the others is next to nothing: only claims
+    // named like a daemon's volume (`docker-NAME-i`), and a status only for pods that are
+    // daemons or mount one. An unrelated pod then costs its name, and its updates wake nothing.
+    let ours = meta.labels.is_some();
     if let Some(spec) = pod.spec.as_mut() {
         let volumes = spec.volumes.take().map(|v| {
             v.into_iter()
-                .filter(|v| v.persistent_volume_claim.is_some())
+                .filter(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| parse_claim(&c.claim_name).is_some()))
                 .map(|v| k8s_openapi::api::core::v1::Volume {
                     name: v.name,
                     persistent_volume_claim: v.persistent_volume_claim,
@@ -181,7 +186,13 @@ pub fn slim_pod(pod: &mut Pod) {
                 })
                 .collect()
         });
+        let volumes = volumes.filter(|v: &Vec<_>| !v.is_empty());
         *spec = k8s_openapi::api::core::v1::PodSpec { volumes, ..Default::default() };
+    }
+    let concerns_us = ours || pod.spec.as_ref().is_some_and(|s| s.volumes.is_some());
+    if !concerns_us {
+        pod.status = None;
+        meta_only(&mut pod.metadata);
     }
     if let Some(status) = pod.status.as_mut() {
         let keep = k8s_openapi::api::core::v1::PodStatus {
@@ -256,6 +267,17 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub fn daemon_of_labelled<K: Resource>(obj: K) -> Option<ObjectRef<DindDaemon>> {
     let name = obj.meta().labels.as_ref()?.get(DAEMON_LABEL)?;
     Some(ObjectRef::new(name).within(obj.meta().namespace.as_deref()?))
+}
+
+/// Of an unrelated object, its identity only.
+fn meta_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..Default::default()
+    };
 }
 
 /// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume
@@ -363,6 +385,32 @@ mod tests {
         let cs = &status.container_statuses.as_ref().unwrap()[0];
         assert_eq!((cs.ready, cs.restart_count, cs.image.as_str()), (true, 2, ""));
         assert_eq!(daemons_of_pod(pod).len(), 1, "slimming keeps what the trigger maps on");
+    }
+
+    #[test]
+    fn an_unrelated_pod_keeps_only_its_identity() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "b", "uid": "u", "labels": {"app": "web"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-web-1"}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert!(pod.status.is_none());
+        assert!(pod.spec.as_ref().unwrap().volumes.is_none(), "a claim not named like a daemon's volume is dropped");
+        assert_eq!((pod.metadata.name.as_deref(), pod.metadata.uid.as_deref()), (Some("web-1"), Some("u")));
+        assert!(pod.metadata.creation_timestamp.is_none() && pod.metadata.labels.is_none());
+        // A foreign pod on a daemon's volume keeps what intruder detection reads.
+        let mut thief: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "thief", "namespace": "b"},
+            "spec": {"containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        slim_pod(&mut thief);
+        assert_eq!(thief.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(daemons_of_pod(thief).len(), 1);
     }
 
     #[test]
