@@ -39,6 +39,12 @@ impl From<kube::Error> for Error {
 }
 
 impl Error {
+    /// Whether the apiserver refused an owned object as built (4xx other than a conflict or
+    /// throttling): the spec cannot be applied until it changes, so status must say so.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Apply { source: kube::Error::Api(s), .. } if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+    }
+
     /// A short, stable label for the `errors_total{kind=...}` metric.
     pub fn label(&self) -> &'static str {
         match self {
@@ -67,3 +73,24 @@ fn api_message(e: &kube::Error) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply_error(code: u16) -> Error {
+        let status = kube::core::Status::failure("refused", "Invalid").with_code(code);
+        Error::Apply { kind: "StatefulSet".into(), name: "ci".into(), source: kube::Error::Api(Box::new(status)) }
+    }
+
+    #[test]
+    fn only_the_apiservers_refusals_are_shown_as_apply_failures() {
+        assert!(apply_error(422).is_refusal());
+        assert!(apply_error(403).is_refusal());
+        assert!(!apply_error(409).is_refusal(), "a conflict is retried");
+        assert!(!apply_error(429).is_refusal(), "throttling is retried");
+        assert!(!apply_error(500).is_refusal());
+        assert!(!Error::Timeout(std::time::Duration::from_secs(1)).is_refusal());
+        assert_eq!(apply_error(422).to_string(), "applying StatefulSet ci: refused (422)");
+    }
+}

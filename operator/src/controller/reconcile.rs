@@ -102,7 +102,10 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     let outcome = certify_build_apply(ctx, dd, &ns, &names, &uid, &key, &seen, last.as_ref()).await;
     let (certs, applied_sts, apply_error) = match outcome {
         Ok((certs, sts)) => (certs, sts, None),
-        Err(e) => (last.and_then(|a| a.certs), None, Some(e)),
+        // The apiserver refused the spec as built: the user must see it (and status goes on).
+        Err(e) if e.is_refusal() => (last.and_then(|a| a.certs), None, Some(e)),
+        // Anything else (a connection, a conflict, throttling) is retried with backoff.
+        Err(e) => return Err(e),
     };
     prune(ctx);
 
