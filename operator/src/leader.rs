@@ -8,8 +8,10 @@
 //! for `renew_deadline` (< `duration`, as client-go's leader election does), counted from the
 //! moment the last successful renewal was sent, and every renewal is bounded by what is left of
 //! that deadline, so a renewal that hangs cannot keep a stale leader writing beside a new one.
-//! (kube-rs has no leader election of its own; the crates that add one pin older kube
-//! versions, so this small one is ours.)
+//! (kube-rs has no leader election of its own. Of the crates that add one, kube-leader-election
+//! pins kube 0.96 and kube-coordinate kube 2; kube-lease-manager 0.13 resolves with kube 5 but
+//! does not document what it does when a renewal hangs, the case this module exists for, so
+//! this small, tested one stays ours until that is checked.)
 
 use std::time::Duration;
 
