@@ -90,6 +90,41 @@ async fn values_that_break_the_schema_are_refused_with_a_clear_message() -> anyh
     Ok(())
 }
 
+/// GitOps tools and CI render charts with `helm template` and no `--kube-version` (helm then
+/// assumes v1.20): the chart must render so. (It did not: its `kubeVersion` constraint refused.)
+#[tokio::test]
+async fn the_chart_renders_without_a_kube_version() -> anyhow::Result<()> {
+    let rendered = helm(&["template", "dind", CHART]).await?;
+    ensure!(rendered.contains("kind: Deployment"), "{rendered}");
+    Ok(())
+}
+
+/// Two operators must never write at once: replicas > 1 without leader election is refused by
+/// the schema, naming the field; and without election an upgrade stops the old operator before
+/// the new one starts (strategy Recreate), while with it a rolling update is safe (the new one
+/// waits for the Lease).
+#[tokio::test]
+async fn two_writers_at_once_are_impossible() -> anyhow::Result<()> {
+    let err = helm(&["template", "dind", CHART, "--set", "replicas=2", "--set", "leaderElection.enabled=false"])
+        .await
+        .expect_err("replicas=2 without leader election");
+    ensure!(err.to_string().contains("/leaderElection/enabled"), "the refusal does not name the field: {err}");
+    let strategy = |rendered: &str| -> anyhow::Result<Option<String>> {
+        let deployment = rendered.split("\n---").find(|d| d.contains("kind: Deployment")).context("no Deployment")?;
+        let d: Deployment = serde_yaml::from_str(deployment)?;
+        Ok(d.spec.and_then(|s| s.strategy).and_then(|s| s.type_))
+    };
+    let single = helm(&["template", "dind", CHART]).await?;
+    ensure!(strategy(&single)?.as_deref() == Some("Recreate"), "one replica without election must not roll");
+    ensure!(!single.contains("--leader-election"), "the default single replica runs without election");
+    for set in ["replicas=2", "leaderElection.enabled=true"] {
+        let rendered = helm(&["template", "dind", CHART, "--set", set]).await?;
+        ensure!(rendered.contains("--leader-election"), "{set}: election off");
+        ensure!(strategy(&rendered)?.is_none(), "{set}: with election on a rolling update is safe");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn install_then_uninstall_leaves_only_the_crd() {
     with_namespace("helm-install", |client: Client, ns: String| async move {
