@@ -164,10 +164,7 @@ impl Default for TlsSpec {
     .message("storage.size and storage.ephemeral are mutually exclusive: an emptyDir has no size").field_path(".size"))]
 #[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.storageClassName))")
     .message("storage.storageClassName and storage.ephemeral are mutually exclusive").field_path(".storageClassName"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "(has(self.size) ? quantity(self.size) : quantity('20Gi')).compareTo(has(oldSelf.size) ? quantity(oldSelf.size) : quantity('20Gi')) == 0")
-    .message("storage.size cannot be changed on an existing DindDaemon (the StatefulSet's volume claim templates are immutable): \
-              delete and re-create it, with storage.retainOnDelete to keep the volumes").field_path(".size"))]
+#[x_kube(validation = storage_size_rule())]
 #[x_kube(validation = kube::core::Rule::new(
     "(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')")
     .message("storage.storageClassName cannot be changed on an existing DindDaemon: its volumes exist in their class").field_path(".storageClassName"))]
@@ -267,6 +264,18 @@ pub struct DaemonSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "daemon_config_schema")]
     pub config: Option<BTreeMap<String, Value>>,
+}
+
+/// `storage.size` may not change: the StatefulSet's volume claim templates are immutable. (An
+/// absent size is the default, so adding the default size explicitly is no change.)
+fn storage_size_rule() -> kube::core::Rule {
+    let size = |s: &str| format!("(has({s}.size) ? quantity({s}.size) : quantity('{DEFAULT_STORAGE_SIZE}'))");
+    kube::core::Rule::new(format!("{}.compareTo({}) == 0", size("self"), size("oldSelf")))
+        .message(
+            "storage.size cannot be changed on an existing DindDaemon (the StatefulSet's volume claim templates are immutable): \
+             delete and re-create it, with storage.retainOnDelete to keep the volumes",
+        )
+        .field_path(".size")
 }
 
 /// The CEL rule of `daemon.extraArgs`: the contract's owned flags (`dind_contract`), the same

@@ -104,12 +104,15 @@ fn start_gate() -> Lifecycle {
     }
 }
 
-fn probe(period: i32, failure_threshold: i32) -> Probe {
+/// The liveness probe: `/_ping`, lenient, because a restart kills every running build: dockerd
+/// must fail to answer within 5 s six times in a row, 20 s apart (two minutes), before it is
+/// restarted. A busy dockerd answers `/_ping` in milliseconds.
+fn liveness() -> Probe {
     Probe {
-        exec: Some(ExecAction { command: Some(vec![format!("{BIN_DIR}/{BINARY}"), "probe".into()]) }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(failure_threshold),
+        exec: Some(ExecAction { command: Some(vec![format!("{BIN_DIR}/{BINARY}"), "probe".into(), "--timeout-ms=5000".into()]) }),
+        period_seconds: Some(20),
+        timeout_seconds: Some(10),
+        failure_threshold: Some(6),
         ..Default::default()
     }
 }
@@ -206,12 +209,12 @@ pub fn daemon_statefulset(
         security_context: Some(security_context(spec.security.mode)),
         // Start: the postStart gate holds the container until dockerd answers (up to 2 minutes
         // for a first start on a slow volume); with no readiness probe it is Ready from then on.
-        // A dockerd that stops answering later is restarted by the liveness probe (30 s), and
+        // A dockerd that stops answering later is restarted by the liveness probe (2 min), and
         // one that exits ends PID 1 and so the container. dind-init's last error (e.g. the lock
         // holder) shows in the pod's status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         lifecycle: Some(start_gate()),
-        liveness_probe: Some(probe(10, 3)),
+        liveness_probe: Some(liveness()),
         ..Default::default()
     };
     Ok(StatefulSet {

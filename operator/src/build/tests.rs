@@ -65,7 +65,11 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     assert_eq!(c.command.as_ref().unwrap(), &vec!["/dind/bin/dind-init".to_string()]);
     assert_eq!(c.args.as_ref().unwrap(), &vec!["--port=2376", "--shutdown-timeout=15", "--tls-dir=/certs/server"]);
     assert!(pod.termination_grace_period_seconds.unwrap() > DOCKERD_SHUTDOWN_TIMEOUT);
-    assert_eq!(c.liveness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
+    let live = c.liveness_probe.as_ref().unwrap();
+    assert_eq!(live.exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
+    // A restart kills every build: only after two minutes without an answer.
+    assert!(live.period_seconds.unwrap() * live.failure_threshold.unwrap() >= 120);
+    assert!(c.readiness_probe.is_none() && c.startup_probe.is_none(), "Ready comes from the start gate, not a probe period");
     // The start gate: the container counts as started once dockerd answers.
     let gate = c.lifecycle.as_ref().unwrap().post_start.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
     assert_eq!(gate[..2], ["/dind/bin/dind-init".to_string(), "wait".to_string()]);

@@ -27,6 +27,18 @@ pub struct Memory {
     drivers: Mutex<HashMap<String, String>>,
     /// Consecutive failed reconciles, by `namespace/name`.
     failures: Mutex<HashMap<String, u32>>,
+    /// Connections to a routed client Service that were refused, by `namespace/name`.
+    route_checks: Mutex<HashMap<String, u32>>,
+}
+
+/// After this many refused connections to a Service its EndpointSlice is trusted alone (the
+/// operator may simply not reach the cluster network the way clients do).
+pub const ROUTE_CHECKS: u32 = 8;
+
+/// The delay before connection attempt `n` (1 = the second) to a routed Service: 200 ms
+/// doubling to 5 s (all eight take about 21 s).
+pub fn route_recheck(n: u32) -> Duration {
+    Duration::from_millis(200).saturating_mul(1 << n.saturating_sub(1).min(16)).min(Duration::from_secs(5))
 }
 
 impl Memory {
@@ -65,12 +77,28 @@ impl Memory {
         }
     }
 
+    /// Counts a refused connection to `key`'s Service; returns how many in a row.
+    pub fn route_refused(&self, key: &str) -> u32 {
+        let Ok(mut m) = self.route_checks.lock() else { return ROUTE_CHECKS };
+        let n = m.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// The Service accepted a connection, or there is nothing to check any more.
+    pub fn route_settled(&self, key: &str) {
+        if let Ok(mut m) = self.route_checks.lock() {
+            m.remove(key);
+        }
+    }
+
     /// Forgets everything about one DindDaemon.
     pub fn forget(&self, key: &str) {
         if let Ok(mut m) = self.applied.lock() {
             m.remove(key);
         }
         self.succeeded(key);
+        self.route_settled(key);
     }
 
     /// Forgets DindDaemons that are gone and pods that are gone. Cheap unless some are: a map is
@@ -95,10 +123,12 @@ impl Memory {
         for key in &gone {
             self.forget(key);
         }
-        if let Ok(mut f) = self.failures.lock()
-            && f.len() > daemons
-        {
-            f.retain(|k, _| daemon_exists(k));
+        for map in [&self.failures, &self.route_checks] {
+            if let Ok(mut m) = map.lock()
+                && m.len() > daemons
+            {
+                m.retain(|k, _| daemon_exists(k));
+            }
         }
         gone
     }
@@ -123,6 +153,16 @@ mod tests {
         let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn route_rechecks_double_to_five_seconds_and_stop_after_eight() {
+        let waits: Vec<u64> = (1..ROUTE_CHECKS).map(|n| route_recheck(n).as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        let m = Memory::default();
+        assert_eq!((m.route_refused("a/x"), m.route_refused("a/x")), (1, 2));
+        m.route_settled("a/x");
+        assert_eq!(m.route_refused("a/x"), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
+use super::memory::{ROUTE_CHECKS, route_recheck};
 use crate::crd::DindDaemon;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
 use crate::{daemon_info, status, tls};
@@ -22,8 +23,8 @@ pub struct Seen {
     pub drivers: Vec<(String, String)>,
     /// Pods the client Service routes to.
     pub routed: Vec<String>,
-    /// Routed by the EndpointSlice but not yet accepting connections: look again soon.
-    pub look_again: bool,
+    /// Routed by the EndpointSlice but not yet accepting connections: look again after this.
+    pub look_again: Option<std::time::Duration>,
 }
 
 /// Looks at the daemons: `applied_sts` (just returned by an apply) is newer than the cache's.
@@ -48,11 +49,23 @@ pub async fn daemons(
     // The EndpointSlice lists a daemon a moment before kube-proxy routes to it (measured: up to
     // ~0.9 s). Where the operator can reach the cluster network as a client does, it connects
     // to the Service itself before it calls the daemon ready; until then it looks again soon.
-    let mut look_again = false;
+    // A few attempts, then the slice is trusted alone: the operator may not reach the cluster
+    // network as clients do, and Ready must not hang on that.
+    let mut look_again = None;
+    let key = format!("{ns}/{}", names.daemon);
     let was_ready = status::find(dd.status.as_ref(), status::READY).is_some_and(|c| c.status == "True");
-    if ctx.query_daemons && !routed.is_empty() && !was_ready && !service_accepts(ctx, ns, names, dd.spec.port).await {
-        routed.clear();
-        look_again = true;
+    if !ctx.query_daemons || routed.is_empty() || was_ready {
+        ctx.memory.route_settled(&key);
+    } else if service_accepts(ctx, ns, names, dd.spec.port).await {
+        ctx.memory.route_settled(&key);
+    } else {
+        let refused = ctx.memory.route_refused(&key);
+        if refused < ROUTE_CHECKS {
+            routed.clear();
+            look_again = Some(route_recheck(refused));
+        } else if refused == ROUTE_CHECKS {
+            tracing::warn!(name = %names.daemon, namespace = ns, "the client Service refuses the operator's connections; Ready follows its EndpointSlice alone");
+        }
     }
     Seen { statefulset, pods, intruders, drivers, routed, look_again }
 }

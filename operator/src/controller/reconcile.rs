@@ -45,9 +45,6 @@ pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// every few seconds would keep an idle operator busy.
 const PERIODIC: Duration = Duration::from_secs(30 * 60);
 
-/// How soon to look again at a Service that does not route to its ready daemons yet.
-const ROUTE_RECHECK: Duration = Duration::from_millis(200);
-
 /// One pass over a DindDaemon, bounded by [`RECONCILE_TIMEOUT`].
 pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -142,8 +139,8 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     // A daemon that restarted is Degraded until it has stayed up: look again when it has. A
     // Service that does not route yet is asked again shortly.
     let mut recheck = status::recheck_after(observed.pods, &now).map_or(PERIODIC, |d| d.min(PERIODIC));
-    if look_again {
-        recheck = recheck.min(ROUTE_RECHECK);
+    if let Some(after) = look_again {
+        recheck = recheck.min(after);
     }
     Ok(Action::requeue(recheck))
 }
