@@ -54,9 +54,7 @@ pub async fn daemons(
     let mut look_again = None;
     let key = format!("{ns}/{}", names.daemon);
     let was_ready = status::find(dd.status.as_ref(), status::READY).is_some_and(|c| c.status == "True");
-    if !ctx.query_daemons || routed.is_empty() || was_ready {
-        ctx.memory.route_settled(&key);
-    } else if service_accepts(ctx, ns, names, dd.spec.port).await {
+    if !ctx.query_daemons || routed.is_empty() || was_ready || service_accepts(ctx, ns, names, dd.spec.port).await {
         ctx.memory.route_settled(&key);
     } else {
         let refused = ctx.memory.route_refused(&key);
