@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use crate::config::Config;
 
 /// The daemon.json dind-init writes: the passthrough, with our typed settings merged over it
-/// (config.rs already refused a key set both ways, so nothing is silently overridden).
+/// (the config checks already refused every key dind-init owns, so nothing is silently overridden).
 pub fn daemon_json(cfg: &Config, mtu: Option<u32>, storage_driver: Option<&str>) -> Map<String, Value> {
     let mut doc = cfg.daemon_config.clone();
     if let Some(mtu) = mtu {

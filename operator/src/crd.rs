@@ -334,7 +334,7 @@ pub struct DindDaemonStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Daemons that answer their readiness probe.
+    /// Daemons that are ready: they answer `/_ping` and their Service routes to them.
     #[serde(default)]
     pub ready_replicas: i32,
 
@@ -374,7 +374,7 @@ pub struct DaemonEndpoint {
     pub name: String,
     /// This daemon's own DOCKER_HOST.
     pub docker_host: String,
-    /// Whether it answers its readiness probe.
+    /// Whether it is ready: it answers `/_ping` and the client Service routes to it.
     pub ready: bool,
     /// Storage driver it runs, once it has been asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
