@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::sources::Raw;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Raw};
 
 /// Checks that the TLS files exist, naming the setting that points at a missing one.
 pub fn check_files(cfg: &Config) -> Result<(), ConfigError> {

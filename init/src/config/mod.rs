@@ -98,6 +98,13 @@ pub struct Config {
     pub extra_args: Vec<String>,
 }
 
+/// Where a raw value came from, so errors name what the user actually wrote.
+#[derive(Debug, Clone)]
+pub(super) struct Raw {
+    pub origin: String,
+    pub value: String,
+}
+
 /// A setting that could not be accepted; the message names it as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {reason}")]

@@ -8,14 +8,7 @@ use serde_json::Map;
 
 use super::checks::{check_passthrough, list, no_positional, only_flags, parse_bool, parse_daemon_config, parse_number};
 use super::settings::SETTINGS;
-use super::{Command, Config, ConfigError, Iptables, LogTarget, TlsFiles};
-
-/// Where a raw value came from, so errors name what the user actually wrote.
-#[derive(Debug, Clone)]
-pub(super) struct Raw {
-    pub origin: String,
-    pub value: String,
-}
+use super::{Command, Config, ConfigError, Iptables, LogTarget, Raw, TlsFiles};
 
 /// Parses `args` (without the program name) and the environment into a command.
 pub fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Command, ConfigError> {
