@@ -74,8 +74,7 @@ impl LeaseLock {
     /// Renews until leadership is lost or cannot be confirmed within the renew deadline; then
     /// returns (the caller must stop writing at once).
     pub async fn hold(&self) {
-        let lease = self.name.clone();
-        hold_with(self.renew, self.renew_deadline, || self.try_acquire_or_renew(), &lease).await;
+        hold_with(self.renew, self.renew_deadline, || self.try_acquire_or_renew(), &self.name).await;
     }
 
     /// Gives the lease up at shutdown, so a standby takes over without waiting it out.

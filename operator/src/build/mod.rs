@@ -73,11 +73,11 @@ pub fn docker_hosts(dd: &DindDaemon, namespace: &str) -> (String, Vec<(String, S
     (service, replicas)
 }
 
-fn meta(dd: &DindDaemon, name: &str, owner: &OwnerReference) -> ObjectMeta {
+fn meta(dd: &DindDaemon, names: &Names, name: &str, owner: &OwnerReference) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
         namespace: dd.namespace(),
-        labels: Some(Names::of(&dd.name_any()).labels()),
+        labels: Some(names.labels()),
         owner_references: Some(vec![owner.clone()]),
         ..Default::default()
     }
@@ -96,11 +96,13 @@ pub fn build(dd: &DindDaemon, defaults: &Defaults, certs: Option<&tls::Bundle>) 
         client_service: services::client_service(dd, &names, &owner),
         network_policy: network_policy::network_policy(dd, &names, &owner),
         secrets: certs.map(|certs| CertSecrets {
-            ca: secrets::secret(dd, &names.ca_secret, &owner, None, [(server_tls::CA, &certs.ca.cert_pem), (CA_KEY, &certs.ca.key_pem)]),
+            ca: secrets::secret(
+                meta(dd, &names, &names.ca_secret, &owner),
+                None,
+                [(server_tls::CA, &certs.ca.cert_pem), (CA_KEY, &certs.ca.key_pem)],
+            ),
             server: secrets::secret(
-                dd,
-                &names.server_secret,
-                &owner,
+                meta(dd, &names, &names.server_secret, &owner),
                 Some("kubernetes.io/tls"),
                 [
                     (server_tls::CA, &certs.ca.cert_pem),
@@ -109,9 +111,7 @@ pub fn build(dd: &DindDaemon, defaults: &Defaults, certs: Option<&tls::Bundle>) 
                 ],
             ),
             client: secrets::secret(
-                dd,
-                &names.client_secret,
-                &owner,
+                meta(dd, &names, &names.client_secret, &owner),
                 None,
                 [
                     (client_tls::CA, &certs.ca.cert_pem),

@@ -15,7 +15,7 @@ use crate::names::{CLIENT_LABEL, Names, OPERATOR_NAME_LABEL};
 pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> NetworkPolicy {
     let name = &names.daemon;
     NetworkPolicy {
-        metadata: meta(dd, &names.network_policy, owner),
+        metadata: meta(dd, names, &names.network_policy, owner),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector { match_labels: Some(names.selector()), ..Default::default() }),
             policy_types: Some(vec!["Ingress".into()]),

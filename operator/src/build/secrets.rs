@@ -5,25 +5,16 @@
 use dind_contract::{client_tls, server_tls};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::meta;
-
-use crate::crd::DindDaemon;
 use crate::tls;
 
 /// The CA Secret's key entry (never mounted anywhere).
 pub const CA_KEY: &str = "ca.key";
 
-pub(super) fn secret<const N: usize>(
-    dd: &DindDaemon,
-    name: &str,
-    owner: &OwnerReference,
-    type_: Option<&str>,
-    data: [(&str, &String); N],
-) -> Secret {
+pub(super) fn secret<const N: usize>(metadata: ObjectMeta, type_: Option<&str>, data: [(&str, &String); N]) -> Secret {
     Secret {
-        metadata: meta(dd, name, owner),
+        metadata,
         type_: Some(type_.unwrap_or("Opaque").to_string()),
         data: Some(data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
         ..Default::default()

@@ -21,7 +21,7 @@ fn service_port(port: i32) -> ServicePort {
 /// Per-daemon DNS names (NAME-i.NAME-daemons.NS.svc), also for daemons not yet ready.
 pub fn headless_service(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> Service {
     Service {
-        metadata: meta(dd, &names.headless_service, owner),
+        metadata: meta(dd, names, &names.headless_service, owner),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -36,7 +36,7 @@ pub fn headless_service(dd: &DindDaemon, names: &Names, owner: &OwnerReference) 
 /// The client Service (NAME.NS.svc). Sticky per client so that, with several daemons, one
 /// client's build and run land on the same daemon.
 pub fn client_service(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> Service {
-    let mut metadata = meta(dd, &names.client_service, owner);
+    let mut metadata = meta(dd, names, &names.client_service, owner);
     // Copied onto its EndpointSlices, which the operator watches to know what it routes to.
     metadata.labels.get_or_insert_with(Default::default).insert(ROUTE_LABEL.0.into(), ROUTE_LABEL.1.into());
     Service {

@@ -218,7 +218,7 @@ pub fn daemon_statefulset(
         ..Default::default()
     };
     Ok(StatefulSet {
-        metadata: meta(dd, &names.statefulset, owner),
+        metadata: meta(dd, names, &names.statefulset, owner),
         spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
             service_name: Some(names.headless_service.clone()),

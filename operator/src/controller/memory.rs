@@ -26,9 +26,43 @@ pub struct Memory {
     /// Storage driver per daemon pod uid, asked once per pod over mTLS.
     drivers: Mutex<HashMap<String, String>>,
     /// Consecutive failed reconciles, by `namespace/name`.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Streaks,
     /// Connections to a routed client Service that were refused, by `namespace/name`.
-    route_checks: Mutex<HashMap<String, u32>>,
+    route_checks: Streaks,
+}
+
+/// How many times in a row something happened, by `namespace/name` of a DindDaemon.
+#[derive(Debug, Default)]
+struct Streaks(Mutex<HashMap<String, u32>>);
+
+impl Streaks {
+    /// One more in a row; the new count (None if the lock is poisoned).
+    fn bump(&self, key: &str) -> Option<u32> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Some(*n)
+    }
+
+    fn end(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// Drops the streaks of DindDaemons that are gone (walks only when there are more streaks
+    /// than DindDaemons).
+    fn prune(&self, daemons: usize, daemon_exists: &impl Fn(&str) -> bool) {
+        if let Ok(mut m) = self.0.lock()
+            && m.len() > daemons
+        {
+            m.retain(|k, _| daemon_exists(k));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or_default()
+    }
 }
 
 /// After this many refused connections to a Service its EndpointSlice is trusted alone (the
@@ -66,31 +100,21 @@ impl Memory {
 
     /// Counts a failure of `key`; returns how many in a row.
     pub fn failed(&self, key: &str) -> u32 {
-        let Ok(mut m) = self.failures.lock() else { return 1 };
-        let n = m.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        self.failures.bump(key).unwrap_or(1)
     }
 
     pub fn succeeded(&self, key: &str) {
-        if let Ok(mut m) = self.failures.lock() {
-            m.remove(key);
-        }
+        self.failures.end(key);
     }
 
     /// Counts a refused connection to `key`'s Service; returns how many in a row.
     pub fn route_refused(&self, key: &str) -> u32 {
-        let Ok(mut m) = self.route_checks.lock() else { return ROUTE_CHECKS };
-        let n = m.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+        self.route_checks.bump(key).unwrap_or(ROUTE_CHECKS)
     }
 
     /// The Service accepted a connection, or there is nothing to check any more.
     pub fn route_settled(&self, key: &str) {
-        if let Ok(mut m) = self.route_checks.lock() {
-            m.remove(key);
-        }
+        self.route_checks.end(key);
     }
 
     /// Forgets everything about one DindDaemon.
@@ -124,23 +148,17 @@ impl Memory {
         for key in &gone {
             self.forget(key);
         }
-        for map in [&self.failures, &self.route_checks] {
-            if let Ok(mut m) = map.lock()
-                && m.len() > daemons
-            {
-                m.retain(|k, _| daemon_exists(k));
-            }
-        }
+        self.failures.prune(daemons, &daemon_exists);
+        self.route_checks.prune(daemons, &daemon_exists);
         gone
     }
 
     /// Sizes of the maps (applied, drivers, failures), for tests.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        let len = |m: &Mutex<HashMap<String, _>>| m.lock().map(|m| m.len()).unwrap_or_default();
         (
             self.applied.lock().map(|m| m.len()).unwrap_or_default(),
             self.drivers.lock().map(|m| m.len()).unwrap_or_default(),
-            len(&self.failures),
+            self.failures.len(),
         )
     }
 }

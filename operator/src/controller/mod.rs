@@ -29,7 +29,7 @@ use kube::{Api, Client, Resource};
 
 pub use memory::{BACKOFF_MAX, BACKOFF_START, Memory, backoff};
 pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
-pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_endpoint_slice, slim_pod, slim_statefulset};
+pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_pod, slim_statefulset};
 
 use crate::applied::{self, Stamp, StampCache, Stamps};
 use crate::build::Defaults;
@@ -216,7 +216,8 @@ pub async fn run(
     let owned = OwnedCaches { statefulsets, services, secrets, policies };
     // EndpointSlices of our client Services: which daemons a Service routes to, for Ready. The
     // EndpointSlice controller copies the Service's labels (but not `managed-by`: it sets its
-    // own), so they are selected by the route label. Only the routed pods are kept.
+    // own), so they are selected by the route label. Only the routed pods are kept, and only a
+    // change of them wakes a reconcile.
     let routes = WatchMap::<Route>::default();
     let route_stream = relevant_changes(
         {
@@ -224,10 +225,10 @@ pub async fn run(
             let selector = format!("{},{}={}", DAEMON_LABEL, ROUTE_LABEL.0, ROUTE_LABEL.1);
             watcher(api::<EndpointSlice>(&client, ns), watcher::Config::default().labels(&selector)).default_backoff().map_ok(move |e| {
                 routes.observe(&e, route_of);
-                e.modify(slim_endpoint_slice)
+                e
             })
         },
-        content_hash,
+        |slice| hash_of(&route_of(slice)),
     );
 
     let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone(), routes));

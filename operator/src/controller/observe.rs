@@ -33,6 +33,7 @@ pub async fn daemons(
     dd: &DindDaemon,
     ns: &str,
     names: &Names,
+    key: &str,
     applied_sts: Option<StatefulSet>,
     certs: Option<&tls::Bundle>,
 ) -> Seen {
@@ -52,12 +53,11 @@ pub async fn daemons(
     // A few attempts, then the slice is trusted alone: the operator may not reach the cluster
     // network as clients do, and Ready must not hang on that.
     let mut look_again = None;
-    let key = format!("{ns}/{}", names.daemon);
     let was_ready = status::find(dd.status.as_ref(), status::READY).is_some_and(|c| c.status == "True");
     if !ctx.query_daemons || routed.is_empty() || was_ready || service_accepts(ctx, ns, names, dd.spec.port).await {
-        ctx.memory.route_settled(&key);
+        ctx.memory.route_settled(key);
     } else {
-        let refused = ctx.memory.route_refused(&key);
+        let refused = ctx.memory.route_refused(key);
         if refused < ROUTE_CHECKS {
             routed.clear();
             look_again = Some(route_recheck(refused));

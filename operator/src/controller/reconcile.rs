@@ -107,7 +107,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     prune(ctx);
 
     // 5. Observe.
-    let seen_daemons = observe::daemons(ctx, dd, &ns, &names, applied_sts, certs.as_ref()).await;
+    let seen_daemons = observe::daemons(ctx, dd, &ns, &names, &key, applied_sts, certs.as_ref()).await;
 
     // 6. Status and events.
     let observed = Observed {

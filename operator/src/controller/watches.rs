@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -218,30 +218,9 @@ pub fn slim_pod(pod: &mut Pod) {
     }
 }
 
-/// Keeps of an EndpointSlice what Ready reads: its labels (the Service's: which DindDaemon, which
-/// Service) and, per endpoint, the pod it routes to and whether it is ready.
-pub fn slim_endpoint_slice(slice: &mut EndpointSlice) {
-    let meta = &mut slice.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.labels = meta.labels.take().map(|l| l.into_iter().filter(|(k, _)| k == DAEMON_LABEL || k == SERVICE_NAME_LABEL).collect());
-    slice.ports = None;
-    for ep in &mut slice.endpoints {
-        ep.addresses = Vec::new();
-        ep.hints = None;
-        ep.node_name = None;
-        ep.zone = None;
-        ep.hostname = None;
-        ep.deprecated_topology = None;
-        ep.target_ref = ep.target_ref.take().map(|r| ObjectReference { name: r.name, ..Default::default() });
-        ep.conditions = ep.conditions.take().map(|c| EndpointConditions { ready: c.ready, ..Default::default() });
-    }
-}
-
 /// What the operator keeps of an EndpointSlice: its Service and the pods it routes to (ready
 /// endpoints).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
     pub service: String,
     pub pods: Vec<String>,
