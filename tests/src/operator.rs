@@ -7,6 +7,7 @@ use dind_operator::crd::DindDaemon;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -102,3 +103,33 @@ pub async fn mark_pod_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Res
 
 /// A Node object that no kubelet serves (see [`mark_pod_ready`]).
 pub const NO_KUBELET_NODE: &str = "dind-test-no-kubelet";
+
+/// Waits until DindDaemon `name` has a condition that `want` accepts, and returns it.
+pub async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    want: fn(&Condition) -> bool,
+) -> anyhow::Result<Condition> {
+    let api: Api<DindDaemon> = Api::namespaced(client.clone(), ns);
+    eventually(what, limit, || {
+        let api = api.clone();
+        async move {
+            let st = api.get(name).await?.status.unwrap_or_default();
+            Ok(st.conditions.into_iter().find(want))
+        }
+    })
+    .await
+}
+
+/// Waits until the StatefulSet has made pod `name`.
+pub async fn pod_created(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("the StatefulSet made {name}"), WAIT, || {
+        let pods = pods.clone();
+        async move { Ok(pods.get_opt(name).await?.map(|_| ())) }
+    })
+    .await
+}

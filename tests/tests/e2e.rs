@@ -285,12 +285,8 @@ async fn e2e_drills_end_with_a_working_daemon() {
         })
         .await?;
         ensure!(message.contains("host ci-0"), "the lock message should name the holder: {message}");
-        let degraded = eventually("Degraded names the intruder", READY, || {
-            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-            async move {
-                let st = api.get("ci").await?.status.unwrap_or_default();
-                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.message.contains("intruder")))
-            }
+        let degraded = dind_tests::operator::condition(&client, &ns, "ci", "Degraded names the intruder", READY, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.message.contains("intruder")
         })
         .await?;
         ensure!(degraded.reason == "VolumeInUse", "{degraded:?}");

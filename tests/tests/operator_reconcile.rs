@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use dind_operator::crd::DindDaemon;
 use dind_operator::names::FIELD_MANAGER;
-use dind_tests::operator::{WAIT, create, mark_pod_ready, no_node, owned_objects, secret_text};
+use dind_tests::operator::{WAIT, condition, create, mark_pod_ready, no_node, owned_objects, pod_created, secret_text};
 use dind_tests::{Operator, eventually, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -150,13 +150,8 @@ async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff
         Api::<StatefulSet>::namespaced(client.clone(), &ns).create(&PostParams::default(), &sts).await?;
         let op = Operator::start(&ns, &[])?;
         create(&client, &ns, "web", json!({"nodeSelector": no_node()})).await?;
-        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-        let degraded = eventually("Degraded/ApplyFailed", WAIT, || {
-            let api = api.clone();
-            async move {
-                let st = api.get("web").await?.status.unwrap_or_default();
-                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "ApplyFailed"))
-            }
+        let degraded = condition(&client, &ns, "web", "Degraded/ApplyFailed", WAIT, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "ApplyFailed"
         })
         .await?;
         ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("Forbidden"), "{}", degraded.message);
@@ -187,22 +182,9 @@ async fn the_daemon_of_a_longer_named_dind_daemon_is_not_an_intruder() {
     with_namespace("prefix", |client: Client, ns: String| async move {
         let _op = Operator::start(&ns, &[])?;
         create(&client, &ns, "ci-big", json!({"nodeSelector": no_node()})).await?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        eventually("the StatefulSet made ci-big-0", WAIT, || {
-            let pods = pods.clone();
-            async move { Ok(pods.get_opt("ci-big-0").await?.map(|_| ())) }
-        })
-        .await?;
+        pod_created(&client, &ns, "ci-big-0").await?;
         create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
-        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-        let degraded = eventually("ci has a Degraded condition", WAIT, || {
-            let api = api.clone();
-            async move {
-                let st = api.get("ci").await?.status.unwrap_or_default();
-                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded"))
-            }
-        })
-        .await?;
+        let degraded = condition(&client, &ns, "ci", "ci has a Degraded condition", WAIT, |c| c.type_ == "Degraded").await?;
         ensure!(degraded.status == "False", "ci is Degraded: {} {}", degraded.reason, degraded.message);
         Ok(())
     })
@@ -293,11 +275,7 @@ async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test
         create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
         owned_objects(&client, &ns, "ci").await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        eventually("the StatefulSet made ci-0", WAIT, || {
-            let pods = pods.clone();
-            async move { Ok(pods.get_opt("ci-0").await?.map(|_| ())) }
-        })
-        .await?;
+        pod_created(&client, &ns, "ci-0").await?;
         mark_pod_ready(&client, &ns, "ci-0").await?;
         // kubectl wait is how users (and CI scripts) wait for a daemon.
         run_tool("kubectl", &["wait", "-n", &ns, "--for=condition=Ready", "dind/ci", "--timeout=60s"]).await?;
@@ -319,15 +297,8 @@ async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test
                      "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "docker-ci-0"}}]}
         }))?;
         pods.create(&PostParams::default(), &thief).await?;
-        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
-        let degraded = eventually("Degraded names the intruder", WAIT, || {
-            let api = api.clone();
-            async move {
-                let st = api.get("ci").await?.status.unwrap_or_default();
-                Ok(st.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True"))
-            }
-        })
-        .await?;
+        let degraded =
+            condition(&client, &ns, "ci", "Degraded names the intruder", WAIT, |c| c.type_ == "Degraded" && c.status == "True").await?;
         ensure!(degraded.reason == "VolumeInUse" && degraded.message.contains("thief"), "{degraded:?}");
         Ok(())
     })
