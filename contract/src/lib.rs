@@ -46,6 +46,24 @@ pub mod client_tls {
     pub const KEY: &str = "key.pem";
 }
 
+/// What the injection webhook puts into a client pod and what `dind-init client-setup` (the
+/// injected init container) writes there. The operator names the paths in the pod; dind-init
+/// writes the files; both read them from here.
+pub mod client_pod {
+    /// The client Secret (files [`super::client_tls`]) is mounted here, read-only:
+    /// `DOCKER_CERT_PATH`.
+    pub const CERTS_DIR: &str = "/dind/client-certs";
+    /// A writable emptyDir holding the Docker CLI configuration: `DOCKER_CONFIG`. buildx keeps
+    /// its builders under it, so it must be writable by the pod's containers.
+    pub const CONFIG_DIR: &str = "/dind/docker-config";
+    /// The name of the Docker context `client-setup` creates and makes current.
+    pub const CONTEXT: &str = "dind";
+    /// `client-setup`'s subcommand name.
+    pub const SUBCOMMAND: &str = "client-setup";
+    /// How long the injected init container waits for the daemon by default, in seconds.
+    pub const WAIT_SECONDS: u32 = 120;
+}
+
 /// Storage drivers `dind-init` knows how to place; anything else is refused by name.
 pub const STORAGE_DRIVERS: &[&str] = &["overlay2", "fuse-overlayfs", "btrfs", "zfs", "vfs"];
 

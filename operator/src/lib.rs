@@ -2,7 +2,7 @@
 //!
 //! Where things start: a reconcile in `controller` (`controller::reconcile`), the objects it
 //! builds in `build` (pure), the names it gives them in `names`, status in `status` (pure), the
-//! API in `crd`. What the operator promises dind-init lives in the `dind_contract` crate.
+//! API in `crd`. Where a pod admission starts: `webhook::run` (the injection webhook). What the operator promises dind-init lives in the `dind_contract` crate.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -20,6 +20,7 @@ pub mod server;
 pub mod status;
 pub mod tls;
 pub mod watch_map;
+pub mod webhook;
 
 /// The CRD as YAML, exactly as `crds/dinddaemon.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

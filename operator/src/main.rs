@@ -12,6 +12,7 @@ use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
 use dind_operator::leader::{self, LeaseLock};
 use dind_operator::metrics::Metrics;
 use dind_operator::server::{self, Health, Liveness};
+use dind_operator::webhook;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Reconcile DindDaemons until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
     /// Print the RBAC rules the operator needs as YAML.
@@ -71,6 +72,38 @@ struct RunArgs {
     /// Ask each ready daemon for its storage driver over mTLS (needs a route to pod IPs).
     #[arg(long, env = "QUERY_DAEMONS", default_value_t = true, action = clap::ArgAction::Set)]
     query_daemons: bool,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The injection webhook (served by every replica).
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Address of the injection webhook (HTTPS); the webhook is off without it.
+    #[arg(long, env = "WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The webhook's Service (in the operator's namespace): its DNS names go into the certificate.
+    #[arg(long, default_value = "dind-operator-webhook")]
+    webhook_service: String,
+    /// More names (DNS or IP) for the webhook's certificate, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    webhook_host: Vec<String>,
+    /// Secret (in the operator's namespace) that holds the webhook's CAs and certificate.
+    #[arg(long, default_value = "dind-operator-webhook-tls")]
+    webhook_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(long, default_value = "dind-operator")]
+    webhook_configuration: String,
+    /// Lifetime of the webhook's serving certificate in seconds (its CA lives 3 times as
+    /// long); renewed at 2/3 of it. Default 90 days.
+    #[arg(long, default_value_t = 90 * 24 * 3600)]
+    webhook_cert_lifetime_seconds: i64,
+    /// Read tls.crt/tls.key from this directory (kept by cert-manager) instead of making them.
+    #[arg(long)]
+    webhook_tls_dir: Option<std::path::PathBuf>,
+    /// How long the injected init container waits for the daemon to answer, in seconds.
+    #[arg(long, default_value_t = dind_contract::client_pod::WAIT_SECONDS)]
+    webhook_wait_seconds: u32,
 }
 
 #[tokio::main]
@@ -79,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", dind_operator::crd_yaml()?),
         Command::Rbac => print!("{}", dind_operator::rbac_yaml()?),
-        Command::Run(args) => run(args).await?,
+        Command::Run(args) => run(*args).await?,
     }
     Ok(())
 }
@@ -129,6 +162,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let http = tokio::spawn(server::serve(args.http_addr, health.clone(), stopped()));
+    // Every replica admits pods, leader or not.
+    let webhook = args.webhook.webhook_addr.map(|addr| {
+        let source = webhook_source(&args.webhook, &args.lease_namespace);
+        let handler = webhook::Handler {
+            client: client.clone(),
+            default_init_image: args.default_init_image.clone(),
+            wait_seconds: args.webhook.webhook_wait_seconds,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(webhook::run(client.clone(), addr, source, handler, stopped()))
+    });
 
     // Ready once the CRD is served to us (Helm installs it; we never do).
     let probe: Api<DindDaemon> = match args.namespaces.first() {
@@ -187,7 +231,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     http.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(webhook) = webhook {
+        webhook.await.context("webhook task")?.context("webhook server")?;
+    }
     Ok(())
+}
+
+fn webhook_source(args: &WebhookArgs, namespace: &str) -> webhook::Source {
+    if let Some(dir) = &args.webhook_tls_dir {
+        return webhook::Source::Files(dir.clone());
+    }
+    let service = &args.webhook_service;
+    let mut names: std::collections::BTreeSet<String> =
+        [format!("{service}.{namespace}.svc"), format!("{service}.{namespace}"), format!("{service}.{namespace}.svc.cluster.local")].into();
+    names.extend(args.webhook_host.iter().cloned());
+    webhook::Source::Managed {
+        namespace: namespace.to_string(),
+        secret: args.webhook_secret.clone(),
+        configuration: args.webhook_configuration.clone(),
+        names,
+        lifetimes: webhook::certs::Lifetimes { leaf: time::Duration::seconds(args.webhook_cert_lifetime_seconds.max(30)) },
+    }
 }
 
 /// How long the operator may take to stop after SIGTERM before it exits anyway.

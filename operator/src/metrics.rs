@@ -13,6 +13,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// injected, unchanged (already injected), skipped (not ours), refused.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DaemonLabels {
     pub namespace: String,
     pub name: String,
@@ -30,6 +36,9 @@ pub struct Metrics {
     pub duration: Histogram,
     pub ready_daemons: Family<DaemonLabels, Gauge>,
     pub leader: Gauge,
+    /// Pod admissions by the injection webhook, by outcome.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -42,6 +51,8 @@ impl Default for Metrics {
             duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             ready_daemons: Family::default(),
             leader: Gauge::default(),
+            admissions: Family::default(),
+            admission_seconds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         }
     }
 }
@@ -57,5 +68,7 @@ impl Metrics {
         r.register("reconcile_duration_seconds", "Time a reconcile took", self.duration.clone());
         r.register("ready_daemons", "Ready daemons per DindDaemon", self.ready_daemons.clone());
         r.register("leader", "1 while this replica holds the leader lease", self.leader.clone());
+        r.register("webhook_admissions", "Pods the injection webhook answered, by outcome", self.admissions.clone());
+        r.register("webhook_admission_duration_seconds", "Time the injection webhook took per pod", self.admission_seconds.clone());
     }
 }

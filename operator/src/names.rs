@@ -24,6 +24,28 @@ pub const ROUTE_LABEL: (&str, &str) = ("dind.dev/route", "client");
 /// The name of the volume claim template; the StatefulSet makes claims `docker-NAME-i` of it.
 pub const CLAIM_TEMPLATE: &str = "docker";
 
+/// Pod label that asks the injection webhook for Docker; value: the DindDaemon's name.
+pub const INJECT_LABEL: &str = "dind.dev/inject";
+/// Namespace label that opts a namespace into injection (value `enabled`).
+pub const INJECTION_NAMESPACE_LABEL: (&str, &str) = ("dind.dev/injection", "enabled");
+/// Pod label: the key that picks the daemon replica (same key, same replica, same cache).
+pub const STICKY_KEY_LABEL: &str = "dind.dev/sticky-key";
+/// Pod annotation: comma-separated names of containers the webhook leaves alone.
+pub const OPT_OUT_ANNOTATION: &str = "dind.dev/opt-out-containers";
+/// Pod annotation: how containers find the daemon, `env` (default) or `context`.
+pub const DOCKER_ENV_ANNOTATION: &str = "dind.dev/docker-env";
+/// Pod annotation the webhook writes: the DOCKER_HOST it chose (kept on re-invocation).
+pub const DOCKER_HOST_ANNOTATION: &str = "dind.dev/docker-host";
+/// The init container the webhook injects: writes the Docker context, waits for `/_ping`.
+pub const WAIT_CONTAINER: &str = "dind-wait";
+/// The injected volumes: the client Secret, and the writable Docker configuration.
+pub const CERTS_VOLUME: &str = "dind-client-certs";
+pub const CONFIG_VOLUME: &str = "dind-docker-config";
+/// The mutating webhook's name in its configuration (what the apiserver names in errors).
+pub const INJECT_WEBHOOK: &str = "inject.dind.dev";
+/// The path the webhook serves.
+pub const INJECT_PATH: &str = "/inject";
+
 /// The longest DindDaemon name. The StatefulSet's pods carry the label
 /// `controller-revision-hash: NAME-<10 characters>`, and a label value has at most 63
 /// characters: a longer name makes a StatefulSet whose pods can never be created. The other

@@ -102,19 +102,31 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn
 }
 
+/// How far a certificate's validity starts before its issuance, for clocks that lag: 5 minutes,
+/// or a tenth of a short lifetime (so that 2/3 of the life still lies ahead).
+fn backdate(lifetime: Duration) -> Duration {
+    (lifetime / 10_i32).min(Duration::minutes(5))
+}
+
 fn tls_err(e: rcgen::Error) -> Error {
     Error::Tls(e.to_string())
 }
 
 /// A new CA for the DindDaemon `namespace/name`.
 pub fn new_ca(namespace: &str, name: &str, now: OffsetDateTime) -> Result<Pair, Error> {
+    make_ca(&format!("dind CA {namespace}/{name}"), now, CA_LIFETIME)
+}
+
+/// A new self-signed CA named `common_name`, valid from `now` (backdated 5 minutes for clock
+/// skew) for `lifetime`.
+pub fn make_ca(common_name: &str, now: OffsetDateTime, lifetime: Duration) -> Result<Pair, Error> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls_err)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&format!("dind CA {namespace}/{name}"));
+    params.distinguished_name = dn(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + CA_LIFETIME;
+    params.not_before = now - backdate(lifetime);
+    params.not_after = now + lifetime;
     let cert = params.self_signed(&key).map_err(tls_err)?;
     Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
@@ -128,6 +140,18 @@ pub enum Leaf {
 
 /// A leaf signed by `ca`: a server certificate for `names`, or a client certificate.
 pub fn issue(ca: &Pair, kind: Leaf, common_name: &str, names: &BTreeSet<String>, now: OffsetDateTime) -> Result<Pair, Error> {
+    issue_for(ca, kind, common_name, names, now, LEAF_LIFETIME)
+}
+
+/// [`issue`] with a lifetime of its own (the webhook's short-lived serving certificates).
+pub fn issue_for(
+    ca: &Pair,
+    kind: Leaf,
+    common_name: &str,
+    names: &BTreeSet<String>,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<Pair, Error> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(tls_err)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls_err)?;
@@ -135,8 +159,8 @@ pub fn issue(ca: &Pair, kind: Leaf, common_name: &str, names: &BTreeSet<String>,
     params.distinguished_name = dn(common_name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + LEAF_LIFETIME;
+    params.not_before = now - backdate(lifetime);
+    params.not_after = now + lifetime;
     match kind {
         Leaf::Server => {
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -1,0 +1,334 @@
+//! What a labelled pod gets, as a JSON Patch computed on the raw pod JSON (pure).
+//!
+//! The pod is never decoded into k8s-openapi types: a field this operator's k8s-openapi does
+//! not know (a newer Kubernetes, a vendor extension) would be dropped by a round trip. The plan
+//! edits a copy of the raw JSON and emits `add` operations for the few subtrees it touched.
+//!
+//! # Environment and context: why both
+//! Docker clients disagree on where they look for the daemon:
+//! - docker-py, Testcontainers (Go, Java, Python) and most SDKs read only `DOCKER_HOST`,
+//!   `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`;
+//! - the Docker CLI (and compose and buildx, its plugins) reads the same variables, and when
+//!   `DOCKER_HOST` is set it uses them and ignores every context, `DOCKER_CONTEXT` included
+//!   (cli/command/cli.go `resolveContextName`: `DOCKER_HOST` is checked before `DOCKER_CONTEXT`);
+//! - `docker buildx create` (what docker/setup-buildx-action runs) refuses an endpoint whose
+//!   TLS came from the environment: "could not create a builder instance with TLS data loaded
+//!   from environment" (buildx builder/builder.go); it accepts a Docker context.
+//!
+//! So there is no single setting that serves all of them. The pod gets both:
+//! - a Docker configuration (`DOCKER_CONFIG`, a writable emptyDir) holding the context `dind`
+//!   (same replica, same certificates) as its current context, written by the init container;
+//! - in mode `env` (the default) also `DOCKER_HOST`/`DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`:
+//!   SDKs, `docker build`, `docker buildx build`, compose and `docker run` work; `docker
+//!   buildx create` needs the context as its endpoint (`docker buildx create --driver
+//!   docker-container dind`, setup-buildx-action's `endpoint: dind`);
+//! - in mode `context` (annotation `dind.dev/docker-env: context`) no `DOCKER_*` variable but
+//!   `DOCKER_CONFIG`: every CLI command, `docker buildx create` without arguments included, and
+//!   compose work; SDKs that read only the environment do not.
+
+use std::collections::BTreeSet;
+
+use dind_contract::client_pod;
+use serde_json::{Map, Value, json};
+
+use super::sticky;
+use crate::crd::DindDaemon;
+use crate::names::{self, Names};
+
+/// What the webhook knows about the DindDaemon a pod asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub namespace: String,
+    pub tls: bool,
+    pub port: i32,
+    /// Every replica's pod name, in ordinal order.
+    pub replicas: Vec<String>,
+    /// The replicas that answer (status.endpoints[].ready).
+    pub ready: Vec<String>,
+    pub client_secret: String,
+    /// The dind-init image (the daemon's own `spec.initImage`, else the operator's default).
+    pub init_image: String,
+}
+
+impl Target {
+    pub fn of(dd: &DindDaemon, namespace: &str, default_init_image: &str) -> Self {
+        let name = kube::ResourceExt::name_any(dd);
+        let names = Names::of(&name);
+        let status = dd.status.clone().unwrap_or_default();
+        Self {
+            replicas: (0..dd.spec.replicas).map(|i| names.pod(i)).collect(),
+            ready: status.endpoints.iter().filter(|e| e.ready).map(|e| e.name.clone()).collect(),
+            tls: dd.spec.tls.enabled,
+            port: dd.spec.port,
+            client_secret: names.client_secret.clone(),
+            init_image: dd.spec.init_image.clone().unwrap_or_else(|| default_init_image.to_string()),
+            namespace: namespace.to_string(),
+            name,
+        }
+    }
+}
+
+/// How containers find the daemon (annotation `dind.dev/docker-env`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Env,
+    Context,
+}
+
+/// The webhook's answer: a JSON Patch (possibly empty: nothing left to do) and what it chose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub patch: Vec<Value>,
+    pub docker_host: String,
+    /// Containers that got the environment.
+    pub injected: Vec<String>,
+}
+
+/// Why a pod is refused; the message is shown by `kubectl apply`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+/// The daemon's DOCKER_HOST for this pod: the one chosen before (re-invocation, re-submission)
+/// or one replica by the pod's sticky key.
+pub fn docker_host_for(pod: &Value, target: &Target) -> Result<String, Refusal> {
+    if let Some(chosen) = pod["metadata"]["annotations"][names::DOCKER_HOST_ANNOTATION].as_str() {
+        return Ok(chosen.to_string());
+    }
+    let candidates = if target.ready.is_empty() { &target.replicas } else { &target.ready };
+    let key = sticky::key_of(pod);
+    let replica = sticky::choose(&key.value, candidates).ok_or_else(|| {
+        Refusal(format!(
+            "DindDaemon {:?} in namespace {:?} has 0 replicas: scale it up (spec.replicas) before creating pods labelled {}={}",
+            target.name,
+            target.namespace,
+            names::INJECT_LABEL,
+            target.name
+        ))
+    })?;
+    Ok(names::docker_host(&Names::of(&target.name).pod_host(replica, &target.namespace), target.port))
+}
+
+fn mode_of(pod: &Value) -> Result<Mode, Refusal> {
+    match pod["metadata"]["annotations"][names::DOCKER_ENV_ANNOTATION].as_str() {
+        None | Some("env") => Ok(Mode::Env),
+        Some("context") => Ok(Mode::Context),
+        Some(other) => Err(Refusal(format!(
+            "annotation {}: {other:?} is not a mode; use \"env\" (DOCKER_HOST and a Docker context, the default) or \"context\" (a Docker context only)",
+            names::DOCKER_ENV_ANNOTATION
+        ))),
+    }
+}
+
+fn opt_outs(pod: &Value) -> BTreeSet<String> {
+    pod["metadata"]["annotations"][names::OPT_OUT_ANNOTATION]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The injected init container: writes the Docker context, then waits for `/_ping`.
+fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32) -> Value {
+    let mut args = vec![
+        client_pod::SUBCOMMAND.to_string(),
+        format!("--host={docker_host}"),
+        format!("--config={}", client_pod::CONFIG_DIR),
+        format!("--context={}", client_pod::CONTEXT),
+        format!("--timeout={wait_seconds}s"),
+    ];
+    let mut mounts = vec![json!({"name": names::CONFIG_VOLUME, "mountPath": client_pod::CONFIG_DIR})];
+    if target.tls {
+        args.push(format!("--certs={}", client_pod::CERTS_DIR));
+        mounts.push(json!({"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR, "readOnly": true}));
+    }
+    json!({
+        "name": names::WAIT_CONTAINER,
+        "image": target.init_image,
+        "args": args,
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The environment a container gets (in this order), by mode.
+fn env_for(target: &Target, mode: Mode, docker_host: &str) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if mode == Mode::Env {
+        env.push(("DOCKER_HOST", docker_host.to_string()));
+        if target.tls {
+            env.push(("DOCKER_TLS_VERIFY", "1".to_string()));
+            env.push(("DOCKER_CERT_PATH", client_pod::CERTS_DIR.to_string()));
+        }
+    }
+    env.push(("DOCKER_CONFIG", client_pod::CONFIG_DIR.to_string()));
+    env
+}
+
+/// Adds what one container needs; false when it is left alone (it has its own DOCKER_HOST).
+fn inject_container(c: &mut Value, target: &Target, mode: Mode, docker_host: &str) -> Result<bool, Refusal> {
+    let cname = c["name"].as_str().unwrap_or_default().to_string();
+    let has = |c: &Value, list: &str, field: &str, v: &str| c[list].as_array().into_iter().flatten().any(|e| e[field].as_str() == Some(v));
+    if has(c, "env", "name", "DOCKER_HOST") {
+        return Ok(false);
+    }
+    let mut mounts = vec![(names::CONFIG_VOLUME, client_pod::CONFIG_DIR, false)];
+    if target.tls {
+        mounts.push((names::CERTS_VOLUME, client_pod::CERTS_DIR, true));
+    }
+    for (volume, path, _) in &mounts {
+        let taken = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(path) && m["name"].as_str() != Some(volume));
+        if let Some(m) = taken {
+            return Err(Refusal(format!(
+                "container {cname:?} already mounts volume {:?} at {path}, where the DindDaemon's {} goes; list it in annotation {} to leave it alone",
+                m["name"].as_str().unwrap_or_default(),
+                if *volume == names::CERTS_VOLUME { "client certificates" } else { "Docker configuration" },
+                names::OPT_OUT_ANNOTATION
+            )));
+        }
+    }
+    let obj = c.as_object_mut().ok_or_else(|| Refusal(format!("container {cname:?} is not an object")))?;
+    let env = obj.entry("env").or_insert_with(|| json!([]));
+    let list = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
+    for (name, value) in env_for(target, mode, docker_host) {
+        // A variable the container sets itself is its own choice (e.g. its own DOCKER_CONFIG).
+        if !list.iter().any(|e| e["name"].as_str() == Some(name)) {
+            list.push(json!({"name": name, "value": value}));
+        }
+    }
+    let vm = obj.entry("volumeMounts").or_insert_with(|| json!([]));
+    let list = vm.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: volumeMounts is not a list")))?;
+    for (volume, path, read_only) in mounts {
+        if !list.iter().any(|m| m["name"].as_str() == Some(volume)) {
+            let mut m = json!({"name": volume, "mountPath": path});
+            if read_only {
+                m["readOnly"] = json!(true);
+            }
+            list.push(m);
+        }
+    }
+    Ok(true)
+}
+
+fn ensure_volume(volumes: &mut Vec<Value>, want: Value) -> Result<(), Refusal> {
+    let name = want["name"].as_str().unwrap_or_default();
+    match volumes.iter().find(|v| v["name"].as_str() == Some(name)) {
+        None => {
+            volumes.push(want);
+            Ok(())
+        }
+        Some(have) if *have == want => Ok(()),
+        Some(_) => Err(Refusal(format!(
+            "the pod already has a volume named {name:?} that is not the DindDaemon's; rename it (the injection webhook adds its own)"
+        ))),
+    }
+}
+
+/// The patch for `pod`: labels, volumes, the wait container and every container's
+/// environment. Empty when the pod already has all of it (re-invocation or re-submission).
+pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Refusal> {
+    let mode = mode_of(pod)?;
+    let docker_host = docker_host_for(pod, target)?;
+    let opt_out = opt_outs(pod);
+    let mut new = pod.clone();
+
+    // Labels: the NetworkPolicy admits pods labelled as this daemon's clients.
+    let labels = new["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    match labels.get(names::CLIENT_LABEL).and_then(Value::as_str) {
+        Some(other) if other != target.name => {
+            return Err(Refusal(format!(
+                "label {}={other} names another DindDaemon than {}={}: a pod can be the client of one",
+                names::CLIENT_LABEL,
+                names::INJECT_LABEL,
+                target.name
+            )));
+        }
+        _ => {}
+    }
+    set(&mut new["metadata"], "labels", names::CLIENT_LABEL, &target.name);
+    set(&mut new["metadata"], "annotations", names::DOCKER_HOST_ANNOTATION, &docker_host);
+
+    // Volumes.
+    let mut volumes = new["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    ensure_volume(&mut volumes, json!({"name": names::CONFIG_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}))?;
+    if target.tls {
+        ensure_volume(
+            &mut volumes,
+            json!({"name": names::CERTS_VOLUME, "secret": {"secretName": target.client_secret, "defaultMode": 0o444}}),
+        )?;
+    }
+    new["spec"]["volumes"] = Value::Array(volumes);
+
+    // The wait container, first of the init containers: containers that use Docker start
+    // only once it answers.
+    let mut inits = new["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+    match inits.iter().find(|c| c["name"].as_str() == Some(names::WAIT_CONTAINER)) {
+        None => inits.insert(0, wait_container(target, &docker_host, wait_seconds)),
+        Some(c) if c["args"][0].as_str() == Some(client_pod::SUBCOMMAND) => {}
+        Some(_) => {
+            return Err(Refusal(format!(
+                "the pod already has an init container named {:?}: the injection webhook adds one of that name; rename yours",
+                names::WAIT_CONTAINER
+            )));
+        }
+    }
+
+    let mut injected = Vec::new();
+    for (field, list) in [("initContainers", &mut inits)] {
+        for c in list.iter_mut().filter(|c| c["name"].as_str() != Some(names::WAIT_CONTAINER)) {
+            let cname = c["name"].as_str().unwrap_or_default().to_string();
+            if !opt_out.contains(&cname) && inject_container(c, target, mode, &docker_host)? {
+                injected.push(format!("{field}/{cname}"));
+            }
+        }
+    }
+    new["spec"]["initContainers"] = Value::Array(inits);
+    let mut containers = new["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    for c in &mut containers {
+        let cname = c["name"].as_str().unwrap_or_default().to_string();
+        if !opt_out.contains(&cname) && inject_container(c, target, mode, &docker_host)? {
+            injected.push(cname);
+        }
+    }
+    new["spec"]["containers"] = Value::Array(containers);
+
+    let mut patch = Vec::new();
+    for (parent, key) in [("metadata", "labels"), ("metadata", "annotations"), ("spec", "volumes"), ("spec", "initContainers")] {
+        if pod[parent].get(key) != new[parent].get(key) {
+            patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));
+        }
+    }
+    for (i, c) in new["spec"]["containers"].as_array().into_iter().flatten().enumerate() {
+        for key in ["env", "volumeMounts"] {
+            if pod["spec"]["containers"][i].get(key) != c.get(key) {
+                patch.push(json!({"op": "add", "path": format!("/spec/containers/{i}/{key}"), "value": c[key]}));
+            }
+        }
+    }
+    Ok(Plan { patch, docker_host, injected })
+}
+
+/// Sets `parent[map][key] = value`, making the map if it is missing.
+fn set(parent: &mut Value, map: &str, key: &str, value: &str) {
+    if !parent[map].is_object() {
+        parent[map] = Value::Object(Map::new());
+    }
+    parent[map][key] = json!(value);
+}
+
+#[cfg(test)]
+#[path = "inject_tests.rs"]
+mod tests;

@@ -1,0 +1,39 @@
+//! The injection webhook: a pod labelled `dind.dev/inject: NAME` (in a namespace labelled
+//! `dind.dev/injection: enabled`) gets Docker from DindDaemon NAME with no setup.
+//!
+//! Where it starts: [`run`], called by `main` on every replica (only the leader reconciles, but
+//! every replica admits pods). The parts:
+//! - [`inject`]: what a pod gets, as a JSON Patch of the raw pod (pure, unit-tested);
+//! - [`sticky`]: which replica a pod gets (pure);
+//! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);
+//! - [`keeper`]: the Secret, the resolver and the configuration's `caBundle` (I/O);
+//! - [`serve`]: the HTTPS server and the AdmissionReview handler (I/O).
+
+pub mod certs;
+pub mod inject;
+pub mod keeper;
+pub mod serve;
+pub mod sticky;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kube::Client;
+
+pub use keeper::Source;
+pub use serve::{Handler, Resolver};
+
+/// Serves the webhook on `addr` and keeps its certificate, until `shutdown`.
+pub async fn run(
+    client: Client,
+    addr: SocketAddr,
+    source: Source,
+    handler: Handler,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let resolver = Arc::new(Resolver::default());
+    let keeper = tokio::spawn(keeper::run(client, source, resolver.clone()));
+    let served = serve::serve(addr, resolver, handler, shutdown).await;
+    keeper.abort();
+    served
+}

@@ -1,0 +1,180 @@
+//! The webhook's HTTPS server and its one handler, `POST /inject` (AdmissionReview v1).
+//!
+//! The serving certificate sits behind a [`Resolver`]: the keeper (or the file watcher in
+//! cert-manager mode) swaps it, and the next TLS handshake uses the new one; nothing restarts.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use base64::Engine as _;
+use kube::{Api, Client};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde_json::{Value, json};
+
+use super::inject::{self, Target};
+use crate::crd::DindDaemon;
+use crate::metrics::{AdmissionLabels, Metrics};
+use crate::names;
+use crate::tls::Pair;
+
+/// The certificate the server presents; replaced in place on rotation.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl Resolver {
+    /// Makes `pair` the certificate of every new handshake.
+    pub fn set(&self, pair: &Pair) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let provider =
+            rustls::crypto::CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| e.to_string())?;
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Some(Arc::new(certified));
+        Ok(())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct Handler {
+    pub client: Client,
+    pub default_init_image: String,
+    pub wait_seconds: u32,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler").field("default_init_image", &self.default_init_image).field("wait_seconds", &self.wait_seconds).finish()
+    }
+}
+
+/// How long the handler may spend reading the DindDaemon: well inside the webhook's timeout.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Handler {
+    /// The AdmissionReview response for one request.
+    pub async fn review(&self, review: &Value) -> Value {
+        let request = &review["request"];
+        let uid = request["uid"].clone();
+        let (outcome, response) = match self.decide(request).await {
+            Ok(None) => ("skipped", json!({"uid": uid, "allowed": true})),
+            Ok(Some(patch)) if patch.is_empty() => ("unchanged", json!({"uid": uid, "allowed": true})),
+            Ok(Some(patch)) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(Value::Array(patch).to_string());
+                ("injected", json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": encoded}))
+            }
+            Err(message) => {
+                ("refused", json!({"uid": uid, "allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": message}}))
+            }
+        };
+        self.metrics.admissions.get_or_create(&AdmissionLabels { outcome: outcome.to_string() }).inc();
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+    }
+
+    /// None: not ours to touch. Some(patch): the JSON Patch. Err: the refusal's message.
+    async fn decide(&self, request: &Value) -> Result<Option<Vec<Value>>, String> {
+        if request["kind"]["kind"] != "Pod" || request["operation"] != "CREATE" || request["subResource"].is_string() {
+            return Ok(None);
+        }
+        let pod = &request["object"];
+        let Some(daemon) = pod["metadata"]["labels"][names::INJECT_LABEL].as_str() else { return Ok(None) };
+        let namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
+        let api: Api<DindDaemon> = Api::namespaced(self.client.clone(), namespace);
+        let dd = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(daemon)).await {
+            Ok(Ok(Some(dd))) => dd,
+            Ok(Ok(None)) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} not found in namespace {namespace:?} (named by pod label {}); create it, or fix the label",
+                    names::INJECT_LABEL
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?}: {e}")),
+            Err(_) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?} within {READ_TIMEOUT:?}")),
+        };
+        let target = Target::of(&dd, namespace, &self.default_init_image);
+        let plan = inject::plan(pod, &target, self.wait_seconds).map_err(|r| r.0)?;
+        let pod_name = pod["metadata"]["name"].as_str().or_else(|| pod["metadata"]["generateName"].as_str()).unwrap_or_default();
+        tracing::info!(namespace, pod = pod_name, daemon, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
+        Ok(Some(plan.patch))
+    }
+}
+
+async fn inject_route(State(handler): State<Arc<Handler>>, body: axum::body::Bytes) -> impl IntoResponse {
+    let started = Instant::now();
+    let review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], format!("not an AdmissionReview: {e}")),
+    };
+    let answer = handler.review(&review).await;
+    handler.metrics.admission_seconds.observe(started.elapsed().as_secs_f64());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], answer.to_string())
+}
+
+/// Serves HTTPS on `addr` until `shutdown` resolves. Handshakes wait for a certificate: the
+/// server refuses them until the resolver has one.
+pub async fn serve(
+    addr: SocketAddr,
+    resolver: Arc<Resolver>,
+    handler: Handler,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let app = Router::new().route(names::INJECT_PATH, post(inject_route)).with_state(Arc::new(handler));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, path = names::INJECT_PATH, "serving the injection webhook");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let io = hyper_util::rt::TokioIo::new(tls);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}
