@@ -6,6 +6,7 @@
 //! forward signals, reap zombies and wait: nothing after the start may make PID 1 exit early.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+mod client;
 mod config;
 mod daemon;
 mod error;
@@ -27,6 +28,10 @@ use config::Command;
 use supervise::FORWARDED;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(dind_contract::client_pod::SUBCOMMAND) {
+        return client_setup(&args[1..]);
+    }
     // 1. Signals first: from here on they queue for our signalfd instead of killing us.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -40,7 +45,6 @@ fn main() -> ExitCode {
 
     tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
 
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let env: BTreeMap<String, String> =
         std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect();
     let command = match config::parse(&args, &env) {
@@ -87,5 +91,40 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(cfg) => ExitCode::from(run::run(&cfg, &mask)),
+    }
+}
+
+/// `dind-init client-setup`: the injected init container of a build pod (see `client`).
+fn client_setup(args: &[String]) -> ExitCode {
+    tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
+    // PID 1 of its container ignores signals it has no handler for: without this, a pod deleted
+    // while it waits would hang for the whole grace period. A thread takes TERM/INT and exits.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop), None).is_ok() {
+        std::thread::spawn(move || {
+            if let Ok(sig) = stop.wait() {
+                eprintln!("dind-init client-setup: {sig}, stopping");
+                std::process::exit(128 + sig as i32);
+            }
+        });
+    }
+    let setup = match client::parse(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dind-init client-setup: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match client::run(&setup) {
+        Ok(waited) => {
+            info!(host = %setup.host, context = %setup.context, ms = waited.as_millis() as u64, "Docker answers; context written");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dind-init client-setup: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -30,6 +30,18 @@ pub fn operator_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// Rules in the operator's own namespace for the injection webhook's certificate Secret
+/// (replaced, with its resourceVersion, on rotation).
+pub fn webhook_rules() -> Vec<PolicyRule> {
+    vec![rule("", &["secrets"], &["get", "create", "update"])]
+}
+
+/// Cluster rules for the webhook's own MutatingWebhookConfiguration (the chart narrows them to
+/// its name): the operator keeps its caBundle.
+pub fn webhook_configuration_rules() -> Vec<PolicyRule> {
+    vec![rule("admissionregistration.k8s.io", &["mutatingwebhookconfigurations"], &["get", "patch"])]
+}
+
 /// Rules in the operator's own namespace, for leader election.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])]
@@ -41,7 +53,8 @@ mod tests {
 
     #[test]
     fn nothing_deletes_or_uses_wildcards() {
-        for r in operator_rules().iter().chain(leader_election_rules().iter()) {
+        let all = [operator_rules(), leader_election_rules(), webhook_rules(), webhook_configuration_rules()];
+        for r in all.iter().flatten() {
             assert!(!r.verbs.iter().any(|v| v == "delete" || v == "*" || v == "deletecollection"), "{r:?}");
             assert!(!r.resources.iter().flatten().any(|s| s == "*"), "{r:?}");
         }

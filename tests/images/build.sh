@@ -10,6 +10,8 @@
 #   dind-daemon:test   stand-in for docker:<ver>-dind, made from this machine's Debian dockerd,
 #                      containerd, runc, iptables and docker CLI, with dind-init as entrypoint
 #   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
+#   dind-client:test   busybox + today's clients (Docker CLI v29, buildx, compose, a Testcontainers
+#                      test) from tests/clients/build.sh: what build pods run
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -57,7 +59,8 @@ docker_build "dind-operator:$version" "$work/operator" operator/Dockerfile
 # busybox + docker CLI.
 bb="$work/busybox"
 add_binary "$bb" /bin/busybox /bin/busybox
-for applet in sh ash echo cat ls sleep ps grep sed wc mkdir rm touch true false env id date head tail pidof kill mount umount hostname cut tr; do
+for applet in sh ash echo cat ls sleep ps grep sed wc mkdir rm touch true false env id date head tail pidof kill mount umount hostname cut tr \
+  wget nc seq tar timeout printf; do
   ln -sf busybox "$bb/bin/$applet"
 done
 add_binary "$bb" /usr/bin/docker /usr/bin/docker
@@ -66,6 +69,17 @@ printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$bb/etc/group"
 tar -C "$bb" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-busybox:test >/dev/null
 log "built dind-busybox:test"
+# busybox + today's Docker clients, built from the Go module proxy (cached).
+clients="$(tests/clients/build.sh | tail -n 1)"
+c="$work/client"
+cp -a "$bb" "$c"
+rm -f "$c/usr/bin/docker"
+install -D -m 0755 "$clients/docker" "$c/usr/local/bin/docker"
+install -D -m 0755 "$clients/docker-buildx" "$c/usr/local/lib/docker/cli-plugins/docker-buildx"
+install -D -m 0755 "$clients/docker-compose" "$c/usr/local/lib/docker/cli-plugins/docker-compose"
+install -D -m 0755 "$clients/sdk.test" "$c/usr/local/bin/sdk.test"
+tar -C "$c" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-client:test >/dev/null
+log "built dind-client:test"
 # The node's sandbox ("pause") image: a shell that sleeps until TERM.
 tar -C "$bb" -c . | docker import \
   -c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]' - dind-pause:test >/dev/null
@@ -104,9 +118,9 @@ tar -C "$d" -c . | docker import \
 log "built dind-daemon:test"
 
 if $load_containerd; then
-  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test dind-pause:test; do
+  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test dind-client:test dind-pause:test; do
     docker save "$image" | ctr -n k8s.io images import --all-platforms - >/dev/null
   done
   log "loaded into containerd (k8s.io)"
 fi
-echo "dind-init:$version dind-operator:$version dind-daemon:test dind-busybox:test"
+echo "dind-init:$version dind-operator:$version dind-daemon:test dind-busybox:test dind-client:test"

@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod operator;
+pub mod webhook;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -93,13 +94,29 @@ where
     }
     if std::env::var("DIND_TEST_KEEP").as_deref() == Ok("1") {
         eprintln!("DIND_TEST_KEEP=1: keeping namespace {name}");
-    } else if let Err(e) = namespaces.delete(&name, &DeleteParams::background()).await {
-        eprintln!("could not delete namespace {name}: {e}");
+    } else {
+        // Cluster-scoped leftovers first: a webhook configuration of a gone operator would
+        // refuse every later labelled pod.
+        webhook::forget(&client, &name).await;
+        uninstall_releases(&name).await;
+        if let Err(e) = namespaces.delete(&name, &DeleteParams::background()).await {
+            eprintln!("could not delete namespace {name}: {e}");
+        }
     }
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("{test} failed in namespace {name}: {e:?}"),
         Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Uninstalls the Helm releases of `ns` (their cluster-scoped objects outlive the namespace).
+async fn uninstall_releases(ns: &str) {
+    let Ok(list) = run_tool("helm", &["list", "-n", ns, "-q"]).await else { return };
+    for release in list.lines().filter(|l| !l.trim().is_empty()) {
+        if let Err(e) = run_tool("helm", &["uninstall", "-n", ns, release.trim()]).await {
+            eprintln!("could not uninstall {release} from {ns}: {e}");
+        }
     }
 }
 

@@ -1,0 +1,64 @@
+// The SDK check of the injection webhook: run inside a pod that only carries the label
+// dind.dev/inject, it starts a container with a mapped port through Testcontainers (which reads
+// DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH like every Docker SDK) and talks to it at
+// the host and port Testcontainers reports.
+package sdk
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/testcontainers/testcontainers-go"
+	"github.com/testcontainers/testcontainers-go/wait"
+)
+
+func TestMappedPort(t *testing.T) {
+	image := os.Getenv("SDK_TEST_IMAGE")
+	if image == "" {
+		t.Fatal("SDK_TEST_IMAGE: the image to run (one with busybox httpd)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{
+			Image:        image,
+			ExposedPorts: []string{"8080/tcp"},
+			Cmd:          []string{"/bin/sh", "-c", "mkdir -p /www && echo hello-from-testcontainers > /www/index.html && exec busybox httpd -f -p 8080 -h /www"},
+			WaitingFor:   wait.ForListeningPort("8080/tcp").WithStartupTimeout(time.Minute),
+		},
+		Started: true,
+	})
+	if err != nil {
+		t.Fatalf("starting the container: %v", err)
+	}
+	defer func() { _ = c.Terminate(context.Background()) }()
+	host, err := c.Host(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := c.MappedPort(ctx, "8080/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + host + ":" + port.Port() + "/"
+	t.Logf("container answers at %s", url)
+	var body string
+	for i := 0; i < 50; i++ {
+		resp, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(body, "hello-from-testcontainers") {
+		t.Fatalf("GET %s: %q", url, body)
+	}
+}

@@ -1,0 +1,191 @@
+//! The injection webhook against the real apiserver: a real operator process serves it on
+//! loopback, and the apiserver calls it for every pod created in the test's namespace (as the
+//! chart's configuration does for opted-in namespaces). No node: the tests read the admitted
+//! pods; what a pod does with Docker is in e2e.rs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use dind_operator::crd::DindDaemon;
+use dind_tests::operator::{WAIT, create, no_node};
+use dind_tests::webhook::{self, create_pod, env_of, labelled_pod};
+use dind_tests::{eventually, with_namespace};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+fn docker_host_of(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    env_of(pod, "build").into_iter().find(|(k, _)| k == "DOCKER_HOST").map(|(_, v)| v).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn webhook_injects_a_labelled_pod_and_leaves_the_rest_alone() {
+    with_namespace("webhook-inject", |client, ns| async move {
+        let _hook = webhook::start(&client, &ns, &[]).await?;
+        create(&client, &ns, "ci", json!({"replicas": 2, "nodeSelector": no_node()})).await?;
+
+        // A pod with only the label gets everything.
+        let mut pod = labelled_pod("build", "ci");
+        pod["spec"]["containers"].as_array_mut().unwrap().push(json!({
+            "name": "own", "image": "x", "env": [{"name": "DOCKER_HOST", "value": "tcp://elsewhere:2376"}]}));
+        pod["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "skipped", "image": "x"}));
+        pod["metadata"]["annotations"] = json!({"dind.dev/opt-out-containers": "skipped"});
+        let admitted = create_pod(&client, &ns, &pod).await?;
+        let env: BTreeMap<String, String> = env_of(&admitted, "build").into_iter().collect();
+        let host = &env["DOCKER_HOST"];
+        anyhow::ensure!(
+            [0, 1].iter().any(|i| host == &format!("tcp://ci-{i}.ci-daemons.{ns}.svc:2376")),
+            "DOCKER_HOST {host} is not a replica's own address"
+        );
+        anyhow::ensure!(env["DOCKER_TLS_VERIFY"] == "1" && env["DOCKER_CERT_PATH"] == "/dind/client-certs", "{env:?}");
+        anyhow::ensure!(env["DOCKER_CONFIG"] == "/dind/docker-config", "{env:?}");
+        let labels = admitted.metadata.labels.clone().unwrap_or_default();
+        anyhow::ensure!(labels.get("dind.dev/client").map(String::as_str) == Some("ci"), "{labels:?}");
+        let spec = admitted.spec.clone().unwrap_or_default();
+        let wait = spec.init_containers.clone().unwrap_or_default();
+        anyhow::ensure!(wait.first().map(|c| c.name.as_str()) == Some("dind-wait"), "{wait:?}");
+        anyhow::ensure!(
+            spec.volumes.iter().flatten().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("ci-client")),
+            "client Secret not mounted"
+        );
+        // Untouched: a container with its own DOCKER_HOST, an opted-out one.
+        anyhow::ensure!(env_of(&admitted, "own") == vec![("DOCKER_HOST".into(), "tcp://elsewhere:2376".into())]);
+        anyhow::ensure!(env_of(&admitted, "skipped").is_empty());
+
+        // Unlabelled pods are not sent to the webhook at all.
+        let mut plain = labelled_pod("plain", "ci");
+        plain["metadata"]["labels"] = json!({});
+        let admitted = create_pod(&client, &ns, &plain).await?;
+        anyhow::ensure!(env_of(&admitted, "build").is_empty() && admitted.spec.unwrap().init_containers.is_none());
+
+        // Re-submitting an injected pod (kubectl get -o yaml | kubectl create) injects nothing twice.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        let mut again = pods.get("build").await?;
+        again.metadata = kube::api::ObjectMeta {
+            name: Some("build-again".into()),
+            labels: again.metadata.labels.clone(),
+            annotations: again.metadata.annotations.clone(),
+            ..Default::default()
+        };
+        let resubmitted = pods.create(&PostParams::default(), &again).await?;
+        let spec = resubmitted.spec.unwrap_or_default();
+        anyhow::ensure!(spec.init_containers.unwrap_or_default().len() == 1, "wait container twice");
+        let build = spec.containers.iter().find(|c| c.name == "build").unwrap();
+        anyhow::ensure!(build.env.iter().flatten().filter(|e| e.name == "DOCKER_HOST").count() == 1);
+        let ours = build.volume_mounts.iter().flatten().filter(|m| m.name.starts_with("dind-")).count();
+        anyhow::ensure!(ours == 2, "{:?}", build.volume_mounts);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_refuses_a_pod_naming_a_missing_daemon_and_serves_tls_off_plainly() {
+    with_namespace("webhook-refuse", |client, ns| async move {
+        let _hook = webhook::start(&client, &ns, &[]).await?;
+        let err = create_pod(&client, &ns, &labelled_pod("lost", "nonexistent")).await.expect_err("a missing DindDaemon must refuse the pod");
+        let text = err.to_string();
+        anyhow::ensure!(text.contains("\"nonexistent\"") && text.contains(&format!("\"{ns}\"")), "unclear refusal: {text}");
+        anyhow::ensure!(text.contains("inject.dind.dev"), "the refusal names the webhook: {text}");
+
+        create(&client, &ns, "plain", json!({"tls": {"enabled": false}, "port": 2375, "nodeSelector": no_node()})).await?;
+        let admitted = create_pod(&client, &ns, &labelled_pod("p", "plain")).await?;
+        let env: BTreeMap<String, String> = env_of(&admitted, "build").into_iter().collect();
+        anyhow::ensure!(env.get("DOCKER_HOST") == Some(&format!("tcp://plain-0.plain-daemons.{ns}.svc:2375")), "{env:?}");
+        anyhow::ensure!(!env.contains_key("DOCKER_TLS_VERIFY") && !env.contains_key("DOCKER_CERT_PATH"), "{env:?}");
+        anyhow::ensure!(!serde_json::to_string(&admitted.spec)?.contains("plain-client"), "no certificates with TLS off");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_sticky_keys_keep_a_pipeline_on_one_replica() {
+    with_namespace("webhook-sticky", |client, ns| async move {
+        let _hook = webhook::start(&client, &ns, &[]).await?;
+        create(&client, &ns, "ci", json!({"replicas": 3, "nodeSelector": no_node()})).await?;
+        let mut same = BTreeSet::new();
+        for i in 0..20 {
+            let mut pod = labelled_pod(&format!("job-{i}"), "ci");
+            pod["metadata"]["labels"]["dind.dev/sticky-key"] = json!("pipeline-42");
+            same.insert(docker_host_of(&create_pod(&client, &ns, &pod).await?));
+        }
+        anyhow::ensure!(same.len() == 1, "one key, several replicas: {same:?}");
+        let mut spread = BTreeSet::new();
+        for i in 0..20 {
+            // Jobs of different pipelines: the key is the controlling owner (here: a fake Job).
+            let mut pod = labelled_pod(&format!("other-{i}"), "ci");
+            pod["metadata"]["generateName"] = json!(format!("pipeline-{i}-"));
+            spread.insert(docker_host_of(&create_pod(&client, &ns, &pod).await?));
+        }
+        anyhow::ensure!(spread.len() >= 2, "20 keys all on one replica: {spread:?}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_certificate_rotates_twice_without_a_restart() {
+    with_namespace("webhook-rotate", |client, ns| async move {
+        // 30 s leaves, 90 s CAs: a new CA about every 41 s, a new leaf about every 19 s.
+        let hook = webhook::start(&client, &ns, &["--webhook-cert-lifetime-seconds=30"]).await?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let ca_of = |s: &Secret| dind_tests::operator::secret_text(s, "ca-0.crt");
+        let leaf_of = |s: &Secret| dind_tests::operator::secret_text(s, "tls.crt");
+        let first = secrets.get("webhook-tls").await?;
+        let (mut cas, mut leaves) = (BTreeSet::from([ca_of(&first)]), BTreeSet::from([leaf_of(&first)]));
+        let mut admitted = 0;
+        let start = std::time::Instant::now();
+        while cas.len() < 3 {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(150), "only {} CAs in 150 s", cas.len());
+            create_pod(&client, &ns, &labelled_pod(&format!("p-{admitted}"), "ci"))
+                .await
+                .map_err(|e| anyhow::anyhow!("pod {admitted} refused after {:?} ({} CAs seen): {e}", start.elapsed(), cas.len()))?;
+            admitted += 1;
+            let s = secrets.get("webhook-tls").await?;
+            cas.insert(ca_of(&s));
+            leaves.insert(leaf_of(&s));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::ensure!(leaves.len() >= 4, "{} leaves", leaves.len());
+        eprintln!("{admitted} pods admitted across {} CAs and {} leaves, same process (pid {})", cas.len(), leaves.len(), hook.operator.pid());
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_operator_down_refuses_labelled_pods_only() {
+    with_namespace("webhook-down", |client, ns| async move {
+        let mut hook = webhook::start(&client, &ns, &[]).await?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        create_pod(&client, &ns, &labelled_pod("before", "ci")).await?;
+        hook.operator.kill();
+        let err = create_pod(&client, &ns, &labelled_pod("during", "ci")).await.expect_err("no webhook, no labelled pod");
+        anyhow::ensure!(err.to_string().contains("inject.dind.dev"), "{err}");
+        // Unlabelled pods, and labelled pods in namespaces that did not opt in, do not need it.
+        let mut plain = labelled_pod("plain", "ci");
+        plain["metadata"]["labels"] = json!({});
+        create_pod(&client, &ns, &plain).await?;
+        let other = format!("{ns}-x");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": other}}))?).await?;
+        let outcome = create_pod(&client, &other, &labelled_pod("elsewhere", "ci")).await;
+        let _ = namespaces.delete(&other, &DeleteParams::background()).await;
+        let admitted = outcome?;
+        anyhow::ensure!(env_of(&admitted, "build").is_empty());
+        // Back up: admitted again.
+        let _hook = webhook::restart(&client, &ns, hook).await?;
+        eventually("labelled pods admitted again", WAIT, || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move { Ok(create_pod(&client, &ns, &labelled_pod(&format!("after-{}", dind_tests::suffix()), "ci")).await.ok().map(|_| ())) }
+        })
+        .await?;
+        let _ = Api::<DindDaemon>::namespaced(client.clone(), &ns);
+        Ok(())
+    })
+    .await;
+}
