@@ -2,7 +2,8 @@
 # The main job, on the embedded default: builds what is needed, brings up the local real
 # cluster of tests/ (etcd, kube-apiserver, controller-manager, scheduler, and a node with
 # kubelet, containerd, CNI, kube-proxy, CoreDNS), installs the Helm chart, applies
-# examples/dinddaemon.yaml, runs examples/build-pod.yaml and prints its output.
+# examples/dinddaemon.yaml, runs examples/build-pod.yaml (a pod with one label: the webhook
+# injects Docker) and prints its output.
 #
 #   sudo scripts/quickstart.sh            # leaves the cluster running, says how to stop it
 #   DIND_QUICKSTART_KEEP=0 scripts/quickstart.sh   # stops everything at the end (CI)
@@ -36,9 +37,10 @@ kubectl apply -f examples/dinddaemon.yaml
 kubectl wait --for=condition=Ready dind/ci --timeout=300s
 kubectl get dind ci
 
-step "running examples/build-pod.yaml (with this machine's client image)"
+step "running examples/build-pod.yaml: a pod with one label (with this machine's client image, Docker CLI v29)"
+kubectl label namespace default dind.dev/injection=enabled --overwrite
 kubectl delete pod build --ignore-not-found --wait >/dev/null
-sed -e 's#image: docker:28.5.2-cli#image: dind-busybox:test\n      imagePullPolicy: Never#' examples/build-pod.yaml | kubectl apply -f -
+sed -e 's#image: docker:29-cli#image: dind-client:test\n      imagePullPolicy: Never#' examples/build-pod.yaml | kubectl apply -f -
 for _ in $(seq 300); do
   phase="$(kubectl get pod build -o jsonpath='{.status.phase}')"
   [[ $phase == Succeeded || $phase == Failed ]] && break

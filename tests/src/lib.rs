@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod operator;
+pub mod pods;
 pub mod webhook;
 
 use std::future::Future;

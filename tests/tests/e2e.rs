@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use dind_operator::crd::DindDaemon;
+use dind_tests::pods::{CLIENT_IMAGE, hand_wired_build_pod, injected_build_pod};
 use dind_tests::{cluster_dir, eventually, kubectl_apply, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -20,8 +21,6 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operato
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 /// The daemon image here: the stand-in built from Debian's dockerd (no registry to pull from).
 const DAEMON_IMAGE: &str = "dind-daemon:test";
-/// The build pod's image here, in place of the example's docker:<ver>-cli.
-const CLIENT_IMAGE: &str = "dind-busybox:test";
 const READY: Duration = Duration::from_secs(300);
 
 fn require_node() {
@@ -37,7 +36,12 @@ async fn kubectl(args: &[&str]) -> anyhow::Result<String> {
 
 /// Installs the operator from the chart into `ns`, watching `ns`, and waits for it to be ready.
 async fn install_operator(client: &Client, ns: &str) -> anyhow::Result<()> {
-    let watch = format!("watchNamespaces={{{ns}}}");
+    install_operator_watching(client, ns, ns).await
+}
+
+/// Installs the operator from the chart into `ns`, watching `watched`.
+async fn install_operator_watching(client: &Client, ns: &str, watched: &str) -> anyhow::Result<()> {
+    let watch = format!("watchNamespaces={{{watched}}}");
     run_tool(
         "helm",
         &[
@@ -72,17 +76,6 @@ async fn wait_ready(ns: &str, name: &str) -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// examples/build-pod.yaml with this machine's client image and the given pod/daemon names.
-fn build_pod_manifest(pod: &str, daemon: &str) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(format!("{EXAMPLES}/build-pod.yaml"))?;
-    Ok(text
-        .replace("image: docker:28.5.2-cli", &format!("image: {CLIENT_IMAGE}\n      imagePullPolicy: Never"))
-        .replace("name: build\n  labels", &format!("name: {pod}\n  labels"))
-        .replace("dind.dev/client: ci", &format!("dind.dev/client: {daemon}"))
-        .replace("tcp://ci:2376", &format!("tcp://{daemon}:2376"))
-        .replace("secretName: ci-client", &format!("secretName: {daemon}-client")))
-}
-
 /// Waits until the daemon container's arguments in StatefulSet `name` contain `needle`.
 async fn wait_for_sts_args(what: &str, ns: &str, name: &str, needle: &str) -> anyhow::Result<()> {
     eventually(what, READY, || async move {
@@ -92,9 +85,15 @@ async fn wait_for_sts_args(what: &str, ns: &str, name: &str, needle: &str) -> an
     .await
 }
 
-/// Runs the example build pod to completion; returns its log and how long it ran.
+/// Runs the example's build, wired by hand (the operator runs in `ns` itself, where the webhook
+/// does not inject), to completion; returns its log and how long it ran.
 async fn run_build(client: &Client, ns: &str, pod: &str, daemon: &str) -> anyhow::Result<(String, Duration)> {
-    kubectl_apply(ns, &build_pod_manifest(pod, daemon)?).await?;
+    run_pod(client, ns, pod, &hand_wired_build_pod(pod, daemon)).await
+}
+
+/// Applies a pod manifest and waits for it to end; its log (container `build`) and run time.
+async fn run_pod(client: &Client, ns: &str, pod: &str, manifest: &str) -> anyhow::Result<(String, Duration)> {
+    kubectl_apply(ns, manifest).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let phase = eventually("build pod finished", READY, || {
         let pods = pods.clone();
@@ -105,7 +104,7 @@ async fn run_build(client: &Client, ns: &str, pod: &str, daemon: &str) -> anyhow
         }
     })
     .await?;
-    let logs = kubectl(&["logs", "-n", ns, pod]).await.unwrap_or_default();
+    let logs = kubectl(&["logs", "-n", ns, pod, "-c", "build"]).await.unwrap_or_default();
     let p = pods.get(pod).await?;
     let term = p
         .status
@@ -228,7 +227,7 @@ async fn e2e_drills_end_with_a_working_daemon() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
         // 1. SIGKILL the daemon container in the middle of a build, then build again.
-        kubectl_apply(&ns, &build_pod_manifest("build-killed", "ci")?).await?;
+        kubectl_apply(&ns, &hand_wired_build_pod("build-killed", "ci")).await?;
         eventually("build under way", READY, || {
             let ns = ns.clone();
             async move {
@@ -374,6 +373,97 @@ async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
         })
         .await?;
         Ok(())
+    })
+    .await;
+}
+
+/// What a pod with only the label `dind.dev/inject` does with today's clients (Docker CLI v29,
+/// buildx v0.38, compose v2.40, Testcontainers-go v0.45), in a namespace that opted in; the
+/// operator runs in another (its own namespace is never injected).
+const CLIENTS_SCRIPT: &str = r#"set -e
+host=${DOCKER_HOST#tcp://}; host=${host%:*}
+echo "step: docker version"; docker version --format 'client {{.Client.Version}} server {{.Server.Version}}'
+docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null
+mkdir -p /tmp/app && cd /tmp/app && echo one > one.txt
+printf 'FROM local/base\nCOPY one.txt /one.txt\nRUN echo two > /two.txt\nCMD ["cat", "/one.txt", "/two.txt"]\n' > Dockerfile
+echo "step: docker build (buildx)"; docker build -t app:1 . >/dev/null 2>&1 && docker run --rm app:1
+echo "step: docker buildx build --load"; docker buildx build --load -t app:2 . >/dev/null 2>&1 && docker run --rm app:2 | grep -q two && echo loaded
+echo "step: buildx create, docker-container driver, the context as endpoint"
+docker buildx create --name dc --driver docker-container dind && docker buildx inspect dc | grep -q docker-container && echo created
+echo "step: buildx create in context mode (no DOCKER_HOST)"
+env -u DOCKER_HOST -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH docker buildx create --name dc2 --driver docker-container && echo created-without-endpoint
+echo "step: compose up with a published port"
+cat > compose.yaml <<COMPOSE
+services:
+  web:
+    image: local/base
+    command: ["/bin/sh", "-c", "mkdir -p /www && echo compose-web > /www/index.html && exec busybox httpd -f -p 8080 -h /www"]
+    ports: ["18080:8080"]
+  worker:
+    image: local/base
+    command: ["sleep", "3600"]
+COMPOSE
+docker compose up -d >/dev/null 2>&1
+for i in $(seq 100); do wget -q -O - "http://$host:18080/" 2>/dev/null && break; sleep 0.2; done
+docker compose down -t 1 >/dev/null 2>&1
+echo "step: docker run -p"
+docker run -d --name web2 -p 18081:8080 local/base /bin/sh -c "mkdir -p /www && echo run-p > /www/index.html && exec busybox httpd -f -p 8080 -h /www" >/dev/null
+for i in $(seq 100); do wget -q -O - "http://$host:18081/" 2>/dev/null && break; sleep 0.2; done
+docker rm -f web2 >/dev/null
+echo "step: Testcontainers"
+TESTCONTAINERS_RYUK_DISABLED=true SDK_TEST_IMAGE=local/base sdk.test -test.run TestMappedPort 2>&1 | tail -1
+echo "all clients done"
+"#;
+
+#[tokio::test]
+async fn e2e_a_labelled_pod_gets_docker_for_todays_clients() {
+    require_node();
+    with_namespace("e2e-inject", |client, ns| async move {
+        let builds = format!("{ns}-builds");
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({"metadata": {"name": builds, "labels": {"dind.dev/injection": "enabled"}}}))?,
+            )
+            .await?;
+        let outcome = async {
+            install_operator_watching(&client, &ns, &builds).await?;
+            kubectl_apply(&builds, &std::fs::read_to_string(format!("{EXAMPLES}/dinddaemon.yaml"))?).await?;
+            wait_ready(&builds, "ci").await?;
+
+            // The example: one label, then docker build and run with the v29 CLI.
+            let (log, _) = run_pod(&client, &builds, "build", &injected_build_pod("build", "ci")).await?;
+            ensure!(log.contains("client 29.") && log.contains("one\ntwo\nthree"), "example build pod:\n{log}");
+            ensure!(!log.contains("Cannot connect"), "{log}");
+
+            // Today's clients, one after the other.
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "clients", "labels": {"dind.dev/inject": "ci"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", CLIENTS_SCRIPT]}]},
+            });
+            let (log, ran) = run_pod(&client, &builds, "clients", &pod.to_string()).await?;
+            for want in [
+                "client 29.",
+                "one\ntwo",
+                "loaded",
+                "created\n",
+                "created-without-endpoint",
+                "compose-web",
+                "run-p",
+                "PASS",
+                "all clients done",
+            ] {
+                ensure!(log.contains(want), "clients pod: {want:?} missing:\n{log}");
+            }
+            eprintln!("today's clients in an injected pod: all passed in {ran:?}");
+            Ok(())
+        }
+        .await;
+        let _ = namespaces.delete(&builds, &DeleteParams::background()).await;
+        outcome
     })
     .await;
 }

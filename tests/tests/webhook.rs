@@ -84,7 +84,8 @@ async fn webhook_injects_a_labelled_pod_and_leaves_the_rest_alone() {
 async fn webhook_refuses_a_pod_naming_a_missing_daemon_and_serves_tls_off_plainly() {
     with_namespace("webhook-refuse", |client, ns| async move {
         let _hook = webhook::start(&client, &ns, &[]).await?;
-        let err = create_pod(&client, &ns, &labelled_pod("lost", "nonexistent")).await.expect_err("a missing DindDaemon must refuse the pod");
+        let err =
+            create_pod(&client, &ns, &labelled_pod("lost", "nonexistent")).await.expect_err("a missing DindDaemon must refuse the pod");
         let text = err.to_string();
         anyhow::ensure!(text.contains("\"nonexistent\"") && text.contains(&format!("\"{ns}\"")), "unclear refusal: {text}");
         anyhow::ensure!(text.contains("inject.dind.dev"), "the refusal names the webhook: {text}");
@@ -150,7 +151,12 @@ async fn webhook_certificate_rotates_twice_without_a_restart() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         anyhow::ensure!(leaves.len() >= 4, "{} leaves", leaves.len());
-        eprintln!("{admitted} pods admitted across {} CAs and {} leaves, same process (pid {})", cas.len(), leaves.len(), hook.operator.pid());
+        eprintln!(
+            "{admitted} pods admitted across {} CAs and {} leaves, same process (pid {})",
+            cas.len(),
+            leaves.len(),
+            hook.operator.pid()
+        );
         Ok(())
     })
     .await;

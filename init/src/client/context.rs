@@ -38,9 +38,14 @@ pub fn meta(setup: &Setup) -> Value {
     })
 }
 
+/// Makes `path` world-writable if this process creates it; an existing directory (the emptyDir
+/// itself, owned by root and already 0777) is left as it is.
 fn dir(path: &Path) -> io::Result<()> {
-    fs::create_dir_all(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o777))
+    match fs::create_dir(path) {
+        Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o777)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn file(path: &Path, content: &str, mode: u32) -> io::Result<()> {
@@ -53,7 +58,7 @@ fn file(path: &Path, content: &str, mode: u32) -> io::Result<()> {
 /// Writes (or rewrites: an init container may run twice) the configuration.
 pub fn write(setup: &Setup) -> io::Result<()> {
     let root = &setup.config;
-    dir(root)?;
+    fs::create_dir_all(root)?;
     let config_path = root.join("config.json");
     // Keep whatever else a config.json already holds (a restarted init container).
     let mut config: Value = fs::read(&config_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| json!({}));

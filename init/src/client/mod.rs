@@ -69,13 +69,7 @@ pub fn parse(args: &[String]) -> Result<Setup, String> {
             other => return Err(format!("--{other}: unknown flag of client-setup")),
         }
     }
-    Ok(Setup {
-        host: host.ok_or("--host is required")?,
-        config: config.ok_or("--config is required")?,
-        context,
-        certs,
-        timeout,
-    })
+    Ok(Setup { host: host.ok_or("--host is required")?, config: config.ok_or("--config is required")?, context, certs, timeout })
 }
 
 /// Writes the context, then waits for the daemon. The error is what the pod's events and

@@ -2,6 +2,7 @@ use super::*;
 use crate::crd::{DindDaemonSpec, StorageDriver};
 use crate::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -86,8 +87,17 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     assert!(secrets.ca.data.unwrap().contains_key("ca.key"));
 
     let np = o.network_policy.spec.unwrap();
-    let from = np.ingress.unwrap()[0].from.clone().unwrap();
+    let ingress = np.ingress.unwrap();
+    let from = ingress[0].from.clone().unwrap();
     assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[CLIENT_LABEL], "ci");
+    // Ports containers publish on the daemon: from client pods only, TCP and UDP.
+    let published = &ingress[1];
+    let peers = published.from.clone().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[CLIENT_LABEL], "ci");
+    let ports = published.ports.clone().unwrap();
+    assert_eq!(ports.iter().map(|p| p.protocol.clone().unwrap()).collect::<Vec<_>>(), ["TCP", "UDP"]);
+    assert!(ports.iter().all(|p| p.port == Some(IntOrString::Int(1024)) && p.end_port == Some(65535)));
 }
 
 #[test]
