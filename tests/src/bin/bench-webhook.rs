@@ -1,0 +1,175 @@
+//! Benchmark of the injection webhook.
+//!
+//! 1. Admission latency: pods created at 50 per second for 10 s, labelled (through the webhook)
+//!    and unlabelled (not sent to it), client-side create latency p50/p99 of each; the operator
+//!    runs on this machine and serves the webhook on loopback. Control plane only.
+//! 2. Pod create → first successful `docker version` inside it, the injected pod (one label; its
+//!    init container waits for the daemon) vs the same pod wired by hand (env, certificates and a
+//!    retry loop, 100 ms steps), median of RUNS each. Needs the node; the operator is installed
+//!    from the chart. Times come from /proc/uptime (this machine is the node), 10 ms steps.
+//!
+//!   cargo build -p dind-operator && cargo run --release -p dind-tests --bin bench-webhook [-- RUNS]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dind_tests::operator::{create, no_node};
+use dind_tests::pods::CLIENT_IMAGE;
+use dind_tests::webhook::{self, labelled_pod};
+use dind_tests::{client, cluster_dir, kubectl_apply, run_tool, suffix};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
+
+fn uptime() -> anyhow::Result<f64> {
+    Ok(std::fs::read_to_string("/proc/uptime")?.split_whitespace().next().context("uptime")?.parse()?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn namespace(client: &Client, name: &str, labels: Value) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?).await?;
+    Ok(())
+}
+
+async fn drop_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await;
+}
+
+/// Creates `count` pods at `rate` per second, each from `make(i)`; every create's latency.
+async fn create_at_rate(
+    client: &Client,
+    ns: &str,
+    count: usize,
+    rate: f64,
+    make: impl Fn(usize) -> Value,
+) -> anyhow::Result<Vec<Duration>> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let client = client.clone();
+        let ns = ns.to_string();
+        let pod = make(i);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            webhook::create_pod(&client, &ns, &pod).await.map(|_| t.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn admission_latency(client: &Client) -> anyhow::Result<()> {
+    let ns = format!("bench-webhook-{}", suffix());
+    namespace(client, &ns, json!({})).await?;
+    let result = async {
+        let _hook = webhook::start(client, &ns, &[]).await?;
+        create(client, &ns, "ci", json!({"replicas": 3, "nodeSelector": no_node()})).await?;
+        // Warm up the connections.
+        create_at_rate(client, &ns, 20, 50.0, |i| labelled_pod(&format!("warm-{i}"), "ci")).await?;
+        let labelled = create_at_rate(client, &ns, 500, 50.0, |i| labelled_pod(&format!("l-{i}"), "ci")).await?;
+        let plain = create_at_rate(client, &ns, 500, 50.0, |i| {
+            let mut p = labelled_pod(&format!("u-{i}"), "ci");
+            p["metadata"]["labels"] = json!({});
+            p
+        })
+        .await?;
+        println!("admission at 50 pods/s, 500 pods each (client-side pod create latency):");
+        println!("  labelled (webhook)    p50 {:6.1} ms  p99 {:6.1} ms", percentile(&labelled, 0.5), percentile(&labelled, 0.99));
+        println!("  unlabelled (no call)  p50 {:6.1} ms  p99 {:6.1} ms", percentile(&plain, 0.5), percentile(&plain, 0.99));
+        println!(
+            "  webhook cost          p50 {:+6.1} ms  p99 {:+6.1} ms",
+            percentile(&labelled, 0.5) - percentile(&plain, 0.5),
+            percentile(&labelled, 0.99) - percentile(&plain, 0.99)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    webhook::forget(client, &ns).await;
+    drop_namespace(client, &ns).await;
+    result
+}
+
+/// Runs one pod whose container prints `UP <uptime>` right after its first successful
+/// `docker version`; seconds from its creation to that line.
+async fn first_docker_version(ns: &str, manifest: &Value, name: &str) -> anyhow::Result<f64> {
+    let created = uptime()?;
+    kubectl_apply(ns, &manifest.to_string()).await?;
+    run_tool("kubectl", &["wait", "-n", ns, "--for=jsonpath={.status.phase}=Succeeded", &format!("pod/{name}"), "--timeout=180s"]).await?;
+    let log = run_tool("kubectl", &["logs", "-n", ns, name, "-c", "build"]).await?;
+    let up: f64 = log.lines().find_map(|l| l.strip_prefix("UP ")).context("no UP line")?.trim().parse()?;
+    run_tool("kubectl", &["delete", "pod", "-n", ns, name, "--wait=false"]).await?;
+    Ok(up - created)
+}
+
+async fn time_to_docker(client: &Client, runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(cluster_dir().join("node.up").exists(), "part 2 needs the node (tests/cluster/cluster.sh up)");
+    let ns = format!("bench-webhook-op-{}", suffix());
+    let builds = format!("{ns}-builds");
+    namespace(client, &ns, json!({})).await?;
+    namespace(client, &builds, json!({"dind.dev/injection": "enabled"})).await?;
+    let result = async {
+        let watch = format!("watchNamespaces={{{builds}}}");
+        let set = ["--set", &watch, "--set", "daemon.image=dind-daemon:test", "--set", "image.pullPolicy=Never"];
+        let mut args = vec!["install", "op", CHART, "-n", &ns, "--wait", "--timeout", "180s"];
+        args.extend(set);
+        run_tool("helm", &args).await?;
+        kubectl_apply(&builds, "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: ci}\nspec: {storage: {size: 1Gi}}\n")
+            .await?;
+        run_tool("kubectl", &["wait", "-n", &builds, "--for=condition=Ready", "dind/ci", "--timeout=300s"]).await?;
+        let report = "echo UP $(cut -d' ' -f1 /proc/uptime)";
+        let (mut injected, mut by_hand) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let name = format!("injected-{i}");
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/inject": "ci"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-ec", format!("docker version >/dev/null; {report}")]}]}});
+            injected.push(first_docker_version(&builds, &pod, &name).await?);
+            let name = format!("by-hand-{i}");
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/client": "ci"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                    "env": [{"name": "DOCKER_HOST", "value": "tcp://ci:2376"}, {"name": "DOCKER_TLS_VERIFY", "value": "1"},
+                            {"name": "DOCKER_CERT_PATH", "value": "/certs"}],
+                    "volumeMounts": [{"name": "c", "mountPath": "/certs"}],
+                    "command": ["/bin/sh", "-ec", format!("until docker version >/dev/null 2>&1; do sleep 0.1; done; {report}")]}],
+                    "volumes": [{"name": "c", "secret": {"secretName": "ci-client"}}]}});
+            by_hand.push(first_docker_version(&builds, &pod, &name).await?);
+            println!("run {i}: injected {:.2} s, by hand {:.2} s", injected[i], by_hand[i]);
+        }
+        injected.sort_by(f64::total_cmp);
+        by_hand.sort_by(f64::total_cmp);
+        let (a, b) = (injected[runs / 2], by_hand[runs / 2]);
+        println!(
+            "pod create -> first successful docker version, median of {runs}: injected {a:.2} s, by hand {b:.2} s, ratio {:.2}",
+            a / b
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = run_tool("helm", &["uninstall", "op", "-n", &ns]).await;
+    drop_namespace(client, &builds).await;
+    drop_namespace(client, &ns).await;
+    result
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dind_tests::install_crypto_provider();
+    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let client = client().await?;
+    admission_latency(&client).await?;
+    time_to_docker(&client, runs).await
+}
