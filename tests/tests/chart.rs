@@ -80,6 +80,8 @@ async fn values_that_break_the_schema_are_refused_with_a_clear_message() -> anyh
         ("logFormat=yaml", "/logFormat"),
         ("watchNamespaces={Bad_Name}", "/watchNamespaces/0"),
         ("metrics.port=70000", "/metrics/port"),
+        ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
+        ("webhook.certManager.enable=true", "enable"),
         ("typo=1", "typo"),
     ] {
         let err = helm(&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--set", set]).await.expect_err(set);
@@ -122,6 +124,40 @@ async fn two_writers_at_once_are_impossible() -> anyhow::Result<()> {
         ensure!(rendered.contains("--leader-election"), "{set}: election off");
         ensure!(strategy(&rendered)?.is_none(), "{set}: with election on a rolling update is safe");
     }
+    Ok(())
+}
+
+/// The webhook as the chart renders it: only labelled pods of opted-in namespaces, never the
+/// operator's own; failing closed; and with cert-manager, a Certificate, the CA injector's
+/// annotation and the operator reading the mounted files instead of making its own.
+#[tokio::test]
+async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_manager() -> anyhow::Result<()> {
+    let doc = |rendered: &str, kind: &str| -> anyhow::Result<serde_json::Value> {
+        let text = rendered.split("\n---").find(|d| d.contains(&format!("kind: {kind}\n"))).with_context(|| format!("no {kind}"))?;
+        Ok(serde_yaml::from_str(text)?)
+    };
+    let rendered = helm(&["template", "dind", CHART, "--namespace", "ops"]).await?;
+    let mwc = doc(&rendered, "MutatingWebhookConfiguration")?;
+    let hook = &mwc["webhooks"][0];
+    ensure!(hook["name"] == "inject.dind.dev" && hook["failurePolicy"] == "Fail" && hook["sideEffects"] == "None", "{hook}");
+    ensure!(hook["reinvocationPolicy"] == "IfNeeded", "{hook}");
+    let ns_rules = hook["namespaceSelector"]["matchExpressions"].to_string();
+    ensure!(ns_rules.contains("dind.dev/injection") && ns_rules.contains("\"NotIn\"") && ns_rules.contains("\"ops\""), "{ns_rules}");
+    ensure!(hook["objectSelector"]["matchExpressions"][0]["key"] == "dind.dev/inject", "{hook}");
+    ensure!(hook["clientConfig"]["service"]["name"] == "dind-dind-operator-webhook", "{hook}");
+    ensure!(rendered.contains("--webhook-addr=0.0.0.0:9443") && !rendered.contains("--webhook-tls-dir"));
+    ensure!(!rendered.contains("kind: Certificate"));
+
+    let with_cm = helm(&["template", "dind", CHART, "--namespace", "ops", "--set", "webhook.certManager.enabled=true"]).await?;
+    let mwc = doc(&with_cm, "MutatingWebhookConfiguration")?;
+    ensure!(mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ops/dind-dind-operator-webhook", "{mwc}");
+    let cert = doc(&with_cm, "Certificate")?;
+    ensure!(cert["spec"]["secretName"] == "dind-dind-operator-webhook-tls", "{cert}");
+    ensure!(cert["spec"]["dnsNames"][0] == "dind-dind-operator-webhook.ops.svc", "{cert}");
+    ensure!(with_cm.contains("--webhook-tls-dir=/webhook-tls") && with_cm.contains("kind: Issuer"));
+
+    let off = helm(&["template", "dind", CHART, "--set", "webhook.enabled=false"]).await?;
+    ensure!(!off.contains("MutatingWebhookConfiguration") && !off.contains("--webhook-addr"));
     Ok(())
 }
 
@@ -174,9 +210,26 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
             .token;
         let kubeconfig = token_kubeconfig(&token)?;
         let result = async {
-            // The operator, out of cluster, as the chart's ServiceAccount, with leader election.
-            let _op =
-                Operator::start_with_kubeconfig(&kubeconfig, &ns, &["--leader-election", "--lease-namespace", &ns, "--lease-name", &full])?;
+            // The operator, out of cluster, as the chart's ServiceAccount, with leader election
+            // and the injection webhook (its Secret and the chart's configuration's caBundle).
+            let webhook_addr = dind_tests::free_local_addr()?.to_string();
+            let _op = Operator::start_with_kubeconfig(
+                &kubeconfig,
+                &ns,
+                &[
+                    "--leader-election",
+                    "--lease-namespace",
+                    &ns,
+                    "--lease-name",
+                    &full,
+                    "--webhook-addr",
+                    &webhook_addr,
+                    "--webhook-configuration",
+                    &full,
+                    "--webhook-secret",
+                    &format!("{full}-webhook-tls"),
+                ],
+            )?;
             let dd: dind_operator::crd::DindDaemon = serde_json::from_value(json!({
                 "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "rbac"}, "spec": {}
             }))?;
@@ -188,6 +241,17 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
             .await?;
             ensure!(status.client_secret_name.as_deref() == Some("rbac-client"));
             Api::<StatefulSet>::namespaced(client.clone(), &ns).get("rbac").await?;
+            let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> = Api::all(client.clone());
+            eventually("the webhook's caBundle kept as the chart's ServiceAccount", Duration::from_secs(30), || {
+                let mwcs = mwcs.clone();
+                let full = full.clone();
+                async move {
+                    let mwc = mwcs.get(&full).await?;
+                    Ok(mwc.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.ca_bundle.clone()).map(|_| ()))
+                }
+            })
+            .await?;
+            Api::<Secret>::namespaced(client.clone(), &ns).get(&format!("{full}-webhook-tls")).await?;
 
             // Not wider: the same identity may not delete, nor read Secrets elsewhere.
             let sa_client = Client::try_from(
