@@ -62,6 +62,10 @@ pub mod client_pod {
     pub const SUBCOMMAND: &str = "client-setup";
     /// How long the injected init container waits for the daemon by default, in seconds.
     pub const WAIT_SECONDS: u32 = 120;
+    /// Sidecar mode: the emptyDir shared by the daemon and the pod's containers, holding
+    /// dockerd's socket (`DOCKER_HOST=unix://SOCKET`).
+    pub const SOCKET_DIR: &str = "/dind/sock";
+    pub const SOCKET: &str = "/dind/sock/docker.sock";
 }
 
 /// Storage drivers `dind-init` knows how to place; anything else is refused by name.

@@ -31,11 +31,13 @@ pub fn dockerd_args(cfg: &Config, config_file: &Path) -> Vec<String> {
     let mut args = vec![
         format!("--config-file={}", config_file.display()),
         format!("--host=unix://{}", cfg.socket.display()),
-        format!("--host=tcp://0.0.0.0:{}", cfg.port),
         format!("--data-root={}", cfg.data_root.display()),
         format!("--exec-root={}", cfg.exec_root.display()),
         format!("--shutdown-timeout={}", cfg.shutdown_timeout),
     ];
+    if cfg.tcp {
+        args.insert(2, format!("--host=tcp://0.0.0.0:{}", cfg.port));
+    }
     match &cfg.tls {
         Some(tls) => args.extend([
             "--tlsverify".to_string(),
@@ -44,7 +46,8 @@ pub fn dockerd_args(cfg: &Config, config_file: &Path) -> Vec<String> {
             format!("--tlskey={}", tls.key.display()),
         ]),
         // Without an explicit --tls=false, dockerd on a TCP host waits 16 s and warns.
-        None => args.push("--tls=false".to_string()),
+        None if cfg.tcp => args.push("--tls=false".to_string()),
+        None => {}
     }
     args.extend(cfg.extra_args.iter().cloned());
     args
@@ -84,6 +87,20 @@ mod tests {
         assert!(args.contains(&"--host=tcp://0.0.0.0:2375".to_string()));
         assert_eq!(args.last().map(String::as_str), Some("-D"));
         assert!(!args.iter().any(|a| a.starts_with("--tlsverify")));
+    }
+
+    #[test]
+    fn without_tcp_only_the_unix_socket_listens() {
+        let c = cfg(&["--tcp=false", "--socket=/dind/sock/docker.sock"], &[]);
+        let args = dockerd_args(&c, Path::new("/x.json"));
+        assert!(args.contains(&"--host=unix:///dind/sock/docker.sock".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--host=tcp") || a.starts_with("--tls")), "{args:?}");
+        let env = BTreeMap::new();
+        for bad in [&["--tcp=false", "--tls=true"][..], &["--tcp=false", "--port=2376"], &["--tcp=false", "--tls-dir=/x"]] {
+            let args: Vec<String> = bad.iter().map(|s| (*s).to_string()).collect();
+            let err = parse(&args, &env).unwrap_err().to_string();
+            assert!(err.contains("--t") || err.contains("--port"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

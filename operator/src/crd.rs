@@ -71,8 +71,25 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
 #[x_kube(validation = kube::core::Rule::new("!(self.tls.enabled && self.port == 2375)")
     .message("port 2375 is Docker's plaintext port: use it only with tls.enabled=false")
     .field_path(".port"))]
+#[x_kube(validation = kube::core::Rule::new("self.mode == oldSelf.mode")
+    .message("mode cannot be changed on an existing DindDaemon: delete and re-create it").field_path(".mode"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.mode != 'Sidecar' || !(has(self.storage.storageClassName) || self.storage.retainOnDelete || self.storage.ephemeral)")
+    .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod, sized by storage.size: storage.storageClassName, retainOnDelete and ephemeral do not apply")
+    .field_path(".storage"))]
 #[serde(rename_all = "camelCase")]
 pub struct DindDaemonSpec {
+    /// How daemons run. `Pool` (default): a StatefulSet of `replicas` shared daemons, each with
+    /// its own volume and address, reached over mutual TLS. `Sidecar`: nothing runs on its own;
+    /// this DindDaemon is the template of a daemon that the operator's webhook puts into each
+    /// pod labelled `dind.dev/sidecar: NAME` (in a namespace labelled `dind.dev/injection:
+    /// enabled`): a native sidecar that starts before the pod's containers, answers on a unix
+    /// socket inside the pod only, keeps /var/lib/docker in an emptyDir (sizeLimit
+    /// `storage.size`, default 20Gi), and stops cleanly when the pod's containers end.
+    /// Cannot be changed.
+    #[serde(default)]
+    pub mode: DaemonMode,
+
     /// Daemon image: any `docker:<version>-dind` image (or one with dockerd, containerd, runc
     /// and iptables on its PATH). Default: the operator's `--default-image`, which is
     /// `docker:28.5.2-dind` unless the platform team changed it.
@@ -298,6 +315,16 @@ fn daemon_config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true},
         "not": {"anyOf": refused}
     })
+}
+
+/// How a DindDaemon's daemons run (see `spec.mode`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DaemonMode {
+    /// A StatefulSet of shared daemons (the default).
+    #[default]
+    Pool,
+    /// One daemon inside each pod that asks for it (label `dind.dev/sidecar: NAME`).
+    Sidecar,
 }
 
 /// How nested containers get the privileges they need.

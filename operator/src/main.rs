@@ -167,7 +167,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let source = webhook_source(&args.webhook, &args.lease_namespace);
         let handler = webhook::Handler {
             client: client.clone(),
-            default_init_image: args.default_init_image.clone(),
+            defaults: Defaults { image: args.default_image.clone(), init_image: args.default_init_image.clone() },
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
         };

@@ -41,6 +41,19 @@ pub const WAIT_CONTAINER: &str = "dind-wait";
 /// The injected volumes: the client Secret, and the writable Docker configuration.
 pub const CERTS_VOLUME: &str = "dind-client-certs";
 pub const CONFIG_VOLUME: &str = "dind-docker-config";
+/// Pod label that asks for a daemon of its own (a `Sidecar`-mode DindDaemon's name).
+pub const SIDECAR_LABEL: &str = "dind.dev/sidecar";
+/// Pod annotation the webhook writes once a pod has its sidecar (value: the DindDaemon).
+pub const SIDECAR_ANNOTATION: &str = "dind.dev/sidecar-injected";
+/// The sidecar's init containers and volumes.
+pub const SIDECAR_INSTALL: &str = "dind-install";
+pub const SIDECAR_DAEMON: &str = "dind-daemon";
+pub const SIDECAR_BIN_VOLUME: &str = "dind-bin";
+pub const SIDECAR_SOCKET_VOLUME: &str = "dind-sock";
+pub const SIDECAR_DATA_VOLUME: &str = "dind-data";
+/// The sidecar webhook's name, and its path.
+pub const SIDECAR_WEBHOOK: &str = "sidecar.dind.dev";
+pub const SIDECAR_PATH: &str = "/sidecar";
 /// The mutating webhook's name in its configuration (what the apiserver names in errors).
 pub const INJECT_WEBHOOK: &str = "inject.dind.dev";
 /// The path the webhook serves.

@@ -174,16 +174,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         condition(DEGRADED, false, "AsExpected", "no daemon is failing".into(), generation, &now)
     };
 
-    let previous = dd.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|mut c| {
-            if let Some(old) = previous.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
-                c.last_transition_time = old.last_transition_time.clone();
-            }
-            c
-        })
-        .collect();
+    let conditions = keep_transition_times(dd, [ready, progressing, degraded]);
 
     let docker_host = if desired == 1 { Some(service_host) } else { endpoints.first().map(|e| e.docker_host.clone()) };
     DindDaemonStatus {
@@ -198,6 +189,53 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     }
 }
 
+/// Conditions whose status did not change keep the time of their last transition.
+fn keep_transition_times(dd: &DindDaemon, conditions: [Condition; 3]) -> Vec<Condition> {
+    let previous = dd.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    conditions
+        .into_iter()
+        .map(|mut c| {
+            if let Some(old) = previous.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+/// The status of a `Sidecar`-mode DindDaemon: a template, Ready once accepted; its daemons
+/// start and stop with the pods that ask for them, so there is nothing to count.
+pub fn sidecar(dd: &DindDaemon, now: Time) -> DindDaemonStatus {
+    let generation = dd.metadata.generation;
+    let name = dd.name_any();
+    let ready = condition(
+        READY,
+        true,
+        "SidecarTemplate",
+        format!(
+            "pods labelled {}={name} in namespaces labelled {}={} get a daemon of their own",
+            crate::names::SIDECAR_LABEL,
+            crate::names::INJECTION_NAMESPACE_LABEL.0,
+            crate::names::INJECTION_NAMESPACE_LABEL.1
+        ),
+        generation,
+        &now,
+    );
+    let progressing =
+        condition(PROGRESSING, false, "Complete", "nothing to roll out: sidecars start with their pods".into(), generation, &now);
+    let degraded = condition(DEGRADED, false, "AsExpected", "no daemon runs on its own".into(), generation, &now);
+    DindDaemonStatus {
+        observed_generation: generation,
+        ready_replicas: 0,
+        ready: Some("sidecar".into()),
+        docker_host: Some(format!("unix://{}", dind_contract::client_pod::SOCKET)),
+        endpoints: Vec::new(),
+        client_secret_name: None,
+        storage_driver: dd.spec.daemon.storage_driver.map(|d| d.as_str().to_string()),
+        conditions: keep_transition_times(dd, [ready, progressing, degraded]),
+    }
+}
+
 /// The condition of `type_`, if present.
 pub fn find<'a>(status: Option<&'a DindDaemonStatus>, type_: &str) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
@@ -209,6 +247,20 @@ mod tests {
     use crate::crd::DindDaemonSpec;
     use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
+
+    #[test]
+    fn a_sidecar_template_is_ready_with_the_socket_and_no_endpoints() {
+        let spec: DindDaemonSpec = serde_json::from_value(json!({"mode": "Sidecar"})).unwrap();
+        let mut d = DindDaemon::new("job", spec);
+        d.metadata.generation = Some(1);
+        let s = sidecar(&d, Time(Timestamp::now()));
+        assert_eq!(s.ready.as_deref(), Some("sidecar"));
+        assert_eq!(s.docker_host.as_deref(), Some("unix:///dind/sock/docker.sock"));
+        assert!(s.endpoints.is_empty() && s.client_secret_name.is_none());
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "SidecarTemplate"));
+        assert!(ready.message.contains("dind.dev/sidecar=job"));
+    }
 
     fn dd(replicas: i32) -> DindDaemon {
         let spec: DindDaemonSpec = serde_json::from_value(json!({"replicas": replicas})).unwrap();

@@ -89,6 +89,18 @@ pub async fn register(client: &Client, ns: &str, configuration: &str, url: &str)
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns, "dind.dev/injection": "enabled"}},
             "objectSelector": {"matchExpressions": [{"key": "dind.dev/inject", "operator": "Exists"}]},
+        }, {
+            "name": "sidecar.dind.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "matchPolicy": "Equivalent",
+            "clientConfig": {"url": url.replace("/inject", "/sidecar")},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns, "dind.dev/injection": "enabled"}},
+            "objectSelector": {"matchExpressions": [{"key": "dind.dev/sidecar", "operator": "Exists"}]},
         }],
     }))?;
     api.create(&PostParams::default(), &mwc).await?;

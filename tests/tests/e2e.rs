@@ -467,3 +467,82 @@ async fn e2e_a_labelled_pod_gets_docker_for_todays_clients() {
     })
     .await;
 }
+
+/// A Job's pod shaped like an actions-runner-controller runner (a runner container and its work
+/// volume) with a daemon of its own: its first `docker version` succeeds, it builds from its
+/// work directory and bind-mounts it, and when it ends the sidecar stops cleanly.
+const SIDECAR_JOB_SCRIPT: &str = r#"set -e
+docker version --format 'first docker version: server {{.Server.Version}}'
+tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null
+echo from-the-workspace > data.txt
+printf 'FROM local/base\nCOPY data.txt /data.txt\nRUN echo built > /built.txt\n' > Dockerfile
+docker build -t app . >/dev/null 2>&1 && echo build-ok
+docker run --rm -v "$PWD":/src local/base cat /src/data.txt | sed 's/^/bind mount: /'
+docker run --rm app cat /data.txt /built.txt | tr '\n' ' ' | sed 's/^/image: /'
+"#;
+
+#[tokio::test]
+async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
+    require_node();
+    with_namespace("e2e-sidecar", |client, ns| async move {
+        let builds = format!("{ns}-builds");
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({"metadata": {"name": builds, "labels": {"dind.dev/injection": "enabled"}}}))?,
+            )
+            .await?;
+        let outcome = async {
+            install_operator_watching(&client, &ns, &builds).await?;
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: job}\nspec: {mode: Sidecar, storage: {size: 2Gi}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "job").await?;
+            let job = json!({
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "build"},
+                "spec": {"backoffLimit": 0, "template": {
+                    "metadata": {"labels": {"dind.dev/sidecar": "job"}},
+                    "spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "runner", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                            "workingDir": "/home/runner/_work", "command": ["/bin/sh", "-c", SIDECAR_JOB_SCRIPT],
+                            "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}]}],
+                        "volumes": [{"name": "work", "emptyDir": {}}]}}}
+            });
+            let started = Instant::now();
+            kubectl_apply(&builds, &job.to_string()).await?;
+            kubectl(&["wait", "-n", &builds, "--for=condition=Complete", "job/build", "--timeout=300s"])
+                .await
+                .context("the Job did not complete")?;
+            let took = started.elapsed();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
+            let pod =
+                pods.list(&ListParams::default().labels("job-name=build")).await?.items.into_iter().next().context("the Job's pod")?;
+            let name = pod.name_any();
+            let log = kubectl(&["logs", "-n", &builds, &name, "-c", "runner"]).await?;
+            for want in ["first docker version: server", "build-ok", "bind mount: from-the-workspace", "image: from-the-workspace built"] {
+                ensure!(log.contains(want), "{want:?} missing from the runner's log:\n{log}");
+            }
+            ensure!(!log.contains("Cannot connect"), "{log}");
+            // The sidecar stopped cleanly once the runner ended: dockerd exited 0.
+            let sidecar = pods
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.init_container_statuses)
+                .and_then(|cs| cs.into_iter().find(|c| c.name == "dind-daemon"))
+                .context("the sidecar's status")?;
+            let terminated = sidecar.state.and_then(|s| s.terminated).context("the sidecar is not terminated")?;
+            let daemon_log = kubectl(&["logs", "-n", &builds, &name, "-c", "dind-daemon"]).await.unwrap_or_default();
+            ensure!(terminated.exit_code == 0, "the sidecar exited {}:\n{daemon_log}", terminated.exit_code);
+            eprintln!("sidecar Job completed in {took:?}; sidecar exit code 0");
+            Ok(())
+        }
+        .await;
+        let _ = namespaces.delete(&builds, &DeleteParams::background()).await;
+        outcome
+    })
+    .await;
+}

@@ -195,3 +195,57 @@ async fn webhook_operator_down_refuses_labelled_pods_only() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn webhook_sidecar_mode_is_a_template_and_mismatched_labels_are_refused() {
+    with_namespace("webhook-sidecar", |client, ns| async move {
+        let _hook = webhook::start(&client, &ns, &[]).await?;
+        create(&client, &ns, "job", json!({"mode": "Sidecar", "storage": {"size": "5Gi"}})).await?;
+        create(&client, &ns, "pool", json!({"nodeSelector": no_node()})).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        let status = eventually("the sidecar template is Ready", WAIT, || {
+            let api = api.clone();
+            async move { Ok(api.get("job").await?.status.filter(|s| s.ready.as_deref() == Some("sidecar"))) }
+        })
+        .await?;
+        anyhow::ensure!(status.docker_host.as_deref() == Some("unix:///dind/sock/docker.sock"), "{status:?}");
+        let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
+        anyhow::ensure!(sts.get_opt("job").await?.is_none(), "a Sidecar-mode DindDaemon runs no StatefulSet");
+
+        // A pod asking for its own daemon gets it, as a native sidecar before its containers.
+        let mut pod = labelled_pod("own", "job");
+        pod["metadata"]["labels"] = json!({"dind.dev/sidecar": "job"});
+        let admitted = create_pod(&client, &ns, &pod).await?;
+        let inits = admitted.spec.clone().unwrap_or_default().init_containers.unwrap_or_default();
+        anyhow::ensure!(inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>() == ["dind-install", "dind-daemon"], "{inits:?}");
+        anyhow::ensure!(inits[1].restart_policy.as_deref() == Some("Always"), "not a native sidecar");
+        anyhow::ensure!(env_of(&admitted, "build") == vec![("DOCKER_HOST".into(), "unix:///dind/sock/docker.sock".into())]);
+
+        // Each label names a DindDaemon of the matching mode, or the pod is refused saying so.
+        let mut wrong = labelled_pod("wrong-sidecar", "pool");
+        wrong["metadata"]["labels"] = json!({"dind.dev/sidecar": "pool"});
+        let err = create_pod(&client, &ns, &wrong).await.expect_err("a Pool daemon as a sidecar").to_string();
+        anyhow::ensure!(err.contains("Pool mode") && err.contains("dind.dev/inject=pool"), "{err}");
+        let err = create_pod(&client, &ns, &labelled_pod("wrong-inject", "job")).await.expect_err("a Sidecar daemon's clients").to_string();
+        anyhow::ensure!(err.contains("Sidecar mode") && err.contains("dind.dev/sidecar=job"), "{err}");
+        let mut missing = labelled_pod("missing", "nope");
+        missing["metadata"]["labels"] = json!({"dind.dev/sidecar": "nope"});
+        let err = create_pod(&client, &ns, &missing).await.expect_err("a missing DindDaemon").to_string();
+        anyhow::ensure!(err.contains("\"nope\"") && err.contains(&ns), "{err}");
+
+        // The mode cannot change; sidecar storage is the pod's.
+        let err = api
+            .patch("job", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": {"mode": "Pool"}})))
+            .await
+            .expect_err("mode change")
+            .to_string();
+        anyhow::ensure!(err.contains("mode cannot be changed"), "{err}");
+        let err = create(&client, &ns, "bad", json!({"mode": "Sidecar", "storage": {"storageClassName": "fast"}}))
+            .await
+            .expect_err("sidecar with a storage class")
+            .to_string();
+        anyhow::ensure!(err.contains("Sidecar mode") && err.contains("storageClassName"), "{err}");
+        Ok(())
+    })
+    .await;
+}

@@ -76,6 +76,8 @@ pub struct TlsFiles {
 /// Everything `dind-init run` needs, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Whether dockerd listens on TCP at all (false: only its unix socket).
+    pub tcp: bool,
     pub port: u16,
     /// `None` when TLS was explicitly turned off.
     pub tls: Option<TlsFiles>,

@@ -15,6 +15,12 @@ pub(super) const SETTINGS: &[Setting] = &[
         repeatable: false,
         help: "TCP port of dockerd (default 2376, or 2375 with --tls=false)",
     },
+    Setting {
+        flag: "tcp",
+        env: &["DIND_INIT_TCP"],
+        repeatable: false,
+        help: "listen on TCP: true (default) or false (only the unix socket, e.g. a sidecar)",
+    },
     Setting { flag: "tls", env: &["DIND_INIT_TLS"], repeatable: false, help: "mutual TLS on the TCP port: true (default) or false" },
     Setting {
         flag: "tls-dir",

@@ -124,10 +124,22 @@ fn run_config(
     env: &BTreeMap<String, String>,
     passthrough: Vec<String>,
 ) -> Result<Config, ConfigError> {
-    let tls_on = match one("tls") {
+    let tcp = match one("tcp") {
         Some(r) => parse_bool(&r)?,
         None => true,
     };
+    // TLS guards the TCP listener: without one (a sidecar that answers on its unix socket
+    // only) there is nothing to guard, and TLS settings are a mistake worth naming.
+    let tls_on = match one("tls") {
+        Some(r) if !tcp && parse_bool(&r)? => {
+            return Err(ConfigError::new(r.origin, "TLS guards the TCP listener, and --tcp=false turns it off"));
+        }
+        Some(r) => parse_bool(&r)?,
+        None => tcp,
+    };
+    if !tcp && let Some(r) = one("port") {
+        return Err(ConfigError::new(r.origin, "a port needs the TCP listener, and --tcp=false turns it off"));
+    }
     let tls = if tls_on {
         let dir = one("tls-dir").map_or_else(|| PathBuf::from(dind_contract::SERVER_TLS_DIR), |r| PathBuf::from(r.value));
         let file = |flag: &str, default: &str| one(flag).map_or_else(|| dir.join(default), |r| PathBuf::from(r.value));
@@ -139,7 +151,7 @@ fn run_config(
     } else {
         for flag in ["tls-dir", "tls-ca", "tls-cert", "tls-key"] {
             if let Some(r) = one(flag) {
-                return Err(ConfigError::new(r.origin, "TLS files given but TLS is off (--tls=false)"));
+                return Err(ConfigError::new(r.origin, "TLS files given but TLS is off (--tls=false or --tcp=false)"));
             }
         }
         None
@@ -229,6 +241,7 @@ fn run_config(
     extra_args.extend(passthrough);
 
     Ok(Config {
+        tcp,
         port,
         tls,
         mtu,

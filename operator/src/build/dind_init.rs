@@ -6,15 +6,33 @@ use crate::error::{Error, Result};
 /// dockerd's grace for its containers; the pod's grace must exceed it so dockerd exits cleanly.
 pub const DOCKERD_SHUTDOWN_TIMEOUT: i64 = dind_contract::SHUTDOWN_TIMEOUT as i64;
 
+/// Where the daemon answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// On `spec.port`, with mutual TLS when `tls` (a pool daemon); `tls` is decided once per
+    /// reconcile (see `build`).
+    Tcp { tls: bool },
+    /// On its unix socket only (a sidecar: the pod's containers share the socket's volume).
+    SocketOnly,
+}
+
 /// dind-init's arguments for this spec: everything the daemon needs, as flags we own.
-/// `tls_on` is decided once per reconcile (see `build`).
-pub fn dind_init_args(dd: &DindDaemon, tls_on: bool) -> Result<Vec<String>> {
+pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
     let spec = &dd.spec;
-    let mut args = vec![format!("--port={}", spec.port), format!("--shutdown-timeout={DOCKERD_SHUTDOWN_TIMEOUT}")];
-    if tls_on {
-        args.push(format!("--tls-dir={}", dind_contract::SERVER_TLS_DIR));
-    } else {
-        args.push("--tls=false".to_string());
+    let mut args = vec![format!("--shutdown-timeout={DOCKERD_SHUTDOWN_TIMEOUT}")];
+    match listen {
+        Listen::Tcp { tls: true } => {
+            args.insert(0, format!("--port={}", spec.port));
+            args.push(format!("--tls-dir={}", dind_contract::SERVER_TLS_DIR));
+        }
+        Listen::Tcp { tls: false } => {
+            args.insert(0, format!("--port={}", spec.port));
+            args.push("--tls=false".to_string());
+        }
+        Listen::SocketOnly => {
+            args.push("--tcp=false".to_string());
+            args.push(format!("--socket={}", dind_contract::client_pod::SOCKET));
+        }
     }
     if let Some(mtu) = spec.daemon.mtu {
         args.push(format!("--mtu={mtu}"));

@@ -9,6 +9,7 @@ mod dind_init;
 mod network_policy;
 mod secrets;
 mod services;
+mod sidecar;
 mod statefulset;
 #[cfg(test)]
 mod tests;
@@ -20,8 +21,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, dind_init_args};
+pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
+pub use sidecar::{Sidecar, sidecar};
 pub use statefulset::CAPABILITIES;
 
 use crate::crd::DindDaemon;

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
-use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, dind_init_args};
+use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 use super::{Defaults, meta};
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
 use crate::error::Result;
@@ -117,6 +117,50 @@ fn liveness() -> Probe {
     }
 }
 
+/// The init container that copies `dind-init` into the `dind-bin` volume (the init image is
+/// FROM scratch and holds only the binary).
+pub fn install_container(image: String) -> Container {
+    Container {
+        name: "install-dind-init".into(),
+        image: Some(image),
+        command: Some(vec!["/dind-init".into(), "install".into(), BIN_DIR.into()]),
+        volume_mounts: Some(vec![VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), ..Default::default() }]),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The daemon container: the daemon image with `dind-init` (from `dind-bin`) as PID 1.
+pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>, mounts: Vec<VolumeMount>) -> Container {
+    let spec = &dd.spec;
+    Container {
+        name: "dockerd".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
+        command: Some(vec![format!("{BIN_DIR}/{BINARY}")]),
+        args: Some(args),
+        volume_mounts: Some(mounts),
+        resources: spec.resources.clone(),
+        security_context: Some(security_context(spec.security.mode)),
+        // Start: the postStart gate holds the container until dockerd answers (up to 2 minutes
+        // for a first start on a slow volume); with no readiness probe it is Ready from then on.
+        // A dockerd that stops answering later is restarted by the liveness probe (2 min), and
+        // one that exits ends PID 1 and so the container. dind-init's last error (e.g. the lock
+        // holder) shows in the pod's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        lifecycle: Some(start_gate()),
+        liveness_probe: Some(liveness()),
+        ..Default::default()
+    }
+}
+
 /// The PVC retention policy string for `storage.retainOnDelete`.
 fn retention(retain: bool) -> String {
     if retain { "Retain" } else { "Delete" }.to_string()
@@ -176,47 +220,15 @@ pub fn daemon_statefulset(
             ..Default::default()
         }]);
     }
-    let args = dind_init_args(dd, certs.is_some())?;
-    let install = Container {
-        name: "install-dind-init".into(),
-        image: Some(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone())),
-        command: Some(vec!["/dind-init".into(), "install".into(), BIN_DIR.into()]),
-        volume_mounts: Some(vec![VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), ..Default::default() }]),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
+    let args = dind_init_args(dd, Listen::Tcp { tls: certs.is_some() })?;
+    let install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
+    let mut daemon = daemon_container(dd, defaults, args, mounts);
+    daemon.ports = Some(vec![ContainerPort {
+        name: Some("docker".into()),
+        container_port: spec.port,
+        protocol: Some("TCP".into()),
         ..Default::default()
-    };
-    let daemon = Container {
-        name: "dockerd".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
-        command: Some(vec![format!("{BIN_DIR}/{BINARY}")]),
-        args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("docker".into()),
-            container_port: spec.port,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        volume_mounts: Some(mounts),
-        resources: spec.resources.clone(),
-        security_context: Some(security_context(spec.security.mode)),
-        // Start: the postStart gate holds the container until dockerd answers (up to 2 minutes
-        // for a first start on a slow volume); with no readiness probe it is Ready from then on.
-        // A dockerd that stops answering later is restarted by the liveness probe (2 min), and
-        // one that exits ends PID 1 and so the container. dind-init's last error (e.g. the lock
-        // holder) shows in the pod's status.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        lifecycle: Some(start_gate()),
-        liveness_probe: Some(liveness()),
-        ..Default::default()
-    };
+    }]);
     Ok(StatefulSet {
         metadata: meta(dd, names, &names.statefulset, owner),
         spec: Some(StatefulSetSpec {

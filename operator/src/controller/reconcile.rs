@@ -29,7 +29,7 @@ use super::memory::backoff;
 use super::{Context, observe};
 use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::build;
-use crate::crd::DindDaemon;
+use crate::crd::{DaemonMode, DindDaemon};
 use crate::error::{Error, Result};
 use crate::metrics::{DaemonLabels, ErrorLabels};
 use crate::names::{FIELD_MANAGER, Names};
@@ -89,6 +89,13 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     }
     let uid = dd.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let names = Names::of(&dd.name_any());
+    if dd.spec.mode == DaemonMode::Sidecar {
+        // A template: the webhook puts its daemons into pods; nothing runs on its own.
+        let new_status = status::sidecar(dd, Time(k8s_openapi::jiff::Timestamp::now()));
+        announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
+        write_status(ctx, dd, &ns, &names, &new_status).await?;
+        return Ok(Action::await_change());
+    }
 
     // 1. Read. Until the caches have listed, a missing object may only be unlisted: wait.
     ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
@@ -126,12 +133,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         .ready_daemons
         .get_or_create(&DaemonLabels { namespace: ns.clone(), name: names.daemon.clone() })
         .set(i64::from(new_status.ready_replicas));
-    if dd.status.as_ref() != Some(&new_status) {
-        let api: Api<DindDaemon> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "status": new_status});
-        api.patch_status(&names.daemon, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-        ctx.metrics.status_updates.inc();
-    }
+    write_status(ctx, dd, &ns, &names, &new_status).await?;
     if let Some(e) = apply_error {
         // Retried with backoff; the user sees it in the Degraded condition and its event.
         return Err(e);
@@ -143,6 +145,17 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         recheck = recheck.min(after);
     }
     Ok(Action::requeue(recheck))
+}
+
+/// Writes `new_status` when it differs from what the DindDaemon shows.
+async fn write_status(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, new_status: &crate::crd::DindDaemonStatus) -> Result<()> {
+    if dd.status.as_ref() != Some(new_status) {
+        let api: Api<DindDaemon> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "status": new_status});
+        api.patch_status(&names.daemon, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.metrics.status_updates.inc();
+    }
+    Ok(())
 }
 
 /// Steps 2-4: certificates (TLS on only), build, apply or skip. Returns the certificates in

@@ -1,10 +1,14 @@
-//! The injection webhook: a pod labelled `dind.dev/inject: NAME` (in a namespace labelled
-//! `dind.dev/injection: enabled`) gets Docker from DindDaemon NAME with no setup.
+//! The injection webhooks: a pod labelled `dind.dev/inject: NAME` (in a namespace labelled
+//! `dind.dev/injection: enabled`) gets Docker from DindDaemon NAME's shared daemons with no
+//! setup (`/inject`); one labelled `dind.dev/sidecar: NAME` gets a daemon of its own from
+//! `Sidecar`-mode DindDaemon NAME (`/sidecar`). One server, one certificate.
 //!
 //! Where it starts: [`run`], called by `main` on every replica (only the leader reconciles, but
 //! every replica admits pods). The parts:
 //! - [`inject`]: what a pod gets, as a JSON Patch of the raw pod (pure, unit-tested);
 //! - [`sticky`]: which replica a pod gets (pure);
+//! - [`sidecar`]: what a pod labelled `dind.dev/sidecar: NAME` gets: a daemon of its own, as
+//!   a native sidecar (pure; the containers come from `build::sidecar`);
 //! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);
 //! - [`keeper`]: the Secret, the resolver and the configuration's `caBundle` (I/O);
 //! - [`serve`]: the HTTPS server and the AdmissionReview handler (I/O).
@@ -13,6 +17,7 @@ pub mod certs;
 pub mod inject;
 pub mod keeper;
 pub mod serve;
+pub mod sidecar;
 pub mod sticky;
 
 use std::net::SocketAddr;
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use kube::Client;
 
 pub use keeper::Source;
-pub use serve::{Handler, Resolver};
+pub use serve::{Handler, Resolver, Webhook};
 
 /// Serves the webhook on `addr` and keeps its certificate, until `shutdown`.
 pub async fn run(

@@ -19,7 +19,9 @@ use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
 
 use super::inject::{self, Target};
-use crate::crd::DindDaemon;
+use super::sidecar;
+use crate::build::{self, Defaults};
+use crate::crd::{DaemonMode, DindDaemon};
 use crate::metrics::{AdmissionLabels, Metrics};
 use crate::names;
 use crate::tls::Pair;
@@ -60,14 +62,33 @@ impl ResolvesServerCert for Resolver {
 #[derive(Clone)]
 pub struct Handler {
     pub client: Client,
-    pub default_init_image: String,
+    /// The daemon and dind-init images of DindDaemons that name none.
+    pub defaults: Defaults,
     pub wait_seconds: u32,
     pub metrics: Metrics,
 }
 
+/// Which of the two webhooks a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Webhook {
+    /// `dind.dev/inject`: a pool daemon's client.
+    Inject,
+    /// `dind.dev/sidecar`: a daemon of the pod's own.
+    Sidecar,
+}
+
+impl Webhook {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Inject => names::INJECT_LABEL,
+            Self::Sidecar => names::SIDECAR_LABEL,
+        }
+    }
+}
+
 impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler").field("default_init_image", &self.default_init_image).field("wait_seconds", &self.wait_seconds).finish()
+        f.debug_struct("Handler").field("defaults", &self.defaults).field("wait_seconds", &self.wait_seconds).finish()
     }
 }
 
@@ -76,10 +97,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Handler {
     /// The AdmissionReview response for one request.
-    pub async fn review(&self, review: &Value) -> Value {
+    pub async fn review(&self, review: &Value, webhook: Webhook) -> Value {
         let request = &review["request"];
         let uid = request["uid"].clone();
-        let (outcome, response) = match self.decide(request).await {
+        let (outcome, response) = match self.decide(request, webhook).await {
             Ok(None) => ("skipped", json!({"uid": uid, "allowed": true})),
             Ok(Some(patch)) if patch.is_empty() => ("unchanged", json!({"uid": uid, "allowed": true})),
             Ok(Some(patch)) => {
@@ -95,12 +116,12 @@ impl Handler {
     }
 
     /// None: not ours to touch. Some(patch): the JSON Patch. Err: the refusal's message.
-    async fn decide(&self, request: &Value) -> Result<Option<Vec<Value>>, String> {
+    async fn decide(&self, request: &Value, webhook: Webhook) -> Result<Option<Vec<Value>>, String> {
         if request["kind"]["kind"] != "Pod" || request["operation"] != "CREATE" || request["subResource"].is_string() {
             return Ok(None);
         }
         let pod = &request["object"];
-        let Some(daemon) = pod["metadata"]["labels"][names::INJECT_LABEL].as_str() else { return Ok(None) };
+        let Some(daemon) = pod["metadata"]["labels"][webhook.label()].as_str() else { return Ok(None) };
         let namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
         let api: Api<DindDaemon> = Api::namespaced(self.client.clone(), namespace);
         let dd = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(daemon)).await {
@@ -108,27 +129,54 @@ impl Handler {
             Ok(Ok(None)) => {
                 return Err(format!(
                     "DindDaemon {daemon:?} not found in namespace {namespace:?} (named by pod label {}); create it, or fix the label",
-                    names::INJECT_LABEL
+                    webhook.label()
                 ));
             }
             Ok(Err(e)) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?}: {e}")),
             Err(_) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?} within {READ_TIMEOUT:?}")),
         };
-        let target = Target::of(&dd, namespace, &self.default_init_image);
-        let plan = inject::plan(pod, &target, self.wait_seconds).map_err(|r| r.0)?;
+        let plan = match (webhook, dd.spec.mode) {
+            (Webhook::Inject, DaemonMode::Pool) => {
+                inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
+            }
+            (Webhook::Sidecar, DaemonMode::Sidecar) => {
+                let parts = build::sidecar(&dd, &self.defaults).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?
+            }
+            (Webhook::Inject, DaemonMode::Sidecar) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} in namespace {namespace:?} is in Sidecar mode: label the pod {}={daemon} for a daemon of its own",
+                    names::SIDECAR_LABEL
+                ));
+            }
+            (Webhook::Sidecar, DaemonMode::Pool) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} in namespace {namespace:?} is in Pool mode (spec.mode): label the pod {}={daemon} to use its shared daemons, or name a DindDaemon with spec.mode: Sidecar",
+                    names::INJECT_LABEL
+                ));
+            }
+        };
         let pod_name = pod["metadata"]["name"].as_str().or_else(|| pod["metadata"]["generateName"].as_str()).unwrap_or_default();
-        tracing::info!(namespace, pod = pod_name, daemon, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
+        tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
         Ok(Some(plan.patch))
     }
 }
 
 async fn inject_route(State(handler): State<Arc<Handler>>, body: axum::body::Bytes) -> impl IntoResponse {
+    route(&handler, &body, Webhook::Inject).await
+}
+
+async fn sidecar_route(State(handler): State<Arc<Handler>>, body: axum::body::Bytes) -> impl IntoResponse {
+    route(&handler, &body, Webhook::Sidecar).await
+}
+
+async fn route(handler: &Handler, body: &[u8], webhook: Webhook) -> impl IntoResponse + use<> {
     let started = Instant::now();
-    let review: Value = match serde_json::from_slice(&body) {
+    let review: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], format!("not an AdmissionReview: {e}")),
     };
-    let answer = handler.review(&review).await;
+    let answer = handler.review(&review, webhook).await;
     handler.metrics.admission_seconds.observe(started.elapsed().as_secs_f64());
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], answer.to_string())
 }
@@ -144,7 +192,10 @@ pub async fn serve(
     let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let app = Router::new().route(names::INJECT_PATH, post(inject_route)).with_state(Arc::new(handler));
+    let app = Router::new()
+        .route(names::INJECT_PATH, post(inject_route))
+        .route(names::SIDECAR_PATH, post(sidecar_route))
+        .with_state(Arc::new(handler));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, path = names::INJECT_PATH, "serving the injection webhook");
     tokio::pin!(shutdown);

@@ -7,6 +7,8 @@
 //!    init container waits for the daemon) vs the same pod wired by hand (env, certificates and a
 //!    retry loop, 100 ms steps), median of RUNS each. Needs the node; the operator is installed
 //!    from the chart. Times come from /proc/uptime (this machine is the node), 10 ms steps.
+//! 3. The same for a pod with a daemon of its own (`Sidecar` mode, /var/lib/docker in an
+//!    emptyDir) vs the same pod with no Docker at all (the floor).
 //!
 //!   cargo build -p dind-operator && cargo run --release -p dind-tests --bin bench-webhook [-- RUNS]
 

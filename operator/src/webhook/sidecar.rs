@@ -1,0 +1,165 @@
+//! What a pod labelled `dind.dev/sidecar: NAME` gets, as a JSON Patch on the raw pod (pure):
+//! the daemon of `Sidecar`-mode DindDaemon NAME as a native sidecar (`build::sidecar`), and in
+//! each of its containers `DOCKER_HOST=unix:///dind/sock/docker.sock` and the socket's volume.
+//!
+//! The pod's workspace is the daemon's too: every writable volume the pod's containers mount
+//! (emptyDir, PVC, hostPath, generic ephemeral, CSI, NFS) is mounted at the same path in the
+//! daemon, so `docker run -v "$PWD":/src` and compose bind mounts see the job's files (the
+//! daemon resolves bind-mount paths in its own filesystem).
+
+use std::collections::BTreeSet;
+
+use dind_contract::client_pod::{SOCKET, SOCKET_DIR};
+use serde_json::{Value, json};
+
+use super::inject::{Plan, Refusal};
+use crate::build::Sidecar;
+use crate::names;
+
+/// Volume kinds that hold a workspace (writable, shared within the pod).
+const WORKSPACE_KINDS: &[&str] = &["emptyDir", "persistentVolumeClaim", "hostPath", "ephemeral", "csi", "nfs"];
+
+/// Paths the daemon container uses itself (and their subtrees), or system directories that a
+/// workspace mount would hide in the daemon image.
+fn reserved(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
+    ["/dind", "/var/lib/docker", "/proc", "/sys", "/dev"].iter().any(|r| under(r))
+        || ["", "/etc", "/usr", "/bin", "/sbin", "/lib", "/run", "/var", "/var/run", "/tmp"].contains(&path)
+}
+
+fn opt_outs(pod: &Value) -> BTreeSet<String> {
+    pod["metadata"]["annotations"][names::OPT_OUT_ANNOTATION]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The patch for `pod` (DindDaemon `daemon`, whose sidecar is `parts`). Empty when the pod
+/// already has everything (re-invocation, re-submission).
+pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal> {
+    let injected_before = pod["metadata"]["annotations"][names::SIDECAR_ANNOTATION].as_str();
+    if injected_before.is_some_and(|d| d != daemon) {
+        return Err(Refusal(format!("the pod already has the sidecar of DindDaemon {:?}", injected_before.unwrap_or_default())));
+    }
+    let ours = [names::SIDECAR_INSTALL, names::SIDECAR_DAEMON];
+    let mut new = pod.clone();
+    let mut inits = new["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+    let mut containers = new["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    if injected_before.is_none() {
+        // A container named like ours is someone else's: refuse rather than overwrite it.
+        for c in inits.iter().chain(containers.iter()) {
+            let name = c["name"].as_str().unwrap_or_default();
+            if ours.contains(&name) {
+                return Err(Refusal(format!(
+                    "the pod already has a container named {name:?}; the sidecar webhook adds its own of that name: rename yours"
+                )));
+            }
+        }
+        let mut volumes = new["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        for v in &parts.volumes {
+            if volumes.iter().any(|have| have["name"].as_str() == Some(v.name.as_str())) {
+                return Err(Refusal(format!(
+                    "the pod already has a volume named {:?}; the sidecar webhook adds its own: rename yours",
+                    v.name
+                )));
+            }
+            volumes.push(serde_json::to_value(v).map_err(|e| Refusal(e.to_string()))?);
+        }
+        new["spec"]["volumes"] = Value::Array(volumes);
+        let added: Vec<Value> =
+            parts.init_containers.iter().map(serde_json::to_value).collect::<Result<_, _>>().map_err(|e| Refusal(e.to_string()))?;
+        inits.splice(0..0, added);
+        annotate(&mut new, daemon);
+    }
+
+    let opt_out = opt_outs(pod);
+    let volume_kinds: Vec<(String, bool)> = new["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["name"].as_str().unwrap_or_default().to_string(), WORKSPACE_KINDS.iter().any(|k| v.get(*k).is_some())))
+        .collect();
+    let is_workspace = |volume: &str| volume_kinds.iter().any(|(n, w)| n == volume && *w) && !volume.starts_with("dind-");
+    let mut injected = Vec::new();
+    let mut workspace: Vec<Value> = Vec::new();
+    let mut inject = |c: &mut Value, label: String| -> Result<(), Refusal> {
+        let cname = c["name"].as_str().unwrap_or_default().to_string();
+        if ours.contains(&cname.as_str()) || opt_out.contains(&cname) {
+            return Ok(());
+        }
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let (volume, path) = (m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default());
+            if is_workspace(volume) && !reserved(path) && !workspace.iter().any(|w| w["mountPath"] == path) {
+                let mut w = json!({"name": volume, "mountPath": path});
+                for key in ["subPath", "subPathExpr", "readOnly"] {
+                    if let Some(v) = m.get(key) {
+                        w[key] = v.clone();
+                    }
+                }
+                workspace.push(w);
+            }
+        }
+        let obj = c.as_object_mut().ok_or_else(|| Refusal(format!("container {cname:?} is not an object")))?;
+        let env = obj.entry("env").or_insert_with(|| json!([]));
+        let env = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
+        if !env.iter().any(|e| e["name"] == "DOCKER_HOST") {
+            env.push(json!({"name": "DOCKER_HOST", "value": format!("unix://{SOCKET}")}));
+            injected.push(label);
+        }
+        let mounts = obj.entry("volumeMounts").or_insert_with(|| json!([]));
+        let mounts = mounts.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: volumeMounts is not a list")))?;
+        if !mounts.iter().any(|m| m["name"] == names::SIDECAR_SOCKET_VOLUME) {
+            if let Some(m) = mounts.iter().find(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(SOCKET_DIR)) {
+                return Err(Refusal(format!(
+                    "container {cname:?} already mounts {:?} at {SOCKET_DIR}, where the daemon's socket goes",
+                    m["name"]
+                )));
+            }
+            mounts.push(json!({"name": names::SIDECAR_SOCKET_VOLUME, "mountPath": SOCKET_DIR}));
+        }
+        Ok(())
+    };
+    for c in &mut inits {
+        let label = format!("initContainers/{}", c["name"].as_str().unwrap_or_default());
+        inject(c, label)?;
+    }
+    for c in &mut containers {
+        let label = c["name"].as_str().unwrap_or_default().to_string();
+        inject(c, label)?;
+    }
+    // The daemon sees the workspace at the same paths.
+    if let Some(daemon_c) = inits.iter_mut().find(|c| c["name"] == names::SIDECAR_DAEMON) {
+        let mounts = daemon_c["volumeMounts"].as_array_mut().ok_or_else(|| Refusal("the sidecar has no volumeMounts".into()))?;
+        for w in workspace {
+            if !mounts.iter().any(|m| m["mountPath"] == w["mountPath"]) {
+                mounts.push(w);
+            }
+        }
+    }
+    new["spec"]["initContainers"] = Value::Array(inits);
+    new["spec"]["containers"] = Value::Array(containers);
+
+    let mut patch = Vec::new();
+    for (parent, key) in [("metadata", "annotations"), ("spec", "volumes"), ("spec", "initContainers"), ("spec", "containers")] {
+        if pod[parent].get(key) != new[parent].get(key) {
+            patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));
+        }
+    }
+    Ok(Plan { patch, docker_host: format!("unix://{SOCKET}"), injected })
+}
+
+fn annotate(pod: &mut Value, daemon: &str) {
+    if !pod["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    pod["metadata"]["annotations"][names::SIDECAR_ANNOTATION] = json!(daemon);
+}
+
+#[cfg(test)]
+#[path = "sidecar_tests.rs"]
+mod tests;

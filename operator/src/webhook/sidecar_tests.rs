@@ -1,0 +1,94 @@
+use super::*;
+use crate::build::{Defaults, sidecar};
+use crate::crd::DindDaemon;
+
+fn parts() -> Sidecar {
+    let dd: DindDaemon = serde_json::from_value(json!({
+        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
+        "metadata": {"name": "job", "namespace": "ci", "uid": "u1"},
+        "spec": {"mode": "Sidecar", "storage": {"size": "5Gi"}, "resources": {"limits": {"memory": "2Gi"}}}
+    }))
+    .unwrap();
+    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }).unwrap()
+}
+
+/// A pod shaped like an actions-runner-controller runner: a runner container with a work volume.
+fn runner_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "runner", "labels": {"dind.dev/sidecar": "job"}, "futureField": 1},
+        "spec": {
+            "containers": [{"name": "runner", "image": "runner", "volumeMounts": [
+                {"name": "work", "mountPath": "/home/runner/_work"},
+                {"name": "config", "mountPath": "/etc/runner", "readOnly": true}]}],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "config", "configMap": {"name": "c"}}],
+        }
+    })
+}
+
+fn apply(pod: &Value, patch: &[Value]) -> Value {
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch.to_vec())).unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    out
+}
+
+#[test]
+fn the_daemon_is_a_native_sidecar_before_the_containers_with_a_socket_only() {
+    let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts()).unwrap().patch);
+    let inits = out["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(inits.iter().map(|c| c["name"].as_str().unwrap()).collect::<Vec<_>>(), ["dind-install", "dind-daemon"]);
+    let daemon = &inits[1];
+    assert_eq!(daemon["restartPolicy"], "Always");
+    let args: Vec<&str> = daemon["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.contains(&"--tcp=false") && args.contains(&"--socket=/dind/sock/docker.sock"), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--port") || a.starts_with("--tls")), "{args:?}");
+    assert!(daemon.get("ports").is_none(), "nothing listens on the pod network");
+    assert_eq!(daemon["lifecycle"]["postStart"]["exec"]["command"][1], "wait");
+    assert_eq!(daemon["resources"]["limits"]["memory"], "2Gi");
+    let data = out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "dind-data").unwrap().clone();
+    assert_eq!(data["emptyDir"]["sizeLimit"], "5Gi");
+    let runner = &out["spec"]["containers"][0];
+    assert_eq!(runner["env"], json!([{"name": "DOCKER_HOST", "value": "unix:///dind/sock/docker.sock"}]));
+    assert!(runner["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-sock" && m["mountPath"] == "/dind/sock"));
+    assert_eq!(out["metadata"]["futureField"], 1);
+    assert_eq!(out["metadata"]["annotations"]["dind.dev/sidecar-injected"], "job");
+}
+
+#[test]
+fn the_workspace_is_mounted_at_the_same_path_in_the_daemon() {
+    let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts()).unwrap().patch);
+    let mounts = out["spec"]["initContainers"][1]["volumeMounts"].as_array().unwrap().clone();
+    assert!(mounts.iter().any(|m| m["name"] == "work" && m["mountPath"] == "/home/runner/_work"), "{mounts:?}");
+    assert!(!mounts.iter().any(|m| m["name"] == "config"), "a ConfigMap is no workspace");
+    // Reserved paths are never mirrored.
+    let mut pod = runner_pod();
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "work", "mountPath": "/var/lib/docker"}, {"name": "work", "mountPath": "/tmp"}]);
+    let out = apply(&pod, &plan(&pod, "job", &parts()).unwrap().patch);
+    let mounts = out["spec"]["initContainers"][1]["volumeMounts"].as_array().unwrap().clone();
+    assert_eq!(mounts.iter().filter(|m| m["name"] == "work").count(), 0, "{mounts:?}");
+}
+
+#[test]
+fn re_invocation_injects_nothing_twice_and_new_containers_get_docker() {
+    let first = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts()).unwrap().patch);
+    assert!(plan(&first, "job", &parts()).unwrap().patch.is_empty());
+    // Another webhook added a container after us.
+    let mut later = first.clone();
+    later["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "late", "image": "x"}));
+    let out = apply(&later, &plan(&later, "job", &parts()).unwrap().patch);
+    assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 2);
+    assert_eq!(out["spec"]["containers"][1]["env"][0]["name"], "DOCKER_HOST");
+}
+
+#[test]
+fn a_container_or_volume_named_like_ours_is_refused_not_overwritten() {
+    let mut pod = runner_pod();
+    pod["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "dind-daemon", "image": "mine"}));
+    let err = plan(&pod, "job", &parts()).unwrap_err();
+    assert!(err.0.contains("dind-daemon") && err.0.contains("rename"), "{}", err.0);
+    let mut pod = runner_pod();
+    pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "dind-sock", "emptyDir": {}}));
+    assert!(plan(&pod, "job", &parts()).unwrap_err().0.contains("dind-sock"));
+}
