@@ -74,9 +74,11 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
 #[x_kube(validation = kube::core::Rule::new("self.mode == oldSelf.mode")
     .message("mode cannot be changed on an existing DindDaemon: delete and re-create it").field_path(".mode"))]
 #[x_kube(validation = kube::core::Rule::new(
-    "self.mode != 'Sidecar' || !(has(self.storage.storageClassName) || self.storage.retainOnDelete || self.storage.ephemeral)")
-    .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod, sized by storage.size: storage.storageClassName, retainOnDelete and ephemeral do not apply")
+    "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
+    .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
+#[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
+    .message("volumePool needs mode: Sidecar (a Pool daemon has a volume of its own)").field_path(".volumePool"))]
 #[serde(rename_all = "camelCase")]
 pub struct DindDaemonSpec {
     /// How daemons run. `Pool` (default): a StatefulSet of `replicas` shared daemons, each with
@@ -89,6 +91,15 @@ pub struct DindDaemonSpec {
     /// Cannot be changed.
     #[serde(default)]
     pub mode: DaemonMode,
+
+    /// Sidecar mode only: warm volumes handed from pod to pod. The operator keeps `size`
+    /// PersistentVolumeClaims (`NAME-cache-i`, `storage.size` each, in
+    /// `storage.storageClassName`); the webhook leases a free one to each pod for its
+    /// /var/lib/docker (the same pipeline's key gets the same volume when it is free), and the
+    /// lease ends when the pod has finished or is gone. Without it each pod starts with an
+    /// empty emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_pool: Option<VolumePoolSpec>,
 
     /// Daemon image: any `docker:<version>-dind` image (or one with dockerd, containerd, runc
     /// and iptables on its PATH). Default: the operator's `--default-image`, which is
@@ -327,6 +338,42 @@ pub enum DaemonMode {
     Sidecar,
 }
 
+/// Warm volumes for sidecar daemons (see `spec.volumePool`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePoolSpec {
+    /// How many volumes to keep (1-64): at most this many pods have a warm cache at once.
+    #[schemars(range(min = 1, max = 64))]
+    pub size: i32,
+    /// What a pod gets when every volume is leased: `EmptyDir` (default: it runs with an empty
+    /// cache, and the DindDaemon gets a Warning event) or `Refuse` (the pod is refused, naming
+    /// the pool; CI systems retry).
+    #[serde(default)]
+    pub when_exhausted: WhenExhausted,
+}
+
+/// See `volumePool.whenExhausted`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WhenExhausted {
+    #[default]
+    EmptyDir,
+    Refuse,
+}
+
+/// One volume of a sidecar DindDaemon's pool.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolVolume {
+    /// The PersistentVolumeClaim.
+    pub name: String,
+    /// The pod that holds it (`namespace/name`), or the lease's id until the pod exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased_to: Option<String>,
+    /// When it was leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased_at: Option<String>,
+}
+
 /// How nested containers get the privileges they need.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum SecurityMode {
@@ -386,6 +433,10 @@ pub struct DindDaemonStatus {
     /// Storage driver the daemons report (the Driver column); `mixed` if they differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_driver: Option<String>,
+
+    /// Sidecar mode with a volume pool: each volume, and who holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<PoolVolume>,
 
     /// Ready, Progressing and Degraded, keyed by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -18,7 +18,9 @@ pub mod names;
 pub mod rbac;
 pub mod server;
 pub mod status;
+pub mod sticky;
 pub mod tls;
+pub mod volume_pool;
 pub mod watch_map;
 pub mod webhook;
 

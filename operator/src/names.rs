@@ -51,6 +51,13 @@ pub const SIDECAR_DAEMON: &str = "dind-daemon";
 pub const SIDECAR_BIN_VOLUME: &str = "dind-bin";
 pub const SIDECAR_SOCKET_VOLUME: &str = "dind-sock";
 pub const SIDECAR_DATA_VOLUME: &str = "dind-data";
+/// Label of a sidecar pool's claims (value: the DindDaemon).
+pub const VOLUME_POOL_LABEL: &str = "dind.dev/volume-pool";
+/// On a pool claim: the lease's id and when it was taken (RFC 3339).
+pub const LEASE_ANNOTATION: &str = "dind.dev/lease";
+pub const LEASED_AT_ANNOTATION: &str = "dind.dev/leased-at";
+/// On a pod: the pool claim it leased, `CLAIM/ID` (or `none` when the pool was exhausted).
+pub const POD_LEASE_ANNOTATION: &str = "dind.dev/volume-lease";
 /// The sidecar webhook's name, and its path.
 pub const SIDECAR_WEBHOOK: &str = "sidecar.dind.dev";
 pub const SIDECAR_PATH: &str = "/sidecar";
@@ -103,6 +110,11 @@ impl Names {
     /// The volume claim of daemon `ordinal`: `docker-NAME-i`.
     pub fn claim(&self, ordinal: i32) -> String {
         format!("{CLAIM_TEMPLATE}-{}", self.pod(ordinal))
+    }
+
+    /// Claim `i` of a sidecar DindDaemon's volume pool.
+    pub fn pool_claim(&self, i: i32) -> String {
+        format!("{}-cache-{i}", self.daemon)
     }
 
     /// The DNS name of daemon `ordinal` through the headless Service.

@@ -22,6 +22,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule("apps", &["statefulsets"], &["get", "list", "watch", "create", "patch"]),
         rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
         rule("networking.k8s.io", &["networkpolicies"], &["list", "watch", "create", "patch"]),
+        // Claims of sidecar volume pools: made, leased (by the webhook), released.
+        rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
         rule("", &["pods"], &["get", "list", "watch"]),
         // EndpointSlices of our Services: a daemon is Ready once its Service routes to it.

@@ -185,6 +185,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         endpoints,
         client_secret_name: dd.spec.tls.enabled.then(|| Names::of(&name).client_secret),
         storage_driver,
+        volumes: Vec::new(),
         conditions,
     }
 }
@@ -203,9 +204,10 @@ fn keep_transition_times(dd: &DindDaemon, conditions: [Condition; 3]) -> Vec<Con
         .collect()
 }
 
-/// The status of a `Sidecar`-mode DindDaemon: a template, Ready once accepted; its daemons
-/// start and stop with the pods that ask for them, so there is nothing to count.
-pub fn sidecar(dd: &DindDaemon, now: Time) -> DindDaemonStatus {
+/// The status of a `Sidecar`-mode DindDaemon: a template, Ready once accepted (and its pool's
+/// claims made); its daemons start and stop with the pods that ask for them. `volumes`: the
+/// pool, if it has one (`volume_pool::status`).
+pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, now: Time) -> DindDaemonStatus {
     let generation = dd.metadata.generation;
     let name = dd.name_any();
     let ready = condition(
@@ -232,6 +234,7 @@ pub fn sidecar(dd: &DindDaemon, now: Time) -> DindDaemonStatus {
         endpoints: Vec::new(),
         client_secret_name: None,
         storage_driver: dd.spec.daemon.storage_driver.map(|d| d.as_str().to_string()),
+        volumes,
         conditions: keep_transition_times(dd, [ready, progressing, degraded]),
     }
 }
@@ -253,7 +256,7 @@ mod tests {
         let spec: DindDaemonSpec = serde_json::from_value(json!({"mode": "Sidecar"})).unwrap();
         let mut d = DindDaemon::new("job", spec);
         d.metadata.generation = Some(1);
-        let s = sidecar(&d, Time(Timestamp::now()));
+        let s = sidecar(&d, Vec::new(), Time(Timestamp::now()));
         assert_eq!(s.ready.as_deref(), Some("sidecar"));
         assert_eq!(s.docker_host.as_deref(), Some("unix:///dind/sock/docker.sock"));
         assert!(s.endpoints.is_empty() && s.client_secret_name.is_none());

@@ -377,6 +377,31 @@ async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
     .await;
 }
 
+/// Runs `body` with a second namespace, `NS-builds`, opted into injection, and the operator
+/// installed from the chart into `ns` watching it (the operator's own namespace is never
+/// injected); removes the second namespace afterwards, also on failure.
+async fn with_builds_namespace<F, Fut>(client: &Client, ns: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let builds = format!("{ns}-builds");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": builds, "labels": {"dind.dev/injection": "enabled"}}}))?,
+        )
+        .await?;
+    let outcome = async {
+        install_operator_watching(client, ns, &builds).await?;
+        body(builds.clone()).await
+    }
+    .await;
+    let _ = namespaces.delete(&builds, &DeleteParams::background()).await;
+    outcome
+}
+
 /// What a pod with only the label `dind.dev/inject` does with today's clients (Docker CLI v29,
 /// buildx v0.38, compose v2.40, Testcontainers-go v0.45), in a namespace that opted in; the
 /// operator runs in another (its own namespace is never injected).
@@ -419,16 +444,7 @@ echo "all clients done"
 async fn e2e_a_labelled_pod_gets_docker_for_todays_clients() {
     require_node();
     with_namespace("e2e-inject", |client, ns| async move {
-        let builds = format!("{ns}-builds");
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &Default::default(),
-                &serde_json::from_value(json!({"metadata": {"name": builds, "labels": {"dind.dev/injection": "enabled"}}}))?,
-            )
-            .await?;
-        let outcome = async {
-            install_operator_watching(&client, &ns, &builds).await?;
+        with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
             kubectl_apply(&builds, &std::fs::read_to_string(format!("{EXAMPLES}/dinddaemon.yaml"))?).await?;
             wait_ready(&builds, "ci").await?;
 
@@ -460,10 +476,8 @@ async fn e2e_a_labelled_pod_gets_docker_for_todays_clients() {
             }
             eprintln!("today's clients in an injected pod: all passed in {ran:?}");
             Ok(())
-        }
-        .await;
-        let _ = namespaces.delete(&builds, &DeleteParams::background()).await;
-        outcome
+        })
+        .await
     })
     .await;
 }
@@ -485,16 +499,7 @@ docker run --rm app cat /data.txt /built.txt | tr '\n' ' ' | sed 's/^/image: /'
 async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
     require_node();
     with_namespace("e2e-sidecar", |client, ns| async move {
-        let builds = format!("{ns}-builds");
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &Default::default(),
-                &serde_json::from_value(json!({"metadata": {"name": builds, "labels": {"dind.dev/injection": "enabled"}}}))?,
-            )
-            .await?;
-        let outcome = async {
-            install_operator_watching(&client, &ns, &builds).await?;
+        with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
             kubectl_apply(
                 &builds,
                 "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: job}\nspec: {mode: Sidecar, storage: {size: 2Gi}}\n",
@@ -539,10 +544,73 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
             ensure!(terminated.exit_code == 0, "the sidecar exited {}:\n{daemon_log}", terminated.exit_code);
             eprintln!("sidecar Job completed in {took:?}; sidecar exit code 0");
             Ok(())
-        }
-        .await;
-        let _ = namespaces.delete(&builds, &DeleteParams::background()).await;
-        outcome
+        })
+        .await
+    })
+    .await;
+}
+
+/// The same build in consecutive Jobs of a pipeline: with a warm volume from the pool, the
+/// second one's steps are cached; the first Job's lease ends when it completes.
+const WARM_BUILD_SCRIPT: &str = r#"set -e
+docker image inspect local/base >/dev/null 2>&1 && echo "base: present" || { tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null; echo "base: imported"; }
+echo data > data.txt
+printf 'FROM local/base\nCOPY data.txt /data.txt\nRUN sleep 2 && echo built > /built.txt\n' > Dockerfile
+docker build --progress=plain -t app . 2>&1 | grep -E "^#[0-9]+ (CACHED|\[)" || true
+echo build-done
+"#;
+
+#[tokio::test]
+async fn e2e_sidecar_jobs_of_a_pipeline_get_a_warm_volume() {
+    require_node();
+    with_namespace("e2e-warm", |client, ns| async move {
+        with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: job}\nspec: {mode: Sidecar, volumePool: {size: 1}, storage: {size: 1Gi}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "job").await?;
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &builds);
+            let mut logs = Vec::new();
+            for run in ["first", "second"] {
+                let job = json!({
+                    "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": run},
+                    "spec": {"backoffLimit": 0, "template": {
+                        "metadata": {"labels": {"dind.dev/sidecar": "job", "dind.dev/sticky-key": "pipeline-1"}},
+                        "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                            "workingDir": "/work", "command": ["/bin/sh", "-c", WARM_BUILD_SCRIPT],
+                            "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+                            "volumes": [{"name": "work", "emptyDir": {}}]}}}
+                });
+                kubectl_apply(&builds, &job.to_string()).await?;
+                kubectl(&["wait", "-n", &builds, "--for=condition=Complete", &format!("job/{run}"), "--timeout=300s"]).await?;
+                let pod = Api::<Pod>::namespaced(client.clone(), &builds)
+                    .list(&ListParams::default().labels(&format!("job-name={run}")))
+                    .await?
+                    .items
+                    .into_iter()
+                    .next()
+                    .context("the Job's pod")?;
+                let lease = pod.annotations().get("dind.dev/volume-lease").cloned().unwrap_or_default();
+                ensure!(lease.starts_with("job-cache-0/"), "{run} Job got no pool volume: {lease:?}");
+                logs.push(kubectl(&["logs", "-n", &builds, &pod.name_any(), "-c", "build"]).await?);
+                // Its lease ends once it has completed: the next Job can have the volume.
+                eventually("the lease ends with the Job", READY, || {
+                    let claims = claims.clone();
+                    async move {
+                        let c = claims.get("job-cache-0").await?;
+                        Ok((!c.metadata.annotations.unwrap_or_default().contains_key("dind.dev/lease")).then_some(()))
+                    }
+                })
+                .await?;
+            }
+            ensure!(logs[0].contains("base: imported") && !logs[0].contains("CACHED"), "the first Job started cold:\n{}", logs[0]);
+            ensure!(logs[1].contains("base: present") && logs[1].contains("CACHED"), "the second Job's build was not cached:\n{}", logs[1]);
+            ensure!(logs[1].contains("build-done"));
+            Ok(())
+        })
+        .await
     })
     .await;
 }

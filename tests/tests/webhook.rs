@@ -249,3 +249,120 @@ async fn webhook_sidecar_mode_is_a_template_and_mismatched_labels_are_refused() 
     })
     .await;
 }
+
+/// The claim each pod of `pods` leased (`dind.dev/volume-lease`), by pod name.
+async fn leases(client: &kube::Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    Ok(pods
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let lease = p.metadata.annotations.as_ref()?.get("dind.dev/volume-lease")?.clone();
+            Some((p.metadata.name.clone()?, lease))
+        })
+        .collect())
+}
+
+fn sidecar_pod(name: &str, daemon: &str) -> serde_json::Value {
+    let mut pod = labelled_pod(name, daemon);
+    pod["metadata"]["labels"] = json!({"dind.dev/sidecar": daemon});
+    pod
+}
+
+#[tokio::test]
+async fn webhook_sidecar_volume_pool_leases_each_volume_once_even_across_an_operator_kill() {
+    with_namespace("webhook-pool", |client, ns| async move {
+        let hook = webhook::start(&client, &ns, &[]).await?;
+        create(&client, &ns, "job", json!({"mode": "Sidecar", "volumePool": {"size": 2}, "storage": {"size": "1Gi"}})).await?;
+        create(&client, &ns, "strict", json!({"mode": "Sidecar", "volumePool": {"size": 1, "whenExhausted": "Refuse"}})).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        eventually("the pool's claims", WAIT, || {
+            let api = api.clone();
+            async move { Ok(api.get("job").await?.status.filter(|s| s.volumes.len() == 2).map(|_| ())) }
+        })
+        .await?;
+
+        // Pods admitted at once, and the operator SIGKILLed while they are: no claim twice.
+        let mut creates = Vec::new();
+        for i in 0..6 {
+            let (client, ns) = (client.clone(), ns.clone());
+            creates.push(tokio::spawn(async move { create_pod(&client, &ns, &sidecar_pod(&format!("p{i}"), "job")).await.is_ok() }));
+            if i == 3 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let hook = webhook::restart(&client, &ns, hook).await?;
+        let admitted = futures::future::join_all(creates).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
+        // After the restart, more pods: the leases are found again on the claims.
+        eventually("admitted again after the restart", WAIT, || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move { Ok(create_pod(&client, &ns, &sidecar_pod(&format!("after-{}", dind_tests::suffix()), "job")).await.ok().map(|_| ())) }
+        })
+        .await?;
+        let held = leases(&client, &ns).await?;
+        let claims: Vec<&String> = held.values().filter(|l| *l != "none").collect();
+        let distinct: BTreeSet<&str> = claims.iter().map(|l| l.split('/').next().unwrap_or_default()).collect();
+        anyhow::ensure!(claims.len() == distinct.len(), "a claim leased twice: {held:?} ({admitted} of 6 admitted during the kill)");
+        anyhow::ensure!(held.values().any(|l| l == "none"), "the pool was exhausted: the rest ran on an emptyDir: {held:?}");
+
+        // Every lease ends up held by a pod that exists, or ended: one taken for a pod whose
+        // creation failed (the kill) ends after its grace (60 s).
+        let claims_api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let orphans_end = || {
+            let (claims_api, client, ns) = (claims_api.clone(), client.clone(), ns.clone());
+            async move {
+                let live: BTreeSet<String> = leases(&client, &ns).await?.into_values().collect();
+                let claims = claims_api.list(&Default::default()).await?.items;
+                let orphan = claims.iter().any(|c| {
+                    let id = c.metadata.annotations.as_ref().and_then(|a| a.get("dind.dev/lease"));
+                    id.is_some_and(|id| !live.contains(&format!("{}/{id}", c.metadata.name.clone().unwrap_or_default())))
+                });
+                Ok((!orphan).then_some(()))
+            }
+        };
+        eventually("no lease without its pod", Duration::from_secs(100), orphans_end).await?;
+
+        // A pod that is gone gives its volume back (the next pod gets it).
+        let holder = match leases(&client, &ns).await?.into_iter().find(|(_, l)| l != "none") {
+            Some((pod, _)) => pod,
+            None => {
+                create_pod(&client, &ns, &sidecar_pod("holder", "job")).await?;
+                "holder".to_string()
+            }
+        };
+        let lease = leases(&client, &ns).await?.remove(&holder).unwrap_or_default();
+        anyhow::ensure!(lease != "none" && !lease.is_empty(), "{holder} holds no volume: {lease}");
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        pods.delete(&holder, &DeleteParams::default()).await?;
+        let claim = lease.split('/').next().unwrap_or_default().to_string();
+        eventually("the lease of a deleted pod ends", WAIT, || {
+            let claims_api = claims_api.clone();
+            let claim = claim.clone();
+            async move {
+                let c = claims_api.get(&claim).await?;
+                Ok((!c.metadata.annotations.unwrap_or_default().contains_key("dind.dev/lease")).then_some(()))
+            }
+        })
+        .await?;
+        let next = create_pod(&client, &ns, &sidecar_pod("next", "job")).await?;
+        let next_lease = next.metadata.annotations.unwrap_or_default().get("dind.dev/volume-lease").cloned().unwrap_or_default();
+        anyhow::ensure!(next_lease.starts_with(&format!("{claim}/")), "the freed volume {claim} went to the next pod: {next_lease}");
+        let status = api.get("job").await?.status.unwrap_or_default();
+        anyhow::ensure!(
+            status.volumes.iter().any(|v| v.name == claim) || status.volumes.len() == 2,
+            "status shows the pool: {:?}",
+            status.volumes
+        );
+
+        // Refuse when exhausted: the second pod of a one-volume pool.
+        create_pod(&client, &ns, &sidecar_pod("s1", "strict")).await?;
+        let err = create_pod(&client, &ns, &sidecar_pod("s2", "strict")).await.expect_err("exhausted pool, Refuse").to_string();
+        anyhow::ensure!(err.contains("strict") && err.contains("Refuse"), "{err}");
+        drop(hook);
+        Ok(())
+    })
+    .await;
+}

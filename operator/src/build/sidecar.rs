@@ -11,7 +11,7 @@
 
 use dind_contract::client_pod::{SOCKET, SOCKET_DIR};
 use dind_contract::{BIN_DIR, DATA_ROOT};
-use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Defaults;
@@ -41,7 +41,9 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount { name: name.into(), mount_path: path.into(), read_only: read_only.then_some(true), ..Default::default() }
 }
 
-pub fn sidecar(dd: &DindDaemon, defaults: &Defaults) -> Result<Sidecar> {
+/// The sidecar of `dd`; /var/lib/docker is pool claim `claim` when the pod leased one, else an
+/// emptyDir of `storage.size`.
+pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Result<Sidecar> {
     let spec = &dd.spec;
     let mut install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
     install.name = names::SIDECAR_INSTALL.into();
@@ -57,12 +59,16 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults) -> Result<Sidecar> {
     // `dind-init wait` (postStart) and `probe` (liveness) read the socket from here too.
     daemon.env = Some(vec![EnvVar { name: "DIND_INIT_SOCKET".into(), value: Some(SOCKET.into()), ..Default::default() }]);
     let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+    let data = match claim {
+        Some(claim) => Volume {
+            name: names::SIDECAR_DATA_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.into(), read_only: None }),
+            ..Default::default()
+        },
+        None => empty_dir(names::SIDECAR_DATA_VOLUME, &size),
+    };
     Ok(Sidecar {
         init_containers: vec![install, daemon],
-        volumes: vec![
-            empty_dir(names::SIDECAR_BIN_VOLUME, "64Mi"),
-            empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"),
-            empty_dir(names::SIDECAR_DATA_VOLUME, &size),
-        ],
+        volumes: vec![empty_dir(names::SIDECAR_BIN_VOLUME, "64Mi"), empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data],
     })
 }

@@ -10,6 +10,7 @@ mod apply;
 mod events;
 mod memory;
 mod observe;
+mod pool;
 mod reconcile;
 mod watches;
 
@@ -214,6 +215,11 @@ pub async fn run(
     let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
     let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
     let owned = OwnedCaches { statefulsets, services, secrets, policies };
+    // Claims of sidecar volume pools: a lease the webhook takes (an annotation) wakes the
+    // DindDaemon, which then looks again until the lease has ended.
+    let pool = watcher::Config::default().labels(crate::names::VOLUME_POOL_LABEL);
+    let (_pool_claims, pool_stream) =
+        owned_metadata(api::<PartialObjectMeta<k8s_openapi::api::core::v1::PersistentVolumeClaim>>(&client, ns), &pool);
     // EndpointSlices of our client Services: which daemons a Service routes to, for Ready. The
     // EndpointSlice controller copies the Service's labels (but not `managed-by`: it sets its
     // own), so they are selected by the route label. Only the routed pods are kept, and only a
@@ -237,6 +243,7 @@ pub async fn run(
         .owns_stream(service_stream)
         .owns_stream(secret_stream)
         .owns_stream(policy_stream)
+        .owns_stream(pool_stream)
         .watches_stream(pod_stream, daemons_of_pod)
         .watches_stream(route_stream, daemon_of_labelled)
         // Bounded: a thousand reconciles at once would open a thousand connections and queue

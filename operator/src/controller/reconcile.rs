@@ -26,7 +26,7 @@ use tracing::warn;
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
-use super::{Context, observe};
+use super::{Context, observe, pool};
 use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::build;
 use crate::crd::{DaemonMode, DindDaemon};
@@ -44,6 +44,12 @@ pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Readiness changes arrive through the pod and StatefulSet watches; polling not-ready daemons
 /// every few seconds would keep an idle operator busy.
 const PERIODIC: Duration = Duration::from_secs(30 * 60);
+
+/// How often a sidecar volume pool with leased volumes is looked at (a lease ends when its pod
+/// does; pod changes do not wake the DindDaemon), and one without (new leases are taken by the
+/// webhook, unseen by the watches).
+const POOL_LEASED_RECHECK: Duration = Duration::from_secs(5);
+const POOL_IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 /// One pass over a DindDaemon, bounded by [`RECONCILE_TIMEOUT`].
 pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action> {
@@ -90,11 +96,17 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     let uid = dd.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let names = Names::of(&dd.name_any());
     if dd.spec.mode == DaemonMode::Sidecar {
-        // A template: the webhook puts its daemons into pods; nothing runs on its own.
-        let new_status = status::sidecar(dd, Time(k8s_openapi::jiff::Timestamp::now()));
+        // A template: the webhook puts its daemons into pods; nothing runs on its own but the
+        // volume pool, if it has one.
+        let (volumes, leased) = if dd.spec.volume_pool.is_some() { pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false) };
+        let new_status = status::sidecar(dd, volumes, Time(k8s_openapi::jiff::Timestamp::now()));
         announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
         write_status(ctx, dd, &ns, &names, &new_status).await?;
-        return Ok(Action::await_change());
+        return Ok(match (dd.spec.volume_pool.is_some(), leased) {
+            (true, true) => Action::requeue(POOL_LEASED_RECHECK),
+            (true, false) => Action::requeue(POOL_IDLE_RECHECK),
+            (false, _) => Action::await_change(),
+        });
     }
 
     // 1. Read. Until the caches have listed, a missing object may only be unlisted: wait.

@@ -31,9 +31,9 @@ use std::collections::BTreeSet;
 use dind_contract::client_pod;
 use serde_json::{Map, Value, json};
 
-use super::sticky;
 use crate::crd::DindDaemon;
 use crate::names::{self, Names};
+use crate::sticky;
 
 /// What the webhook knows about the DindDaemon a pod asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

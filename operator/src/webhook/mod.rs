@@ -6,7 +6,7 @@
 //! Where it starts: [`run`], called by `main` on every replica (only the leader reconciles, but
 //! every replica admits pods). The parts:
 //! - [`inject`]: what a pod gets, as a JSON Patch of the raw pod (pure, unit-tested);
-//! - [`sticky`]: which replica a pod gets (pure);
+//! - `crate::sticky`: which replica (or pool volume) a pod gets (pure);
 //! - [`sidecar`]: what a pod labelled `dind.dev/sidecar: NAME` gets: a daemon of its own, as
 //!   a native sidecar (pure; the containers come from `build::sidecar`);
 //! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);
@@ -16,9 +16,9 @@
 pub mod certs;
 pub mod inject;
 pub mod keeper;
+pub mod lease;
 pub mod serve;
 pub mod sidecar;
-pub mod sticky;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

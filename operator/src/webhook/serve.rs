@@ -19,9 +19,9 @@ use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
 
 use super::inject::{self, Target};
-use super::sidecar;
+use super::{lease, sidecar};
 use crate::build::{self, Defaults};
-use crate::crd::{DaemonMode, DindDaemon};
+use crate::crd::{DaemonMode, DindDaemon, WhenExhausted};
 use crate::metrics::{AdmissionLabels, Metrics};
 use crate::names;
 use crate::tls::Pair;
@@ -140,8 +140,14 @@ impl Handler {
                 inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
             }
             (Webhook::Sidecar, DaemonMode::Sidecar) => {
-                let parts = build::sidecar(&dd, &self.defaults).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
-                sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?
+                let (claim, lease_note) = self.lease(pod, &dd, namespace).await?;
+                let parts = build::sidecar(&dd, &self.defaults, claim.as_deref())
+                    .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                let mut plan = sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?;
+                if let Some(note) = lease_note {
+                    plan.patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", names::POD_LEASE_ANNOTATION.replace('/', "~1")), "value": note}));
+                }
+                plan
             }
             (Webhook::Inject, DaemonMode::Sidecar) => {
                 return Err(format!(
@@ -159,6 +165,61 @@ impl Handler {
         let pod_name = pod["metadata"]["name"].as_str().or_else(|| pod["metadata"]["generateName"].as_str()).unwrap_or_default();
         tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
         Ok(Some(plan.patch))
+    }
+}
+
+impl Handler {
+    /// The pool claim a sidecar pod gets, and the lease annotation to record (None: nothing new
+    /// to record: no pool, or the pod was leased one before, at an earlier invocation).
+    async fn lease(&self, pod: &Value, dd: &DindDaemon, namespace: &str) -> Result<(Option<String>, Option<String>), String> {
+        if let Some(held) = pod["metadata"]["annotations"][names::POD_LEASE_ANNOTATION].as_str() {
+            return Ok((held.split_once('/').map(|(claim, _)| claim.to_string()), None));
+        }
+        let Some(pool) = &dd.spec.volume_pool else { return Ok((None, None)) };
+        let key = crate::sticky::key_of(pod).value;
+        match tokio::time::timeout(READ_TIMEOUT, lease::take(&self.client, namespace, dd, &key)).await {
+            Ok(Ok(Some((claim, id)))) => Ok((Some(claim.clone()), Some(format!("{claim}/{id}")))),
+            Ok(Ok(None)) => {
+                let name = dd.metadata.name.clone().unwrap_or_default();
+                match pool.when_exhausted {
+                    WhenExhausted::Refuse => Err(format!(
+                        "every volume of DindDaemon {name:?}'s pool is leased ({} of {}); volumePool.whenExhausted is Refuse: retry when a job ends",
+                        pool.size, pool.size
+                    )),
+                    WhenExhausted::EmptyDir => {
+                        self.warn(
+                            dd,
+                            "VolumePoolExhausted",
+                            format!("every volume of the pool ({}) is leased: a pod starts with an empty cache", pool.size),
+                        )
+                        .await;
+                        Ok((None, Some("none".into())))
+                    }
+                }
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                Err(format!("leasing a volume of {:?} took longer than {READ_TIMEOUT:?}", dd.metadata.name.clone().unwrap_or_default()))
+            }
+        }
+    }
+
+    async fn warn(&self, dd: &DindDaemon, reason: &str, note: String) {
+        use kube::Resource as _;
+        let recorder = kube::runtime::events::Recorder::new(
+            self.client.clone(),
+            kube::runtime::events::Reporter { controller: names::FIELD_MANAGER.into(), instance: None },
+        );
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Admit".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &dd.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
     }
 }
 

@@ -9,7 +9,7 @@ fn parts() -> Sidecar {
         "spec": {"mode": "Sidecar", "storage": {"size": "5Gi"}, "resources": {"limits": {"memory": "2Gi"}}}
     }))
     .unwrap();
-    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }).unwrap()
+    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }, None).unwrap()
 }
 
 /// A pod shaped like an actions-runner-controller runner: a runner container with a work volume.
@@ -91,4 +91,18 @@ fn a_container_or_volume_named_like_ours_is_refused_not_overwritten() {
     let mut pod = runner_pod();
     pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "dind-sock", "emptyDir": {}}));
     assert!(plan(&pod, "job", &parts()).unwrap_err().0.contains("dind-sock"));
+}
+
+#[test]
+fn a_leased_volume_replaces_the_emptydir() {
+    let dd: DindDaemon = serde_json::from_value(json!({
+        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "job", "namespace": "ci", "uid": "u1"},
+        "spec": {"mode": "Sidecar", "volumePool": {"size": 2}}
+    }))
+    .unwrap();
+    let parts = sidecar(&dd, &Defaults { image: "d".into(), init_image: "i".into() }, Some("job-cache-1")).unwrap();
+    let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts).unwrap().patch);
+    let data = out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "dind-data").unwrap().clone();
+    assert_eq!(data["persistentVolumeClaim"]["claimName"], "job-cache-1");
+    assert!(data.get("emptyDir").is_none());
 }

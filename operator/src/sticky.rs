@@ -1,5 +1,5 @@
-//! Which daemon replica a pod gets: the same key always lands on the same replica, so the jobs
-//! of one pipeline reuse one cache.
+//! Which daemon replica (or sidecar pool volume) a pod gets: the same key always lands on the
+//! same one, so the jobs of one pipeline reuse one cache.
 //!
 //! Rendezvous (highest-random-weight) hashing: each candidate replica gets a score from
 //! hash(key, replica) and the highest wins. When a replica leaves or joins the ready set, only

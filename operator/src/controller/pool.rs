@@ -1,0 +1,60 @@
+//! A sidecar DindDaemon's volume pool, in a reconcile: the claims made, ended leases released,
+//! the pool as status shows it (the decisions are `volume_pool`'s).
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Resource as _, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use super::Context;
+use crate::crd::{DindDaemon, PoolVolume};
+use crate::error::{Error, Result};
+use crate::names::{self, Names};
+use crate::volume_pool;
+
+/// The pool's status, and whether any volume is leased (then the pool is looked at again soon:
+/// a lease ends when its pod does, and pods do not wake this DindDaemon).
+pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Result<(Vec<PoolVolume>, bool)> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let owner = dd.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let selector = format!("{}={}", names::VOLUME_POOL_LABEL, names.daemon);
+    let mut claims = api.list(&ListParams::default().labels(&selector)).await?.items;
+    for wanted in volume_pool::claims(dd, names, &owner) {
+        if claims.iter().any(|c| c.name_any() == wanted.name_any()) {
+            continue;
+        }
+        // Created once, never applied again: leases are annotations the webhook writes.
+        match api.create(&PostParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }, &wanted).await {
+            Ok(c) => claims.push(c),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?.items;
+    let holders = volume_pool::holders(&pods);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for claim in &mut claims {
+        let Some(lease) = volume_pool::lease_of(claim) else { continue };
+        let name = claim.name_any();
+        if !volume_pool::ended(&lease, holders.get(&(name.clone(), lease.id.clone())), now) {
+            continue;
+        }
+        // Guarded by the resourceVersion read: a lease taken meanwhile is not ended by mistake.
+        let patch = json!({"metadata": {"resourceVersion": claim.resource_version(),
+            "annotations": {names::LEASE_ANNOTATION: null, names::LEASED_AT_ANNOTATION: null}}});
+        match api
+            .patch(&name, &PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(c) => {
+                info!(claim = %name, lease = %lease.id, "volume lease ended");
+                *claim = c;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let leased = claims.iter().any(|c| volume_pool::lease_of(c).is_some());
+    Ok((volume_pool::status(&claims, &holders), leased))
+}

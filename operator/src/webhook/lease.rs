@@ -1,0 +1,62 @@
+//! Taking a warm volume for a sidecar pod at admission (I/O; the choice is `volume_pool`'s).
+//!
+//! A lease is written onto the claim with the claim's resourceVersion as a precondition: of two
+//! admissions (two operator replicas, or one racing itself) that pick the same free claim, one
+//! write succeeds and the other gets a conflict and tries the next free claim.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::crd::DindDaemon;
+use crate::names::{self, Names};
+use crate::volume_pool;
+
+/// A fresh lease id: unique within this process (a counter) and across replicas (time, pid).
+fn lease_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("{:x}{:x}{:x}", nanos, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Leases a free claim of `dd`'s pool for a pod with sticky key `key`: `(claim, id)`, or None
+/// when every claim is leased.
+pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str) -> Result<Option<(String, String)>, String> {
+    let Some(pool) = &dd.spec.volume_pool else { return Ok(None) };
+    let names = Names::of(&dd.name_any());
+    let wanted: Vec<String> = (0..pool.size).map(|i| names.pool_claim(i)).collect();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{}={}", names::VOLUME_POOL_LABEL, names.daemon);
+    let claims = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("listing the volume pool of {:?}: {e}", names.daemon))?;
+    let mut free: Vec<(String, String)> = claims
+        .items
+        .iter()
+        .filter(|c| wanted.contains(&c.name_any()) && volume_pool::lease_of(c).is_none())
+        .filter_map(|c| Some((c.name_any(), c.resource_version()?)))
+        .collect();
+    while !free.is_empty() {
+        let names_free: Vec<String> = free.iter().map(|(n, _)| n.clone()).collect();
+        let Some(pick) = volume_pool::choose(&names_free, key).cloned() else { break };
+        let rv = free.iter().find(|(n, _)| *n == pick).map(|(_, rv)| rv.clone()).unwrap_or_default();
+        let id = lease_id();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        // resourceVersion in a merge patch is a precondition: a concurrent lease wins, we move on.
+        let patch =
+            json!({"metadata": {"resourceVersion": rv, "annotations": {names::LEASE_ANNOTATION: id, names::LEASED_AT_ANNOTATION: now}}});
+        match api
+            .patch(&pick, &PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(Some((pick, id))),
+            Err(kube::Error::Api(e)) if e.code == 409 => free.retain(|(n, _)| *n != pick),
+            Err(e) => return Err(format!("leasing volume {pick}: {e}")),
+        }
+    }
+    Ok(None)
+}
