@@ -87,12 +87,14 @@ pub struct Holder {
     pub finished: bool,
 }
 
-/// Whether a lease has ended: its pod finished, or no pod holds it and the grace has passed.
-/// A pod being deleted still holds it until it is gone (its volume is still mounted).
-pub fn ended(lease: &Lease, holder: Option<&Holder>, now: Timestamp) -> bool {
+/// Whether a lease has ended: its pod finished, or no pod holds it and either a pod was seen
+/// holding it before (`was_held`: the pod is gone) or the grace has passed (the pod never came,
+/// or the operator restarted and cannot tell). A pod being deleted still holds it until it is
+/// gone (its volume is still mounted).
+pub fn ended(lease: &Lease, holder: Option<&Holder>, was_held: bool, now: Timestamp) -> bool {
     match holder {
         Some(h) => h.finished,
-        None => lease.at.is_none_or(|at| now.duration_since(at) >= UNCLAIMED_GRACE),
+        None => was_held || lease.at.is_none_or(|at| now.duration_since(at) >= UNCLAIMED_GRACE),
     }
 }
 
@@ -168,11 +170,12 @@ mod tests {
         let lease = Lease { id: "a".into(), at: Some("2026-11-30T11:59:30Z".parse().unwrap()) };
         let running = Holder { pod: "ci/p".into(), finished: false };
         let done = Holder { pod: "ci/p".into(), finished: true };
-        assert!(!ended(&lease, Some(&running), now));
-        assert!(ended(&lease, Some(&done), now));
-        assert!(!ended(&lease, None, now), "30 s after admission the pod may still be on its way");
-        assert!(ended(&lease, None, now + SignedDuration::from_secs(31)));
-        assert!(ended(&Lease { id: "b".into(), at: None }, None, now));
+        assert!(!ended(&lease, Some(&running), false, now));
+        assert!(ended(&lease, Some(&done), true, now));
+        assert!(!ended(&lease, None, false, now), "30 s after admission the pod may still be on its way");
+        assert!(ended(&lease, None, true, now), "its pod was seen and is gone");
+        assert!(ended(&lease, None, false, now + SignedDuration::from_secs(31)));
+        assert!(ended(&Lease { id: "b".into(), at: None }, None, false, now));
     }
 
     #[test]

@@ -60,6 +60,20 @@ async fn deleting_removes_every_owned_object_and_keeps_volumes_only_with_retain_
             }
         })
         .await?;
+        // The StatefulSet controller marks a claim for deletion with the StatefulSet (an owner
+        // reference) right after creating it; that write can lose a conflict with the volume
+        // binder and is retried on the StatefulSet's next sync. A StatefulSet deleted before
+        // then leaves its claim behind (Kubernetes' behaviour, seen once in CI): wait for the
+        // mark, as any daemon older than a second has it.
+        eventually("claim docker-gone-0 marked for deletion with its StatefulSet", WAIT, || {
+            let c = client.clone();
+            let ns = ns.clone();
+            async move {
+                let claim = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(c, &ns).get("docker-gone-0").await?;
+                Ok(claim.metadata.owner_references.unwrap_or_default().iter().any(|o| o.kind == "StatefulSet").then_some(()))
+            }
+        })
+        .await?;
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         api.delete("gone", &DeleteParams::foreground()).await?;
         api.delete("kept", &DeleteParams::foreground()).await?;

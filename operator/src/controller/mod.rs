@@ -63,6 +63,9 @@ pub struct Context {
     pub routes: WatchMap<Route>,
     /// Last applies, storage drivers, failures (see `memory`).
     pub memory: Memory,
+    /// Pool leases (`ns/claim/id`) this process has seen held by a pod: when that pod is gone
+    /// the lease ends at once (without this memory, after the grace; see `volume_pool::ended`).
+    pub held_leases: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Turns true once every cache above has had its first list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
     pub liveness: Arc<Liveness>,
@@ -151,6 +154,7 @@ impl Context {
             daemons,
             routes,
             memory: Memory::default(),
+            held_leases: std::sync::Mutex::default(),
             caches_ready,
             liveness: settings.liveness,
         }

@@ -37,7 +37,16 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
     for claim in &mut claims {
         let Some(lease) = volume_pool::lease_of(claim) else { continue };
         let name = claim.name_any();
-        if !volume_pool::ended(&lease, holders.get(&(name.clone(), lease.id.clone())), now) {
+        let holder = holders.get(&(name.clone(), lease.id.clone()));
+        let key = format!("{ns}/{name}/{}", lease.id);
+        let was_held = {
+            let mut held = ctx.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if holder.is_some() {
+                held.insert(key.clone());
+            }
+            held.contains(&key)
+        };
+        if !volume_pool::ended(&lease, holder, was_held, now) {
             continue;
         }
         // Guarded by the resourceVersion read: a lease taken meanwhile is not ended by mistake.
@@ -49,6 +58,7 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         {
             Ok(c) => {
                 info!(claim = %name, lease = %lease.id, "volume lease ended");
+                ctx.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
                 *claim = c;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::applied::StampCache;
 use crate::crd::DindDaemon;
-use crate::names::{DAEMON_LABEL, parse_claim};
+use crate::names::{DAEMON_LABEL, SIDECAR_LABEL, parse_claim};
 
 /// A metadata-only watch of one kind of owned object: its stamps and its trigger stream.
 pub(super) fn owned_metadata<K>(
@@ -168,13 +168,18 @@ pub fn slim_pod(pod: &mut Pod) {
     meta.owner_references = None;
     meta.generate_name = None;
     meta.finalizers = None;
-    // Of the labels, only the one that names the pod's DindDaemon.
-    meta.labels = meta.labels.take().and_then(|mut l| l.remove_entry(DAEMON_LABEL)).map(|kv| [kv].into());
+    // Of the labels, only the ones that name the pod's DindDaemon: as its daemon, or as the
+    // pool a sidecar pod leases its volume from (its phase and its end end the lease).
+    let labels = meta.labels.take().unwrap_or_default();
+    let kept: std::collections::BTreeMap<String, String> =
+        labels.into_iter().filter(|(k, _)| k == DAEMON_LABEL || k == SIDECAR_LABEL).collect();
+    let sidecar = kept.contains_key(SIDECAR_LABEL);
+    meta.labels = (!kept.is_empty()).then_some(kept);
     // The watch sees every pod (a foreign pod on a daemon's volume must be seen, and no
     // selector can ask for that), so what is kept of the others is next to nothing: only claims
     // named like a daemon's volume (`docker-NAME-i`), and a status only for pods that are
     // daemons or mount one. An unrelated pod then costs its name, and its updates wake nothing.
-    let ours = meta.labels.is_some();
+    let ours = meta.labels.as_ref().is_some_and(|l| l.contains_key(DAEMON_LABEL));
     if let Some(spec) = pod.spec.as_mut() {
         let volumes = spec.volumes.take().map(|v| {
             v.into_iter()
@@ -189,7 +194,7 @@ pub fn slim_pod(pod: &mut Pod) {
         let volumes = volumes.filter(|v: &Vec<_>| !v.is_empty());
         *spec = k8s_openapi::api::core::v1::PodSpec { volumes, ..Default::default() };
     }
-    let concerns_us = ours || pod.spec.as_ref().is_some_and(|s| s.volumes.is_some());
+    let concerns_us = ours || sidecar || pod.spec.as_ref().is_some_and(|s| s.volumes.is_some());
     if !concerns_us {
         pod.status = None;
         meta_only(&mut pod.metadata);
@@ -259,11 +264,13 @@ fn meta_only(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
     };
 }
 
-/// The DindDaemons a pod concerns: the one whose daemon it is (by label), and any whose volume
-/// (`docker-NAME-i`) it mounts.
+/// The DindDaemons a pod concerns: the one whose daemon it is (by label), the sidecar
+/// DindDaemon it runs a daemon of (by label: a lease of its pool may end with the pod), and any
+/// whose volume (`docker-NAME-i`) it mounts.
 pub fn daemons_of_pod(pod: Pod) -> Vec<ObjectRef<DindDaemon>> {
     let ns = pod.namespace();
     let mut names: Vec<String> = pod.labels().get(DAEMON_LABEL).cloned().into_iter().collect();
+    names.extend(pod.labels().get(SIDECAR_LABEL).filter(|n| !names.contains(n)).cloned());
     for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let Some(claim) = vol.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) else { continue };
         if let Some((name, _)) = parse_claim(claim)
@@ -390,6 +397,22 @@ mod tests {
         slim_pod(&mut thief);
         assert_eq!(thief.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
         assert_eq!(daemons_of_pod(thief).len(), 1);
+    }
+
+    #[test]
+    fn a_sidecar_pod_keeps_its_label_and_phase_and_wakes_its_dind_daemon() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "job-x", "namespace": "b", "labels": {"dind.dev/sidecar": "job", "app": "ci"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Succeeded"}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert_eq!(pod.metadata.labels.clone().unwrap().len(), 1);
+        assert_eq!(pod.status.as_ref().unwrap().phase.as_deref(), Some("Succeeded"));
+        let woken = daemons_of_pod(pod);
+        assert_eq!(woken.len(), 1);
+        assert_eq!(woken[0].name, "job");
     }
 
     #[test]

@@ -140,6 +140,9 @@ impl Handler {
                 inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
             }
             (Webhook::Sidecar, DaemonMode::Sidecar) => {
+                // A pod that will be refused takes no volume: check it before leasing one.
+                let unleased = build::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                sidecar::plan(pod, daemon, &unleased).map_err(|r| r.0)?;
                 let (claim, lease_note) = self.lease(pod, &dd, namespace).await?;
                 let parts = build::sidecar(&dd, &self.defaults, claim.as_deref())
                     .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
@@ -163,7 +166,12 @@ impl Handler {
             }
         };
         let pod_name = pod["metadata"]["name"].as_str().or_else(|| pod["metadata"]["generateName"].as_str()).unwrap_or_default();
-        tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
+        if plan.patch.is_empty() {
+            // Re-invoked (reinvocationPolicy IfNeeded) or re-submitted: it has everything.
+            tracing::debug!(namespace, pod = pod_name, daemon, ?webhook, "already injected");
+        } else {
+            tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
+        }
         Ok(Some(plan.patch))
     }
 }
