@@ -46,6 +46,21 @@ pub mod client_tls {
     pub const KEY: &str = "key.pem";
 }
 
+/// `dind-init --tls-generate=DIR` (a sidecar listening on TCP): the certificates it makes in
+/// its pod. DIR/[`generated_tls::SERVER`] holds the server's files ([`server_tls`] names, the
+/// key readable by root only); DIR/[`generated_tls::CLIENT`] the client's ([`client_tls`]
+/// names), mounted in the pod's containers as their `DOCKER_CERT_PATH`.
+pub mod generated_tls {
+    pub const SERVER: &str = "server";
+    pub const CLIENT: &str = "client";
+    /// Where the sidecar keeps them (an emptyDir of the pod).
+    pub const DIR: &str = "/dind/certs";
+    /// The names the server certificate is valid for: the pod's containers reach it on
+    /// localhost (`DOCKER_HOST=tcp://localhost:PORT`), or as `docker` (GitLab's convention,
+    /// with a host alias).
+    pub const SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1", "docker"];
+}
+
 /// What the injection webhook puts into a client pod and what `dind-init client-setup` (the
 /// injected init container) writes there. The operator names the paths in the pod; dind-init
 /// writes the files; both read them from here.

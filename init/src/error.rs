@@ -12,6 +12,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("making the TLS certificates: {0}")]
+    Tls(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error(

@@ -6,6 +6,7 @@
 //! forward signals, reap zombies and wait: nothing after the start may make PID 1 exit early.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+mod certs;
 mod client;
 mod config;
 mod daemon;

@@ -29,6 +29,15 @@ fn step<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
 
 pub fn run(cfg: &Config, mask: &SigSet) -> u8 {
     let started = Instant::now();
+    if let Some(dir) = &cfg.tls_generate {
+        match step("tls-generate", || crate::certs::ensure(dir)) {
+            Ok(outcome) => info!(dir = %dir.display(), ?outcome, "TLS certificates of this pod"),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        }
+    }
     // The last check of the settings: the files they name must exist.
     if let Err(e) = config::check_files(cfg) {
         eprintln!("dind-init: {e}");

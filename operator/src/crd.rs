@@ -77,6 +77,8 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
+#[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
+    .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
     .message("volumePool needs mode: Sidecar (a Pool daemon has a volume of its own)").field_path(".volumePool"))]
 #[serde(rename_all = "camelCase")]
@@ -101,6 +103,10 @@ pub struct DindDaemonSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_pool: Option<VolumePoolSpec>,
 
+    /// Sidecar mode only: how the pod's containers reach their daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+
     /// Daemon image: any `docker:<version>-dind` image (or one with dockerd, containerd, runc
     /// and iptables on its PATH). Default: the operator's `--default-image`, which is
     /// `docker:28.5.2-dind` unless the platform team changed it.
@@ -120,12 +126,13 @@ pub struct DindDaemonSpec {
     #[schemars(range(min = 0, max = 64))]
     pub replicas: i32,
 
-    /// TCP port dockerd listens on (1-65535); 2375 only with TLS off.
+    /// TCP port dockerd listens on (1-65535); 2375 only with TLS off. Sidecar mode: only
+    /// with `sidecar.tcp`.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
-    /// Mutual TLS between clients and the daemon.
+    /// Mutual TLS between clients and the daemon. Sidecar mode: only with `sidecar.tcp`.
     #[serde(default)]
     pub tls: TlsSpec,
 
@@ -350,6 +357,22 @@ pub struct VolumePoolSpec {
     /// the pool; CI systems retry).
     #[serde(default)]
     pub when_exhausted: WhenExhausted,
+}
+
+/// A sidecar daemon's listener (see `spec.sidecar`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Also listen on TCP `spec.port` of the pod (default false: only the unix socket
+    /// `/dind/sock/docker.sock`, and nothing on the pod network). For tools that expect
+    /// Docker's `tcp://docker:2376` convention. With `tls.enabled` (the default) the daemon
+    /// makes its own CA and certificates in the pod (valid for `localhost`, `127.0.0.1`, `::1`
+    /// and `docker`; no key leaves the pod, no Secret is involved) and the pod's containers get
+    /// `DOCKER_HOST=tcp://localhost:PORT`, `DOCKER_TLS_VERIFY=1` and
+    /// `DOCKER_CERT_PATH=/dind/client-certs`. With `tls.enabled: false` they get
+    /// `tcp://localhost:PORT` in plain text, and anything that reaches the pod's IP owns the daemon.
+    #[serde(default)]
+    pub tcp: bool,
 }
 
 /// See `volumePool.whenExhausted`.

@@ -230,7 +230,7 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, now: Time)
         observed_generation: generation,
         ready_replicas: 0,
         ready: Some("sidecar".into()),
-        docker_host: Some(format!("unix://{}", dind_contract::client_pod::SOCKET)),
+        docker_host: Some(crate::build::sidecar_docker_host(dd)),
         endpoints: Vec::new(),
         client_secret_name: None,
         storage_driver: dd.spec.daemon.storage_driver.map(|d| d.as_str().to_string()),

@@ -543,12 +543,37 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
             let daemon_log = kubectl(&["logs", "-n", &builds, &name, "-c", "dind-daemon"]).await.unwrap_or_default();
             ensure!(terminated.exit_code == 0, "the sidecar exited {}:\n{daemon_log}", terminated.exit_code);
             eprintln!("sidecar Job completed in {took:?}; sidecar exit code 0");
+
+            // On TCP too (spec.sidecar.tcp): mutual TLS on localhost with the pod's own
+            // certificates; a client without them is refused.
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: tcp}\nspec: {mode: Sidecar, sidecar: {tcp: true}, storage: {size: 1Gi}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "tcp").await?;
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tcp", "labels": {"dind.dev/sidecar": "tcp"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                    "securityContext": {"runAsUser": 1000}, "command": ["/bin/sh", "-c", TCP_SIDECAR_SCRIPT]}]}
+            });
+            let (log, _) = run_pod(&client, &builds, "tcp", &pod.to_string()).await?;
+            for want in ["host tcp://localhost:2376 verify 1", "tls server ", "plain: refused", "no client certificate: refused"] {
+                ensure!(log.contains(want), "{want:?} missing from the TCP sidecar pod's log:\n{log}");
+            }
             Ok(())
         })
         .await
     })
     .await;
 }
+
+/// In a pod whose sidecar listens on TCP with TLS (run as a non-root user, as many jobs are).
+const TCP_SIDECAR_SCRIPT: &str = r#"echo "host $DOCKER_HOST verify $DOCKER_TLS_VERIFY"
+docker version --format 'tls server {{.Server.Version}}' || exit 1
+if DOCKER_TLS_VERIFY= DOCKER_CERT_PATH= docker version >/dev/null 2>&1; then echo "plain: accepted"; else echo "plain: refused"; fi
+if docker -H "$DOCKER_HOST" --tlsverify --tlscacert "$DOCKER_CERT_PATH/ca.pem" version >/dev/null 2>&1; then echo "no client certificate: accepted"; else echo "no client certificate: refused"; fi
+"#;
 
 /// The same build in consecutive Jobs of a pipeline: with a warm volume from the pool, the
 /// second one's steps are cached; the first Job's lease ends when it completes.

@@ -81,6 +81,9 @@ pub struct Config {
     pub port: u16,
     /// `None` when TLS was explicitly turned off.
     pub tls: Option<TlsFiles>,
+    /// `--tls-generate`: the directory where dind-init makes the CA and certificates that
+    /// `tls` points at (a sidecar's own, which never leave its pod).
+    pub tls_generate: Option<PathBuf>,
     /// `None`: detect from the pod's eth0.
     pub mtu: Option<u32>,
     /// `None`: choose from the filesystem under the data root.
@@ -180,6 +183,22 @@ mod tests {
         assert_eq!((c.port, c.tls), (2375, None));
         let e = run(&["--tls=false", "--tls-dir", "/x"], &[]).unwrap_err();
         assert_eq!(e.setting, "--tls-dir");
+    }
+
+    #[test]
+    fn tls_generate_serves_with_what_it_makes_and_takes_no_other_files() {
+        let c = run(&["--tls-generate=/dind/certs"], &[]).unwrap();
+        assert_eq!(c.tls_generate.as_deref(), Some(std::path::Path::new("/dind/certs")));
+        assert_eq!(c.tls.unwrap().cert, PathBuf::from("/dind/certs/server/tls.crt"));
+        assert_eq!(c.port, 2376);
+        for (args, setting) in [
+            (&["--tls-generate=/d", "--tls-dir=/x"][..], "--tls-dir"),
+            (&["--tls-generate=/d", "--tls=false"], "--tls-generate"),
+            (&["--tls-generate=/d", "--tcp=false"], "--tls-generate"),
+            (&["--tls-generate=rel"], "--tls-generate"),
+        ] {
+            assert_eq!(run(args, &[]).unwrap_err().setting, setting, "{args:?}");
+        }
     }
 
     /// Flags, environment, and the setting the error must name.

@@ -34,6 +34,12 @@ pub(super) const SETTINGS: &[Setting] = &[
         repeatable: false,
         help: "CA that client certificates must chain to (default TLS_DIR/ca.crt)",
     },
+    Setting {
+        flag: "tls-generate",
+        env: &["DIND_INIT_TLS_GENERATE"],
+        repeatable: false,
+        help: "make a CA, a server certificate for localhost and a client certificate in DIR (DIR/server, DIR/client) unless there, and serve with them",
+    },
     Setting { flag: "tls-cert", env: &["DIND_INIT_TLS_CERT"], repeatable: false, help: "server certificate (default TLS_DIR/tls.crt)" },
     Setting { flag: "tls-key", env: &["DIND_INIT_TLS_KEY"], repeatable: false, help: "server key (default TLS_DIR/tls.key)" },
     Setting { flag: "mtu", env: &["DIND_INIT_MTU"], repeatable: false, help: "MTU of dockerd's networks, 576-9000 (default: eth0's)" },

@@ -140,7 +140,24 @@ fn run_config(
     if !tcp && let Some(r) = one("port") {
         return Err(ConfigError::new(r.origin, "a port needs the TCP listener, and --tcp=false turns it off"));
     }
-    let tls = if tls_on {
+    let tls_generate = match one("tls-generate") {
+        Some(r) if !tls_on => return Err(ConfigError::new(r.origin, "TLS files to make but TLS is off (--tls=false or --tcp=false)")),
+        Some(r) if !r.value.starts_with('/') => {
+            return Err(ConfigError::new(r.origin, format!("{:?} must be an absolute path", r.value)));
+        }
+        Some(r) => {
+            // Made in the pod by dind-init: no other TLS files may be named.
+            if let Some(other) = ["tls-dir", "tls-ca", "tls-cert", "tls-key"].into_iter().find_map(one) {
+                return Err(ConfigError::new(other.origin, "TLS files given, but --tls-generate makes its own"));
+            }
+            Some(PathBuf::from(r.value))
+        }
+        None => None,
+    };
+    let tls = if let Some(dir) = &tls_generate {
+        let server = dir.join(dind_contract::generated_tls::SERVER);
+        Some(TlsFiles { ca: server.join(server_tls::CA), cert: server.join(server_tls::CERT), key: server.join(server_tls::KEY) })
+    } else if tls_on {
         let dir = one("tls-dir").map_or_else(|| PathBuf::from(dind_contract::SERVER_TLS_DIR), |r| PathBuf::from(r.value));
         let file = |flag: &str, default: &str| one(flag).map_or_else(|| dir.join(default), |r| PathBuf::from(r.value));
         Some(TlsFiles {
@@ -244,6 +261,7 @@ fn run_config(
         tcp,
         port,
         tls,
+        tls_generate,
         mtu,
         storage_driver,
         registry_mirrors,

@@ -14,6 +14,9 @@ pub enum Listen {
     Tcp { tls: bool },
     /// On its unix socket only (a sidecar: the pod's containers share the socket's volume).
     SocketOnly,
+    /// A sidecar on its unix socket and on `spec.port`, with mutual TLS when `tls` from
+    /// certificates it makes in the pod (`--tls-generate`).
+    SidecarTcp { tls: bool },
 }
 
 /// dind-init's arguments for this spec: everything the daemon needs, as flags we own.
@@ -32,6 +35,11 @@ pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
         Listen::SocketOnly => {
             args.push("--tcp=false".to_string());
             args.push(format!("--socket={}", dind_contract::client_pod::SOCKET));
+        }
+        Listen::SidecarTcp { tls } => {
+            args.insert(0, format!("--port={}", spec.port));
+            args.push(format!("--socket={}", dind_contract::client_pod::SOCKET));
+            args.push(if tls { format!("--tls-generate={}", dind_contract::generated_tls::DIR) } else { "--tls=false".to_string() });
         }
     }
     if let Some(mtu) = spec.daemon.mtu {

@@ -23,7 +23,7 @@ use kube::{Resource, ResourceExt};
 
 pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
-pub use sidecar::{Sidecar, sidecar};
+pub use sidecar::{Sidecar, sidecar, sidecar_docker_host};
 pub use statefulset::CAPABILITIES;
 
 use crate::crd::DindDaemon;

@@ -1,6 +1,8 @@
 //! What a pod labelled `dind.dev/sidecar: NAME` gets, as a JSON Patch on the raw pod (pure):
 //! the daemon of `Sidecar`-mode DindDaemon NAME as a native sidecar (`build::sidecar`), and in
-//! each of its containers `DOCKER_HOST=unix:///dind/sock/docker.sock` and the socket's volume.
+//! each of its containers what reaches it (`Sidecar::env`, `Sidecar::mounts`):
+//! `DOCKER_HOST=unix:///dind/sock/docker.sock` and the socket's volume, or with
+//! `spec.sidecar.tcp` `tcp://localhost:PORT` and, with TLS, the client certificates.
 //!
 //! The pod's workspace is the daemon's too: every writable volume the pod's containers mount
 //! (emptyDir, PVC, hostPath, generic ephemeral, CSI, NFS) is mounted at the same path in the
@@ -9,7 +11,6 @@
 
 use std::collections::BTreeSet;
 
-use dind_contract::client_pod::{SOCKET, SOCKET_DIR};
 use serde_json::{Value, json};
 
 use super::inject::{Plan, Refusal};
@@ -107,20 +108,29 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
         let obj = c.as_object_mut().ok_or_else(|| Refusal(format!("container {cname:?} is not an object")))?;
         let env = obj.entry("env").or_insert_with(|| json!([]));
         let env = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
+        // A container with a DOCKER_HOST of its own keeps its whole Docker environment.
         if !env.iter().any(|e| e["name"] == "DOCKER_HOST") {
-            env.push(json!({"name": "DOCKER_HOST", "value": format!("unix://{SOCKET}")}));
+            for var in &parts.env {
+                env.retain(|e| e["name"].as_str() != Some(var.name.as_str()));
+                env.push(serde_json::to_value(var).map_err(|e| Refusal(e.to_string()))?);
+            }
             injected.push(label);
         }
         let mounts = obj.entry("volumeMounts").or_insert_with(|| json!([]));
         let mounts = mounts.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: volumeMounts is not a list")))?;
-        if !mounts.iter().any(|m| m["name"] == names::SIDECAR_SOCKET_VOLUME) {
-            if let Some(m) = mounts.iter().find(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(SOCKET_DIR)) {
+        for want in &parts.mounts {
+            if mounts.iter().any(|m| m["name"] == want.name.as_str() && m["mountPath"] == want.mount_path.as_str()) {
+                continue;
+            }
+            let path = want.mount_path.as_str();
+            if let Some(m) = mounts.iter().find(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(path)) {
                 return Err(Refusal(format!(
-                    "container {cname:?} already mounts {:?} at {SOCKET_DIR}, where the daemon's socket goes",
-                    m["name"]
+                    "container {cname:?} already mounts {:?} at {path}, where the daemon's {} go",
+                    m["name"],
+                    if want.name == names::SIDECAR_SOCKET_VOLUME { "socket" } else { "client certificates" }
                 )));
             }
-            mounts.push(json!({"name": names::SIDECAR_SOCKET_VOLUME, "mountPath": SOCKET_DIR}));
+            mounts.push(serde_json::to_value(want).map_err(|e| Refusal(e.to_string()))?);
         }
         Ok(())
     };
@@ -150,7 +160,8 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
             patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));
         }
     }
-    Ok(Plan { patch, docker_host: format!("unix://{SOCKET}"), injected })
+    let docker_host = parts.env.iter().find(|e| e.name == "DOCKER_HOST").and_then(|e| e.value.clone()).unwrap_or_default();
+    Ok(Plan { patch, docker_host, injected })
 }
 
 fn annotate(pod: &mut Value, daemon: &str) {

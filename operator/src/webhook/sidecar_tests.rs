@@ -106,3 +106,46 @@ fn a_leased_volume_replaces_the_emptydir() {
     assert_eq!(data["persistentVolumeClaim"]["claimName"], "job-cache-1");
     assert!(data.get("emptyDir").is_none());
 }
+
+fn parts_of(spec: Value) -> Sidecar {
+    let dd: DindDaemon = serde_json::from_value(json!({
+        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
+        "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": spec
+    }))
+    .unwrap();
+    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }, None).unwrap()
+}
+
+#[test]
+fn with_tcp_the_daemon_makes_its_certificates_and_the_containers_get_tls_to_localhost() {
+    let parts = parts_of(json!({"mode": "Sidecar", "sidecar": {"tcp": true}}));
+    let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts).unwrap().patch);
+    let daemon = &out["spec"]["initContainers"][1];
+    let args: Vec<&str> = daemon["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for want in ["--port=2376", "--socket=/dind/sock/docker.sock", "--tls-generate=/dind/certs"] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    assert!(!args.contains(&"--tcp=false"), "{args:?}");
+    assert!(daemon["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-certs" && m["mountPath"] == "/dind/certs"));
+    let runner = &out["spec"]["containers"][0];
+    assert_eq!(
+        runner["env"],
+        json!([{"name": "DOCKER_HOST", "value": "tcp://localhost:2376"}, {"name": "DOCKER_TLS_VERIFY", "value": "1"},
+               {"name": "DOCKER_CERT_PATH", "value": "/dind/client-certs"}])
+    );
+    let certs = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "dind-certs").unwrap().clone();
+    assert_eq!(certs, json!({"name": "dind-certs", "mountPath": "/dind/client-certs", "subPath": "client", "readOnly": true}));
+    assert!(out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-certs" && v["emptyDir"].is_object()));
+    // Applied again (a re-invocation): nothing more to do.
+    assert!(plan(&out, "job", &parts).unwrap().patch.is_empty());
+}
+
+#[test]
+fn with_tcp_and_tls_off_the_containers_get_plain_tcp_and_no_certificates() {
+    let parts = parts_of(json!({"mode": "Sidecar", "sidecar": {"tcp": true}, "tls": {"enabled": false}, "port": 2375}));
+    let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts).unwrap().patch);
+    let args: Vec<&str> = out["spec"]["initContainers"][1]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.contains(&"--port=2375") && args.contains(&"--tls=false"), "{args:?}");
+    assert_eq!(out["spec"]["containers"][0]["env"], json!([{"name": "DOCKER_HOST", "value": "tcp://localhost:2375"}]));
+    assert!(!out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-certs"));
+}
