@@ -92,7 +92,7 @@ pub async fn register(client: &Client, ns: &str, configuration: &str, url: &str)
         }, {
             "name": "sidecar.dind.dev",
             "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
+            "sideEffects": "NoneOnDryRun",
             "timeoutSeconds": 5,
             "failurePolicy": "Fail",
             "reinvocationPolicy": "IfNeeded",

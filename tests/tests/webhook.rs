@@ -362,6 +362,18 @@ async fn webhook_sidecar_volume_pool_leases_each_volume_once_even_across_an_oper
             status.volumes
         );
 
+        // A dry run (kubectl create --dry-run=server) shows the lease it would take, and takes none.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        let dry: k8s_openapi::api::core::v1::Pod = serde_json::from_value(sidecar_pod("s0", "strict"))?;
+        let shown = pods.create(&kube::api::PostParams { dry_run: true, ..Default::default() }, &dry).await?;
+        let shown_lease = shown.metadata.annotations.unwrap_or_default().get("dind.dev/volume-lease").cloned().unwrap_or_default();
+        anyhow::ensure!(shown_lease.starts_with("strict-cache-0/"), "a dry run shows the volume it would lease: {shown_lease:?}");
+        let claim = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &ns).get("strict-cache-0").await?;
+        anyhow::ensure!(
+            !claim.metadata.annotations.unwrap_or_default().contains_key("dind.dev/lease"),
+            "a dry run leased strict-cache-0 for real"
+        );
+
         // Refuse when exhausted: the second pod of a one-volume pool.
         create_pod(&client, &ns, &sidecar_pod("s1", "strict")).await?;
         let err = create_pod(&client, &ns, &sidecar_pod("s2", "strict")).await.expect_err("exhausted pool, Refuse").to_string();

@@ -23,8 +23,10 @@ fn lease_id() -> String {
 }
 
 /// Leases a free claim of `dd`'s pool for a pod with sticky key `key`: `(claim, id)`, or None
-/// when every claim is leased.
-pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str) -> Result<Option<(String, String)>, String> {
+/// when every claim is leased. `dry_run` (a dry-run admission, e.g. `kubectl create
+/// --dry-run=server`): the same writes, as dry runs, so nothing is leased (the webhook declares
+/// `sideEffects: NoneOnDryRun`).
+pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str, dry_run: bool) -> Result<Option<(String, String)>, String> {
     let Some(pool) = &dd.spec.volume_pool else { return Ok(None) };
     let names = Names::of(&dd.name_any());
     let wanted: Vec<String> = (0..pool.size).map(|i| names.pool_claim(i)).collect();
@@ -50,7 +52,11 @@ pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str) -> Resu
         let patch =
             json!({"metadata": {"resourceVersion": rv, "annotations": {names::LEASE_ANNOTATION: id, names::LEASED_AT_ANNOTATION: now}}});
         match api
-            .patch(&pick, &PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
+            .patch(
+                &pick,
+                &PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), dry_run, ..Default::default() },
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => return Ok(Some((pick, id))),

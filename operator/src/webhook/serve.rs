@@ -143,7 +143,8 @@ impl Handler {
                 // A pod that will be refused takes no volume: check it before leasing one.
                 let unleased = build::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 sidecar::plan(pod, daemon, &unleased).map_err(|r| r.0)?;
-                let (claim, lease_note) = self.lease(pod, &dd, namespace).await?;
+                let dry_run = request["dryRun"].as_bool().unwrap_or(false);
+                let (claim, lease_note) = self.lease(pod, &dd, namespace, dry_run).await?;
                 let parts = build::sidecar(&dd, &self.defaults, claim.as_deref())
                     .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 let mut plan = sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?;
@@ -179,13 +180,19 @@ impl Handler {
 impl Handler {
     /// The pool claim a sidecar pod gets, and the lease annotation to record (None: nothing new
     /// to record: no pool, or the pod was leased one before, at an earlier invocation).
-    async fn lease(&self, pod: &Value, dd: &DindDaemon, namespace: &str) -> Result<(Option<String>, Option<String>), String> {
+    async fn lease(
+        &self,
+        pod: &Value,
+        dd: &DindDaemon,
+        namespace: &str,
+        dry_run: bool,
+    ) -> Result<(Option<String>, Option<String>), String> {
         if let Some(held) = pod["metadata"]["annotations"][names::POD_LEASE_ANNOTATION].as_str() {
             return Ok((held.split_once('/').map(|(claim, _)| claim.to_string()), None));
         }
         let Some(pool) = &dd.spec.volume_pool else { return Ok((None, None)) };
         let key = crate::sticky::key_of(pod).value;
-        match tokio::time::timeout(READ_TIMEOUT, lease::take(&self.client, namespace, dd, &key)).await {
+        match tokio::time::timeout(READ_TIMEOUT, lease::take(&self.client, namespace, dd, &key, dry_run)).await {
             Ok(Ok(Some((claim, id)))) => Ok((Some(claim.clone()), Some(format!("{claim}/{id}")))),
             Ok(Ok(None)) => {
                 let name = dd.metadata.name.clone().unwrap_or_default();
@@ -194,6 +201,7 @@ impl Handler {
                         "every volume of DindDaemon {name:?}'s pool is leased ({} of {}); volumePool.whenExhausted is Refuse: retry when a job ends",
                         pool.size, pool.size
                     )),
+                    WhenExhausted::EmptyDir if dry_run => Ok((None, Some("none".into()))),
                     WhenExhausted::EmptyDir => {
                         self.warn(
                             dd,
