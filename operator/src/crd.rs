@@ -66,6 +66,7 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"ready daemons / desired"}"#,
     printcolumn = r#"{"name":"DockerHost","type":"string","jsonPath":".status.dockerHost","description":"DOCKER_HOST for clients"}"#,
     printcolumn = r#"{"name":"Driver","type":"string","jsonPath":".status.storageDriver","description":"storage driver the daemons run"}"#,
+    printcolumn = r#"{"name":"Disk","type":"string","jsonPath":".status.disk","description":"the fullest daemon's disk use"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new("!(self.tls.enabled && self.port == 2375)")
@@ -77,6 +78,12 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!(self.storage.ephemeral && has(self.cache.buildCacheKeep) && self.cache.buildCacheKeep.endsWith('%'))")
+    .message("cache.buildCacheKeep as a percentage needs a volume size: with storage.ephemeral give a quantity such as 5Gi").field_path(".cache.buildCacheKeep"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!(has(self.cache.buildCacheKeep) && has(self.daemon.config) && 'builder' in self.daemon.config)")
+    .message("cache.buildCacheKeep sets daemon.json's builder settings: remove daemon.config.builder, or cache.buildCacheKeep").field_path(".cache.buildCacheKeep"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
     .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
@@ -139,6 +146,11 @@ pub struct DindDaemonSpec {
     /// Where /var/lib/docker lives: a PersistentVolumeClaim per daemon (default) or an emptyDir.
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// The image and build cache on the daemon's volume: how much build cache dockerd keeps,
+    /// and when the disk counts as under pressure.
+    #[serde(default)]
+    pub cache: CacheSpec,
 
     /// dockerd's own settings.
     #[serde(default)]
@@ -359,6 +371,40 @@ pub struct VolumePoolSpec {
     pub when_exhausted: WhenExhausted,
 }
 
+/// The cache on a daemon's volume (see `spec.cache`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Build cache dockerd keeps: a quantity (`10Gi`) or a percentage of `storage.size`
+    /// (`50%`, 1-99%). Default `50%` (with `storage.ephemeral`, which has no size: dockerd's
+    /// own default, 10% of the disk). Kept by dockerd's own garbage collector (BuildKit's, set
+    /// as `builder.gc` in daemon.json, in bytes): it prunes the least recently used records
+    /// after builds and now and then, and never one a running build uses. With
+    /// `daemon.config.builder` set by hand and no value here, those settings stand instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^[1-9][0-9]?%$') || (isQuantity(self) && quantity(self).isGreaterThan(quantity('0')))")
+        .message("cache.buildCacheKeep must be a positive quantity such as 10Gi, or a percentage of storage.size from 1% to 99%"))]
+    pub build_cache_keep: Option<String>,
+
+    /// Percent of the volume used past which the DindDaemon is `Degraded` with reason
+    /// `DiskPressure` (50-99, default 85): builds will soon fail with "no space left on device".
+    #[serde(default = "default_high_water")]
+    #[schemars(range(min = 50, max = 99))]
+    pub high_water_percent: i32,
+}
+
+fn default_high_water() -> i32 {
+    crate::cache::DEFAULT_HIGH_WATER_PERCENT
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self { build_cache_keep: None, high_water_percent: default_high_water() }
+    }
+}
+
 /// A sidecar daemon's listener (see `spec.sidecar`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -457,6 +503,10 @@ pub struct DindDaemonStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_driver: Option<String>,
 
+    /// The fullest daemon's disk use, e.g. `37% of 20Gi` (the Disk column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+
     /// Sidecar mode with a volume pool: each volume, and who holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<PoolVolume>,
@@ -480,4 +530,25 @@ pub struct DaemonEndpoint {
     /// Storage driver it runs, once it has been asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_driver: Option<String>,
+    /// What it keeps on its volume, as `docker system df` counts it (asked every minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<EndpointDisk>,
+}
+
+/// One daemon's disk usage (see `status.endpoints[].disk`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDisk {
+    /// Size of its volume (`storage.size`); absent for an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_bytes: Option<i64>,
+    /// Bytes of images, build cache, containers and volumes.
+    pub used_bytes: i64,
+    /// Percent of the volume used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_percent: Option<i32>,
+    /// Bytes of build cache (records not shared with images).
+    pub build_cache_bytes: i64,
+    /// Images it holds.
+    pub images: i32,
 }

@@ -1,4 +1,5 @@
-//! Asks a daemon what it runs (`GET /info`), over the same mutual TLS a client uses.
+//! Asks a daemon what it runs (`GET /info`) and what it keeps (`GET /system/df`), over the
+//! same mutual TLS a client uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,21 +33,40 @@ pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -
     info.get("Driver").and_then(|d| d.as_str()).map(str::to_string).ok_or_else(|| "/info has no Driver".into())
 }
 
+/// What the daemon keeps on its volume, from `/system/df` (the figures of `docker system df`).
+pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
+    let body = tokio::time::timeout(DF_TIMEOUT, get_bounded(&format!("{ip}:{port}"), tls, "/system/df", MAX_DF_ANSWER))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    crate::cache::parse_df(&body)
+}
+
+/// `/system/df` lists every image and build-cache record (a few hundred bytes each): a busy
+/// daemon's answer is larger than `/info`, still bounded.
+pub const MAX_DF_ANSWER: u64 = 16 * 1024 * 1024;
+/// dockerd sums the sizes of its layers and records for `/system/df`: it takes longer than `/info`.
+const DF_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The most of an answer the operator reads: a daemon's image is chosen by its tenant, so what
 /// it answers is untrusted; `/info` is a few KiB.
 pub const MAX_ANSWER: u64 = 256 * 1024;
 
-/// Reads at most [`MAX_ANSWER`] bytes; more is an error, not a larger allocation.
-async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(reader: R, out: &mut Vec<u8>) -> Result<(), String> {
-    reader.take(MAX_ANSWER + 1).read_to_end(out).await.map_err(|e| e.to_string())?;
-    if out.len() as u64 > MAX_ANSWER {
-        return Err(format!("answer larger than {MAX_ANSWER} bytes"));
+/// Reads at most `max` bytes; more is an error, not a larger allocation.
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(reader: R, out: &mut Vec<u8>, max: u64) -> Result<(), String> {
+    reader.take(max + 1).read_to_end(out).await.map_err(|e| e.to_string())?;
+    if out.len() as u64 > max {
+        return Err(format!("answer larger than {max} bytes"));
     }
     Ok(())
 }
 
-/// One `GET path` to a daemon at `addr` (host:port); the body of a 200 answer.
+/// One `GET path` to a daemon at `addr` (host:port); the body of a 200 answer of at most
+/// [`MAX_ANSWER`] bytes.
 pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
+    get_bounded(addr, tls, path, MAX_ANSWER).await
+}
+
+async fn get_bounded(addr: &str, tls: Option<(&Bundle, &str)>, path: &str, max: u64) -> Result<String, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
     let mut response = Vec::new();
@@ -56,12 +76,12 @@ pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result
             let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
             let mut s = connector.connect(name, stream).await.map_err(|e| e.to_string())?;
             s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_bounded(s, &mut response).await?;
+            read_bounded(s, &mut response, max).await?;
         }
         None => {
             let mut s = stream;
             s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_bounded(s, &mut response).await?;
+            read_bounded(s, &mut response, max).await?;
         }
     }
     let text = String::from_utf8_lossy(&response);

@@ -8,6 +8,7 @@
 
 pub mod applied;
 pub mod build;
+pub mod cache;
 pub mod controller;
 pub mod crd;
 pub mod daemon_info;

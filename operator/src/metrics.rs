@@ -24,6 +24,13 @@ pub struct DaemonLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub name: String,
+    pub pod: String,
+}
+
 /// The operator's metrics; cheap to clone (every field is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -39,6 +46,10 @@ pub struct Metrics {
     /// Pod admissions by the injection webhook, by outcome.
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_seconds: Histogram,
+    /// What each daemon keeps on its volume (`/system/df`), as of the last ask.
+    pub disk_used_bytes: Family<PodLabels, Gauge>,
+    pub build_cache_bytes: Family<PodLabels, Gauge>,
+    pub images: Family<PodLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -53,6 +64,9 @@ impl Default for Metrics {
             leader: Gauge::default(),
             admissions: Family::default(),
             admission_seconds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            disk_used_bytes: Family::default(),
+            build_cache_bytes: Family::default(),
+            images: Family::default(),
         }
     }
 }
@@ -70,5 +84,17 @@ impl Metrics {
         r.register("leader", "1 while this replica holds the leader lease", self.leader.clone());
         r.register("webhook_admissions", "Pods the injection webhook answered, by outcome", self.admissions.clone());
         r.register("webhook_admission_duration_seconds", "Time the injection webhook took per pod", self.admission_seconds.clone());
+        r.register("daemon_disk_used_bytes", "Bytes a daemon keeps on its volume (docker system df)", self.disk_used_bytes.clone());
+        r.register("daemon_build_cache_bytes", "Bytes of a daemon's build cache", self.build_cache_bytes.clone());
+        r.register("daemon_images", "Images a daemon holds", self.images.clone());
+    }
+
+    /// The figures of one daemon's `/system/df`.
+    pub fn record_disk(&self, namespace: &str, name: &str, pod: &str, usage: &crate::cache::DiskUsage) {
+        let labels = PodLabels { namespace: namespace.into(), name: name.into(), pod: pod.into() };
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.disk_used_bytes.get_or_create(&labels).set(gauge(usage.used_bytes()));
+        self.build_cache_bytes.get_or_create(&labels).set(gauge(usage.build_cache_bytes));
+        self.images.get_or_create(&labels).set(i64::from(usage.images));
     }
 }

@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::build::docker_hosts;
-use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus};
+use crate::cache::{self, DiskUsage};
+use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus, EndpointDisk};
 use crate::names::Names;
 
 pub const READY: &str = "Ready";
@@ -23,6 +24,8 @@ pub struct Observed<'a> {
     pub intruders: Vec<(String, String)>,
     /// Storage driver per pod name, as the daemons reported it.
     pub drivers: Vec<(String, String)>,
+    /// Disk usage per pod name, as the daemons reported it.
+    pub disks: Vec<(String, DiskUsage)>,
     /// Why the last apply failed (the apiserver's refusal, named), if it did.
     pub apply_error: Option<String>,
     /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
@@ -106,6 +109,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     let desired = dd.spec.replicas;
     let generation = dd.metadata.generation;
     let (service_host, replica_hosts) = docker_hosts(dd, &namespace);
+    let volume = cache::volume_bytes(&dd.spec);
 
     let endpoints: Vec<DaemonEndpoint> = replica_hosts
         .into_iter()
@@ -114,6 +118,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
             DaemonEndpoint {
                 ready: pod.is_some_and(pod_ready) && observed.routed.contains(&pod_name),
                 storage_driver: observed.drivers.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| d.clone()),
+                disk: observed.disks.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| endpoint_disk(d, volume)),
                 name: pod_name,
                 docker_host: host,
             }
@@ -170,12 +175,15 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         )
     } else if !failures.is_empty() {
         condition(DEGRADED, true, "DaemonFailing", failures.join("; "), generation, &now)
+    } else if let Some(pressure) = disk_pressure(dd, &endpoints) {
+        condition(DEGRADED, true, "DiskPressure", pressure, generation, &now)
     } else {
         condition(DEGRADED, false, "AsExpected", "no daemon is failing".into(), generation, &now)
     };
 
     let conditions = keep_transition_times(dd, [ready, progressing, degraded]);
 
+    let disk = fullest(&endpoints);
     let docker_host = if desired == 1 { Some(service_host) } else { endpoints.first().map(|e| e.docker_host.clone()) };
     DindDaemonStatus {
         observed_generation: generation,
@@ -185,9 +193,60 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         endpoints,
         client_secret_name: dd.spec.tls.enabled.then(|| Names::of(&name).client_secret),
         storage_driver,
+        disk,
         volumes: Vec::new(),
         conditions,
     }
+}
+
+fn endpoint_disk(usage: &DiskUsage, volume: Option<u64>) -> EndpointDisk {
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    EndpointDisk {
+        volume_bytes: volume.map(signed),
+        used_bytes: signed(usage.used_bytes()),
+        used_percent: volume.and_then(|v| cache::used_percent(usage, v)).map(|p| i32::try_from(p).unwrap_or(i32::MAX)),
+        build_cache_bytes: signed(usage.build_cache_bytes),
+        images: i32::try_from(usage.images).unwrap_or(i32::MAX),
+    }
+}
+
+fn bytes(v: i64) -> String {
+    cache::human(u64::try_from(v).unwrap_or(0))
+}
+
+/// The Disk column: the fullest daemon, `37% of 20Gi` (or `1.2Gi` on an emptyDir).
+fn fullest(endpoints: &[DaemonEndpoint]) -> Option<String> {
+    let disks = endpoints.iter().filter_map(|e| e.disk.as_ref());
+    let top = disks.max_by_key(|d| (d.used_percent, d.used_bytes))?;
+    Some(match (top.used_percent, top.volume_bytes) {
+        (Some(p), Some(v)) => format!("{p}% of {}", bytes(v)),
+        _ => bytes(top.used_bytes),
+    })
+}
+
+/// Daemons past `cache.highWaterPercent`, named with what fills them.
+fn disk_pressure(dd: &DindDaemon, endpoints: &[DaemonEndpoint]) -> Option<String> {
+    let mark = dd.spec.cache.high_water_percent;
+    let full: Vec<String> = endpoints
+        .iter()
+        .filter_map(|e| {
+            let d = e.disk.as_ref()?;
+            let p = d.used_percent.filter(|p| *p >= mark)?;
+            Some(format!(
+                "{} uses {p}% of {} (build cache {}, {} images)",
+                e.name,
+                bytes(d.volume_bytes.unwrap_or_default()),
+                bytes(d.build_cache_bytes),
+                d.images
+            ))
+        })
+        .collect();
+    (!full.is_empty()).then(|| {
+        format!(
+            "{}; past cache.highWaterPercent {mark}%: builds will fail with \"no space left on device\" (lower cache.buildCacheKeep, remove images, or give the daemon a larger volume)",
+            full.join("; ")
+        )
+    })
 }
 
 /// Conditions whose status did not change keep the time of their last transition.
@@ -234,6 +293,7 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, now: Time)
         endpoints: Vec::new(),
         client_secret_name: None,
         storage_driver: dd.spec.daemon.storage_driver.map(|d| d.as_str().to_string()),
+        disk: None,
         volumes,
         conditions: keep_transition_times(dd, [ready, progressing, degraded]),
     }
@@ -326,6 +386,34 @@ mod tests {
         assert_eq!(get(&st, PROGRESSING).status, "False");
         assert_eq!(get(&st, DEGRADED).status, "False");
         assert_eq!(st.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn disk_use_shows_per_daemon_in_the_column_and_past_the_high_water_mark_degrades() {
+        let d = dd(2); // storage.size defaults to 20Gi, cache.highWaterPercent to 85
+        let pods = [pod("ci-0", true), pod("ci-1", true)];
+        let s = sts(2, 2);
+        let usage = |gib: u64| DiskUsage { images_bytes: gib << 30, images: 3, build_cache_bytes: 1 << 30, ..Default::default() };
+        let observe = |a: u64, b: u64| Observed {
+            statefulset: Some(&s),
+            pods: &pods,
+            routed: all_routed(),
+            disks: vec![("ci-0".into(), usage(a)), ("ci-1".into(), usage(b))],
+            ..Default::default()
+        };
+        let st = compute(&d, &observe(3, 7), at(1));
+        assert_eq!(st.disk.as_deref(), Some("40% of 20Gi"), "the fullest: 7Gi + 1Gi of 20Gi");
+        let e = st.endpoints[0].disk.clone().unwrap();
+        assert_eq!(
+            (e.used_bytes, e.build_cache_bytes, e.images, e.used_percent, e.volume_bytes),
+            (4 << 30, 1 << 30, 3, Some(20), Some(20 << 30))
+        );
+        assert_eq!(get(&st, DEGRADED).status, "False");
+        let st = compute(&d, &observe(3, 17), at(1));
+        let degraded = get(&st, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "DiskPressure"));
+        assert!(degraded.message.contains("ci-1 uses 90% of 20Gi (build cache 1Gi, 3 images)"), "{}", degraded.message);
+        assert!(!degraded.message.contains("ci-0"), "{}", degraded.message);
     }
 
     #[test]

@@ -639,3 +639,102 @@ async fn e2e_sidecar_jobs_of_a_pipeline_get_a_warm_volume() {
     })
     .await;
 }
+
+/// Fills a daemon's build cache past its target (`cache.buildCacheKeep`): three builds of a
+/// 12 MB layer each, their images removed so the cache is all that holds them.
+const FILL_CACHE_SCRIPT: &str = r#"set -e
+tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null
+for i in 1 2 3; do
+  printf 'FROM local/base\nRUN echo %s > /n && head -c 12000000 /dev/urandom > /blob\n' "$i" > Dockerfile
+  docker build -q -t fill-$i . >/dev/null
+done
+docker rmi fill-1 fill-2 fill-3 >/dev/null
+docker system df
+"#;
+
+/// Sizes as `docker system df` prints them (go-units' decimal HumanSize: `31.46MB`, `0B`).
+fn df_bytes(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (n, unit) = text.split_at(split);
+    let scale = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    Some(n.parse::<f64>().ok()? * scale)
+}
+
+#[tokio::test]
+async fn e2e_the_build_cache_is_kept_under_its_target_and_status_shows_the_disk() {
+    require_node();
+    with_namespace("e2e-cache", |client, ns| async move {
+        with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: cache}\nspec: {storage: {size: 1Gi}, cache: {buildCacheKeep: 10Mi}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "cache").await?;
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "labels": {"dind.dev/inject": "cache"}},
+                "spec": {"containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                    "workingDir": "/tmp", "command": ["sleep", "3600"]}]}
+            });
+            kubectl_apply(&builds, &pod.to_string()).await?;
+            kubectl(&["wait", "-n", &builds, "--for=condition=Ready", "pod/client", "--timeout=120s"]).await?;
+            let exec = |script: String| {
+                let builds = builds.clone();
+                async move { kubectl(&["exec", "-n", &builds, "client", "-c", "build", "--", "/bin/sh", "-c", &script]).await }
+            };
+            let filled = exec(FILL_CACHE_SCRIPT.to_string()).await?;
+            eprintln!("after the builds:\n{filled}");
+            let df = || exec("docker system df --format '{{.Type}}={{.TotalCount}}={{.Size}}'".to_string());
+            let line = |text: &str, kind: &str| -> Option<(u32, f64)> {
+                let rest = text.lines().find_map(|l| l.strip_prefix(&format!("{kind}=")))?;
+                let (count, size) = rest.split_once('=')?;
+                Some((count.parse().ok()?, df_bytes(size.trim())?))
+            };
+            let before = line(&df().await?, "Build Cache").context("no Build Cache line")?;
+            ensure!(before.1 > 20e6, "the builds made {} bytes of build cache, expected over 20 MB:\n{filled}", before.1);
+
+            // dockerd's own garbage collector brings the cache under the target (10Mi).
+            let keep = 10.0 * 1024.0 * 1024.0;
+            let after = eventually("the build cache under 10Mi", Duration::from_secs(240), || async {
+                let text = df().await?;
+                Ok(line(&text, "Build Cache").filter(|(_, size)| *size <= keep).map(|_| text))
+            })
+            .await?;
+            eprintln!("build cache {:.1} MB -> under the 10Mi target:\n{after}", before.1 / 1e6);
+
+            // Status shows what `docker system df` shows (the operator asks every minute).
+            let (images, images_size) = line(&after, "Images").context("no Images line")?;
+            let (_, cache_size) = line(&after, "Build Cache").context("no Build Cache line")?;
+            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &builds);
+            let disk = eventually("status shows the disk as docker system df does", Duration::from_secs(150), || {
+                let api = api.clone();
+                async move {
+                    let st = api.get("cache").await?.status.unwrap_or_default();
+                    let disk = st.endpoints.first().and_then(|e| e.disk.clone());
+                    // df prints 4 significant digits: compare within 0.5%, or 100 kB.
+                    let close = |a: i64, b: f64| ((a as f64) - b).abs() <= (b * 0.005).max(1e5);
+                    Ok(disk
+                        .filter(|d| {
+                            d.images == images as i32 && close(d.build_cache_bytes, cache_size) && close(d.used_bytes - d.build_cache_bytes, images_size)
+                        })
+                        .map(|d| (d, st.disk)))
+                }
+            })
+            .await?;
+            eprintln!("status: {disk:?}");
+            ensure!(disk.0.volume_bytes == Some(1 << 30) && disk.0.used_percent.is_some(), "{disk:?}");
+            ensure!(disk.1.as_deref().is_some_and(|d| d.ends_with("% of 1Gi")), "the Disk column: {:?}", disk.1);
+            let column = kubectl(&["get", "dind", "-n", &builds, "cache"]).await?;
+            ensure!(column.contains("DISK") && column.contains("% of 1Gi"), "kubectl get dind:\n{column}");
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}

@@ -50,8 +50,9 @@ pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
     }
     args.extend(spec.daemon.registry_mirrors.iter().map(|m| format!("--registry-mirror={m}")));
     args.extend(spec.daemon.insecure_registries.iter().map(|r| format!("--insecure-registry={r}")));
-    if let Some(config) = &spec.daemon.config {
-        let json = serde_json::to_string(config).map_err(|source| Error::Serialize { what: "daemon.config", source })?;
+    let config = crate::cache::daemon_config(spec);
+    if !config.is_empty() {
+        let json = serde_json::to_string(&config).map_err(|source| Error::Serialize { what: "daemon.config", source })?;
         args.push(format!("--daemon-config={json}"));
     }
     if !spec.daemon.extra_args.is_empty() {

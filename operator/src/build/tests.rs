@@ -64,7 +64,9 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("docker:28.5.2-dind"));
     assert_eq!(c.command.as_ref().unwrap(), &vec!["/dind/bin/dind-init".to_string()]);
-    assert_eq!(c.args.as_ref().unwrap(), &vec!["--port=2376", "--shutdown-timeout=15", "--tls-dir=/certs/server"]);
+    // Half the default 20Gi volume for the build cache, in bytes, for dockerd's own GC.
+    let gc = r#"--daemon-config={"builder":{"gc":{"defaultKeepStorage":"10737418240","enabled":true}}}"#;
+    assert_eq!(c.args.as_ref().unwrap(), &vec!["--port=2376", "--shutdown-timeout=15", "--tls-dir=/certs/server", gc]);
     assert!(pod.termination_grace_period_seconds.unwrap() > DOCKERD_SHUTDOWN_TIMEOUT);
     let live = c.liveness_probe.as_ref().unwrap();
     assert_eq!(live.exec.as_ref().unwrap().command.as_ref().unwrap()[1], "probe");
@@ -132,7 +134,7 @@ fn full_spec_reaches_dind_init_and_the_pod() {
         "--storage-driver=vfs",
         "--registry-mirror=https://mirror.local",
         "--insecure-registry=r.local:5000",
-        r#"--daemon-config={"log-level":"warn"}"#,
+        r#"--daemon-config={"builder":{"gc":{"defaultKeepStorage":"26843545600","enabled":true}},"log-level":"warn"}"#,
     ] {
         assert!(args.contains(&want.to_string()), "{want} missing from {args:?}");
     }

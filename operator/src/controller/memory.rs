@@ -1,12 +1,14 @@
 //! What the operator remembers between reconciles, per DindDaemon: its last apply (so an
-//! unchanged one costs no request), the storage driver of each daemon pod (asked once), and its
+//! unchanged one costs no request), the storage driver of each daemon pod (asked once) and its
+//! disk usage (asked every minute), and its
 //! consecutive failures (for backoff). Pruned when what it describes is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::applied::Applied;
+use crate::cache::DiskUsage;
 
 /// The first retry of a failed reconcile comes after this long, then twice as long each time.
 pub const BACKOFF_START: Duration = Duration::from_secs(5);
@@ -25,6 +27,8 @@ pub struct Memory {
     applied: Mutex<HashMap<String, Applied>>,
     /// Storage driver per daemon pod uid, asked once per pod over mTLS.
     drivers: Mutex<HashMap<String, String>>,
+    /// Disk usage per daemon pod uid, and when it was asked (again after `DISK_EVERY`).
+    disks: Mutex<HashMap<String, (Instant, DiskUsage)>>,
     /// Consecutive failed reconciles, by `namespace/name`.
     failures: Streaks,
     /// Connections to a routed client Service that were refused, by `namespace/name`.
@@ -98,6 +102,17 @@ impl Memory {
         }
     }
 
+    /// The disk usage a pod reported last, and when.
+    pub fn disk(&self, pod_uid: &str) -> Option<(Instant, DiskUsage)> {
+        self.disks.lock().ok()?.get(pod_uid).cloned()
+    }
+
+    pub fn remember_disk(&self, pod_uid: &str, usage: DiskUsage) {
+        if let Ok(mut m) = self.disks.lock() {
+            m.insert(pod_uid.to_string(), (Instant::now(), usage));
+        }
+    }
+
     /// Counts a failure of `key`; returns how many in a row.
     pub fn failed(&self, key: &str) -> u32 {
         self.failures.bump(key).unwrap_or(1)
@@ -135,12 +150,15 @@ impl Memory {
         pods: usize,
         live_pods: impl FnOnce() -> HashSet<String>,
     ) -> Vec<String> {
-        if let Ok(mut drivers) = self.drivers.lock()
-            && drivers.len() > pods
+        let (mut drivers, mut disks) = (self.drivers.lock(), self.disks.lock());
+        if let (Ok(drivers), Ok(disks)) = (drivers.as_mut(), disks.as_mut())
+            && (drivers.len() > pods || disks.len() > pods)
         {
             let live = live_pods();
             drivers.retain(|uid, _| live.contains(uid));
+            disks.retain(|uid, _| live.contains(uid));
         }
+        drop((drivers, disks));
         let gone: Vec<String> = match self.applied.lock() {
             Ok(m) if m.len() > daemons => m.keys().filter(|k| !daemon_exists(k)).cloned().collect(),
             _ => Vec::new(),

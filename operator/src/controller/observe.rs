@@ -1,5 +1,5 @@
 //! Observing the daemons of a DindDaemon: its pods from the cache, foreign pods on its volumes,
-//! and the storage driver each ready daemon reports.
+//! and the storage driver and disk usage each ready daemon reports.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
 use super::memory::{ROUTE_CHECKS, route_recheck};
+use crate::cache::DiskUsage;
 use crate::crd::DindDaemon;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
 use crate::{daemon_info, status, tls};
@@ -21,6 +22,8 @@ pub struct Seen {
     pub pods: Vec<Pod>,
     pub intruders: Vec<(String, String)>,
     pub drivers: Vec<(String, String)>,
+    /// Disk usage per pod name, as the daemons reported it.
+    pub disks: Vec<(String, DiskUsage)>,
     /// Pods the client Service routes to.
     pub routed: Vec<String>,
     /// Routed by the EndpointSlice but not yet accepting connections: look again after this.
@@ -45,7 +48,7 @@ pub async fn daemons(
     });
     let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| (**p).clone()).collect();
     let intruders = find_intruders(name, &pods, &concerned);
-    let drivers = if ctx.query_daemons { storage_drivers(ctx, dd, ns, names, &pods, certs).await } else { Vec::new() };
+    let (drivers, disks) = if ctx.query_daemons { ask_daemons(ctx, dd, ns, names, &pods, certs).await } else { Default::default() };
     let mut routed = routed_pods(ctx, ns, &names.client_service);
     // The EndpointSlice lists a daemon a moment before kube-proxy routes to it (measured: up to
     // ~0.9 s). Where the operator can reach the cluster network as a client does, it connects
@@ -65,7 +68,10 @@ pub async fn daemons(
             tracing::warn!(name = %names.daemon, namespace = ns, "the client Service refuses the operator's connections; Ready follows its EndpointSlice alone");
         }
     }
-    Seen { statefulset, pods, intruders, drivers, routed, look_again }
+    if !disks.is_empty() {
+        look_again = Some(look_again.map_or(DISK_EVERY, |l: std::time::Duration| l.min(DISK_EVERY)));
+    }
+    Seen { statefulset, pods, intruders, drivers, disks, routed, look_again }
 }
 
 /// How long the operator waits for one TCP connection to a Service.
@@ -119,39 +125,62 @@ pub fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String
     found
 }
 
-/// Storage driver of each ready daemon, asked once per pod over the daemon's own mTLS. Pods
-/// that are not ready are not dialled (they would only time out), and the rest are asked at
-/// once, not one after another.
-async fn storage_drivers(
+/// How often a daemon is asked what it keeps on its volume (`/system/df`).
+pub const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the ready daemons told: their storage drivers (asked once per pod) and disk usage
+/// (asked when [`DISK_EVERY`] has passed), over each daemon's own mTLS. Pods that are not
+/// ready are not dialled (they would only time out), and the rest are asked at once, not one
+/// after another.
+async fn ask_daemons(
     ctx: &Context,
     dd: &DindDaemon,
     ns: &str,
     names: &Names,
     pods: &[Pod],
     certs: Option<&tls::Bundle>,
-) -> Vec<(String, String)> {
+) -> (Vec<(String, String)>, Vec<(String, DiskUsage)>) {
     let asks = pods.iter().filter(|p| status::pod_ready(p)).filter_map(|pod| {
         let uid = pod.uid()?;
         let ip = pod.status.as_ref()?.pod_ip.clone()?;
         Some(async move {
-            if let Some(known) = ctx.memory.driver(&uid) {
-                return Some((pod.name_any(), known));
-            }
-            let sni = names.pod_host(&pod.name_any(), ns);
+            let name = pod.name_any();
+            let sni = names.pod_host(&name, ns);
             let tls = certs.map(|c| (c, sni.as_str()));
-            match daemon_info::storage_driver(&ip, dd.spec.port, tls).await {
-                Ok(d) => {
-                    ctx.memory.remember_driver(&uid, &d);
-                    Some((pod.name_any(), d))
-                }
-                Err(e) => {
-                    tracing::debug!(pod = %pod.name_any(), error = %e, "daemon did not tell its storage driver");
-                    None
-                }
-            }
+            let driver = match ctx.memory.driver(&uid) {
+                Some(known) => Some(known),
+                None => match daemon_info::storage_driver(&ip, dd.spec.port, tls).await {
+                    Ok(d) => {
+                        ctx.memory.remember_driver(&uid, &d);
+                        Some(d)
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "daemon did not tell its storage driver");
+                        None
+                    }
+                },
+            };
+            let disk = match ctx.memory.disk(&uid) {
+                Some((at, usage)) if at.elapsed() < DISK_EVERY => Some(usage),
+                known => match daemon_info::disk_usage(&ip, dd.spec.port, tls).await {
+                    Ok(usage) => {
+                        ctx.metrics.record_disk(ns, &names.daemon, &name, &usage);
+                        ctx.memory.remember_disk(&uid, usage.clone());
+                        Some(usage)
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "daemon did not tell its disk usage");
+                        known.map(|(_, usage)| usage)
+                    }
+                },
+            };
+            (driver.map(|d| (name.clone(), d)), disk.map(|d| (name, d)))
         })
     });
-    futures::future::join_all(asks).await.into_iter().flatten().collect()
+    let answers = futures::future::join_all(asks).await;
+    let drivers = answers.iter().filter_map(|(d, _)| d.clone()).collect();
+    let disks = answers.into_iter().filter_map(|(_, d)| d).collect();
+    (drivers, disks)
 }
 
 #[cfg(test)]

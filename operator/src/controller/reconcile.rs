@@ -134,6 +134,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         pods: &seen_daemons.pods,
         intruders: seen_daemons.intruders,
         drivers: seen_daemons.drivers,
+        disks: seen_daemons.disks,
         apply_error: apply_error.as_ref().map(ToString::to_string),
         routed: seen_daemons.routed,
     };
