@@ -16,12 +16,28 @@ tests/setup-machine.sh
 cleanup() {
   local rc=$?
   log "stopping everything the run started"
+  if [[ -n ${go_pid:-} ]] && kill -0 "$go_pid" 2>/dev/null; then kill -- "-$go_pid" 2>/dev/null || true; fi
   tests/cluster/cluster.sh down || true
   tests/docker/dockerd.sh down || true
   exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# The Go builds (Kubernetes, today's Docker clients; cached in ~/.cache/dind-operator) download
+# and compile while Rust is linted and built: on a cold machine they overlap instead of queueing.
+log "building the Go tools in the background (cached)"
+go_log="$(mktemp)"
+# Its own process group (setsid), so that an interrupted run stops the go builds under it too.
+setsid bash -c 'tests/cluster/build.sh && tests/clients/build.sh' >"$go_log" 2>&1 &
+go_pid=$!
+wait_go() {
+  if ! wait "$go_pid"; then
+    cat "$go_log" >&2
+    log "building the Go tools failed"
+    exit 1
+  fi
+}
 
 log "formatting (rustfmt.toml) and lints (clippy, warnings are errors)"
 cargo fmt --check
@@ -30,6 +46,11 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 log "generated files are fresh (crds/, chart CRD and RBAC)"
 cargo run -q -p dind-operator --bin crdgen -- --check
 
+log "building the workspace"
+cargo build -q --workspace --all-targets
+
+log "waiting for the Go tools"
+wait_go
 log "starting the test dockerd"
 eval "$(tests/docker/dockerd.sh up)"
 export DOCKER_HOST
@@ -41,8 +62,6 @@ tests/cluster/cluster.sh up
 eval "$(tests/cluster/cluster.sh env)"
 kubectl apply --server-side --force-conflicts -f crds/dinddaemon.yaml >/dev/null
 
-log "building the workspace"
-cargo build -q --workspace --all-targets
 log "running the tests"
 rc=0
 cargo test -q --workspace --no-fail-fast -- --skip e2e_ --test-threads "${DIND_TEST_THREADS:-4}" || rc=$?
