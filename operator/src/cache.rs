@@ -57,7 +57,7 @@ pub fn volume_bytes(spec: &DindDaemonSpec) -> Option<u64> {
 
 /// The build-cache target in bytes: `cache.buildCacheKeep` (default 50% of the volume).
 /// None: dockerd's own default applies (an ephemeral daemon, where a percentage has nothing to
-/// be a percentage of; or `daemon.config.builder` set by hand and no target given).
+/// be a percentage of), or `daemon.config.builder` set by hand stands (no target given).
 pub fn build_cache_keep_bytes(spec: &DindDaemonSpec) -> Option<u64> {
     let explicit = spec.cache.build_cache_keep.as_deref();
     let user_builder = spec.daemon.config.as_ref().is_some_and(|c| c.contains_key("builder"));
@@ -76,8 +76,18 @@ pub fn build_cache_keep_bytes(spec: &DindDaemonSpec) -> Option<u64> {
 pub fn daemon_config(spec: &DindDaemonSpec) -> Map<String, Value> {
     let mut config: Map<String, Value> = spec.daemon.config.clone().unwrap_or_default().into_iter().collect();
     if let Some(keep) = build_cache_keep_bytes(spec) {
-        // Bytes as a plain number: dockerd reads it with go-units' RAMInBytes.
-        config.insert("builder".into(), json!({"gc": {"enabled": true, "defaultKeepStorage": keep.to_string()}}));
+        // Over the hand-written builder settings, keeping the rest of them. Bytes as a plain
+        // number: dockerd reads it with go-units' RAMInBytes.
+        let builder = config.entry("builder").or_insert_with(|| json!({}));
+        if !builder.is_object() {
+            *builder = json!({});
+        }
+        let gc = &mut builder["gc"];
+        if !gc.is_object() {
+            *gc = json!({});
+        }
+        gc["enabled"] = json!(true);
+        gc["defaultKeepStorage"] = json!(keep.to_string());
     }
     config
 }
@@ -181,6 +191,14 @@ mod tests {
         let by_hand = spec(json!({"daemon": {"config": {"builder": {"gc": {"enabled": false}}}}}));
         assert_eq!(build_cache_keep_bytes(&by_hand), None, "the user's own builder settings stand");
         assert_eq!(daemon_config(&by_hand)["builder"]["gc"]["enabled"], false);
+        let both = spec(
+            json!({"cache": {"buildCacheKeep": "1Gi"}, "daemon": {"config": {"builder": {"gc": {"enabled": false, "policy": []}, "entitlements": {"network-host": true}}}}}),
+        );
+        assert_eq!(
+            daemon_config(&both)["builder"],
+            json!({"gc": {"enabled": true, "policy": [], "defaultKeepStorage": "1073741824"}, "entitlements": {"network-host": true}}),
+            "the target is set over the hand-written builder settings, which otherwise stay"
+        );
         let config = daemon_config(&spec(json!({"storage": {"size": "4Gi"}, "daemon": {"config": {"log-level": "warn"}}})));
         assert_eq!(config["builder"], json!({"gc": {"enabled": true, "defaultKeepStorage": (2u64 << 30).to_string()}}));
         assert_eq!(config["log-level"], "warn");

@@ -81,9 +81,6 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
 #[x_kube(validation = kube::core::Rule::new(
     "!(self.storage.ephemeral && has(self.cache.buildCacheKeep) && self.cache.buildCacheKeep.endsWith('%'))")
     .message("cache.buildCacheKeep as a percentage needs a volume size: with storage.ephemeral give a quantity such as 5Gi").field_path(".cache.buildCacheKeep"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!(has(self.cache.buildCacheKeep) && has(self.daemon.config) && 'builder' in self.daemon.config)")
-    .message("cache.buildCacheKeep sets daemon.json's builder settings: remove daemon.config.builder, or cache.buildCacheKeep").field_path(".cache.buildCacheKeep"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
     .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
@@ -379,8 +376,10 @@ pub struct CacheSpec {
     /// (`50%`, 1-99%). Default `50%` (with `storage.ephemeral`, which has no size: dockerd's
     /// own default, 10% of the disk). Kept by dockerd's own garbage collector (BuildKit's, set
     /// as `builder.gc` in daemon.json, in bytes): it prunes the least recently used records
-    /// after builds and now and then, and never one a running build uses. With
-    /// `daemon.config.builder` set by hand and no value here, those settings stand instead.
+    /// after builds and now and then, and never one a running build uses. Given here, it sets
+    /// `builder.gc.enabled` and `builder.gc.defaultKeepStorage` over whatever
+    /// `daemon.config.builder` says (its other settings stay); not given, a hand-written
+    /// `daemon.config.builder` stands as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = kube::core::Rule::new(
