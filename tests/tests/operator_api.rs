@@ -29,7 +29,7 @@ async fn crd_installs_and_is_established() {
     .expect("established");
     assert_eq!(established.names.short_names, Some(vec!["dind".to_string()]));
     let columns: Vec<String> = established.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
-    assert_eq!(columns, ["Ready", "DockerHost", "Driver", "Age"]);
+    assert_eq!(columns, ["Ready", "DockerHost", "Driver", "Disk", "Age"]);
 }
 
 #[tokio::test]
@@ -71,6 +71,11 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
         (json!({"security": {"mode": "Root"}}), "spec.security.mode", "supported values"),
         (json!({"image": ""}), "spec.image", "at least 1"),
         (json!({"nodeSelector": {"pool": 1}}), "spec.nodeSelector.pool", "string"),
+        (json!({"cache": {"buildCacheKeep": "150%"}}), "spec.cache.buildCacheKeep", "from 1% to 99%"),
+        (json!({"cache": {"buildCacheKeep": "lots"}}), "spec.cache.buildCacheKeep", "positive quantity"),
+        (json!({"storage": {"ephemeral": true}, "cache": {"buildCacheKeep": "50%"}}), "spec.cache.buildCacheKeep", "needs a volume size"),
+        (json!({"cache": {"highWaterPercent": 100}}), "spec.cache.highWaterPercent", "less than or equal to 99"),
+        (json!({"sidecar": {"tcp": true}}), "spec.sidecar", "needs mode: Sidecar"),
     ];
     assert!(cases.len() >= 20);
     with_namespace("malformed", move |client: Client, ns: String| async move {
@@ -92,7 +97,8 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
             "storage": {"size": "10Gi", "storageClassName": "local", "retainOnDelete": true},
             "daemon": {"mtu": 1400, "registryMirrors": ["https://mirror.local/v2"], "insecureRegistries": ["r.local:5000", "10.0.0.0/8"],
                        "storageDriver": "overlay2", "extraArgs": ["--debug", "-D", "-l", "debug", "--experimental"], "config": {"log-level": "warn", "features": {"buildkit": true}}},
-            "security": {"mode": "Capabilities"}, "nodeSelector": {"pool": "builds"}
+            "security": {"mode": "Capabilities"}, "nodeSelector": {"pool": "builds"},
+            "cache": {"buildCacheKeep": "40%", "highWaterPercent": 90}
         }));
         api.create(&PostParams::default(), &serde_json::from_value(full)?).await.context("the full valid spec")?;
         Ok(())
