@@ -100,9 +100,9 @@ pub struct DiskUsage {
     pub images: u32,
     /// Build cache records not shared with images: the Build Cache line's SIZE.
     pub build_cache_bytes: u64,
-    /// Writable layers of containers.
+    /// Writable layers of containers (0 when not asked for: see `daemon_info::disk_usage`).
     pub containers_bytes: u64,
-    /// Local volumes.
+    /// Local volumes (0 when not asked for).
     pub volumes_bytes: u64,
     /// Build cache records in use by a running build.
     pub build_cache_in_use: u32,

@@ -35,11 +35,16 @@ pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -
 
 /// What the daemon keeps on its volume, from `/system/df` (the figures of `docker system df`).
 pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
-    let body = tokio::time::timeout(DF_TIMEOUT, get_bounded(&format!("{ip}:{port}"), tls, "/system/df", MAX_DF_ANSWER))
+    let body = tokio::time::timeout(DF_TIMEOUT, get_bounded(&format!("{ip}:{port}"), tls, DF_PATH, MAX_DF_ANSWER))
         .await
         .map_err(|_| "timed out".to_string())??;
     crate::cache::parse_df(&body)
 }
+
+/// Images and build cache only (API ≥ 1.42; older daemons answer everything): their sizes are
+/// kept in metadata, while sizing containers' writable layers and volumes walks their files,
+/// which a daemon should not do every minute for us.
+const DF_PATH: &str = "/system/df?type=image&type=build-cache";
 
 /// `/system/df` lists every image and build-cache record (a few hundred bytes each): a busy
 /// daemon's answer is larger than `/info`, still bounded.
