@@ -127,6 +127,7 @@ pub fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String
 
 /// How often a daemon is asked what it keeps on its volume (`/system/df`).
 pub const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const DISK_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the ready daemons told: their storage drivers (asked once per pod) and disk usage
 /// (asked when [`DISK_EVERY`] has passed), over each daemon's own mTLS. Pods that are not
@@ -161,7 +162,8 @@ async fn ask_daemons(
                 },
             };
             let disk = match ctx.memory.disk(&uid) {
-                Some((at, usage)) if at.elapsed() < DISK_EVERY => Some(usage),
+                // (A little early counts as due: the requeue after DISK_EVERY lands just short of it.)
+                Some((at, usage)) if at.elapsed() + DISK_SLACK < DISK_EVERY => Some(usage),
                 known => match daemon_info::disk_usage(&ip, dd.spec.port, tls).await {
                     Ok(usage) => {
                         ctx.metrics.record_disk(ns, &names.daemon, &name, &usage);
