@@ -62,7 +62,7 @@ async fn a_valid_daemon_gets_every_owned_object_with_owner_refs_and_our_field_ma
         // kubectl shows the columns of docs/design.md.
         let table = run_tool("kubectl", &["get", "dind", "-n", &ns]).await?;
         let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-        ensure!(header == ["NAME", "READY", "DOCKERHOST", "DRIVER", "AGE"], "{table}");
+        ensure!(header == ["NAME", "READY", "DOCKERHOST", "DRIVER", "DISK", "AGE"], "{table}");
         ensure!(table.contains("0/1") && table.contains(&format!("tcp://ci.{ns}.svc:2376")), "{table}");
         Ok(())
     })
