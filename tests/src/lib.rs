@@ -230,7 +230,7 @@ impl Operator {
         let http = free_local_addr()?;
         let child = std::process::Command::new(&bin)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env("RUST_LOG", std::env::var("DIND_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .args(["run", "--namespaces", namespace, "--http-addr", &http.to_string(), "--query-daemons=false"])
             .args(extra)
             .spawn()
