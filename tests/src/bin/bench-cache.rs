@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     // Images and build cache: BUILDS builds of three steps each, every one tagged.
     let fill = format!(
         "set -e; tar -C / -c bin etc lib 2>/dev/null | docker import - local/base >/dev/null; mkdir -p /tmp/b && cd /tmp/b; \
-         for i in $(seq {builds}); do printf 'FROM local/base\\nRUN echo $i > /a\\nRUN echo $i > /b\\nRUN head -c 100000 /dev/urandom > /c\\n' > Dockerfile; \
+         for i in $(seq {builds}); do printf 'FROM local/base\\nRUN echo %s > /a\\nRUN echo %s > /b\\nRUN head -c 100000 /dev/urandom > /c\\n' $i $i > Dockerfile; \
          DOCKER_BUILDKIT=1 docker build -q -t img-$i . >/dev/null; done"
     );
     c.exec(&["sh", "-c", &fill]).context("filling the daemon")?;
