@@ -120,7 +120,8 @@ fn mode_of(pod: &Value) -> Result<Mode, Refusal> {
     }
 }
 
-fn opt_outs(pod: &Value) -> BTreeSet<String> {
+/// The containers a pod names in `dind.dev/opt-out-containers` (both webhooks leave them alone).
+pub(super) fn opt_outs(pod: &Value) -> BTreeSet<String> {
     pod["metadata"]["annotations"][names::OPT_OUT_ANNOTATION]
         .as_str()
         .unwrap_or_default()

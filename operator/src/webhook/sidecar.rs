@@ -9,11 +9,9 @@
 //! daemon, so `docker run -v "$PWD":/src` and compose bind mounts see the job's files (the
 //! daemon resolves bind-mount paths in its own filesystem).
 
-use std::collections::BTreeSet;
-
 use serde_json::{Value, json};
 
-use super::inject::{Plan, Refusal};
+use super::inject::{Plan, Refusal, opt_outs};
 use crate::build::Sidecar;
 use crate::names;
 
@@ -27,17 +25,6 @@ fn reserved(path: &str) -> bool {
     let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
     ["/dind", "/var/lib/docker", "/proc", "/sys", "/dev"].iter().any(|r| under(r))
         || ["", "/etc", "/usr", "/bin", "/sbin", "/lib", "/run", "/var", "/var/run", "/tmp"].contains(&path)
-}
-
-fn opt_outs(pod: &Value) -> BTreeSet<String> {
-    pod["metadata"]["annotations"][names::OPT_OUT_ANNOTATION]
-        .as_str()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// The patch for `pod` (DindDaemon `daemon`, whose sidecar is `parts`). Empty when the pod
