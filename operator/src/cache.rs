@@ -13,8 +13,6 @@ use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemonSpec};
 
 /// The default build-cache target: half the volume.
 pub const DEFAULT_BUILD_CACHE_KEEP: &str = "50%";
-/// The default high-water mark, percent of the volume.
-pub const DEFAULT_HIGH_WATER_PERCENT: i32 = 85;
 
 /// Bytes of a Kubernetes quantity (`20Gi`, `1.5G`, `500M`, `1048576`); None if it is not one
 /// (the CRD's CEL `isQuantity` refuses those first).

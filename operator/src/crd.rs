@@ -17,6 +17,8 @@ use serde_json::Value;
 pub const DEFAULT_DOCKER_VERSION: &str = "28.5.2";
 /// The default port of a TLS daemon (Docker's convention).
 pub const DEFAULT_PORT: i32 = 2376;
+/// The default high-water mark of a daemon's volume, percent (`cache.highWaterPercent`).
+pub const DEFAULT_HIGH_WATER_PERCENT: i32 = 85;
 /// The default size of a daemon's volume when none is given.
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
 
@@ -395,7 +397,7 @@ pub struct CacheSpec {
 }
 
 fn default_high_water() -> i32 {
-    crate::cache::DEFAULT_HIGH_WATER_PERCENT
+    DEFAULT_HIGH_WATER_PERCENT
 }
 
 impl Default for CacheSpec {
