@@ -28,6 +28,9 @@ use crate::watch_map::WatchMap;
 pub struct Stamp {
     pub uid: String,
     pub version: String,
+    /// The uid of the object's controller (its owner reference with `controller: true`):
+    /// whose the object is (see `ownership`). Stripping our owner reference is drift too.
+    pub controller: Option<String>,
 }
 
 impl Stamp {
@@ -38,7 +41,8 @@ impl Stamp {
             Some(g) if g > 0 => format!("g{g}"),
             _ => format!("rv{}", meta.resource_version.as_deref()?),
         };
-        Some(Self { uid, version })
+        let controller = meta.owner_references.iter().flatten().find(|r| r.controller == Some(true)).map(|r| r.uid.clone());
+        Some(Self { uid, version, controller })
     }
 }
 

@@ -28,6 +28,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Objects of the generated names exist and are not this DindDaemon's (see `ownership`):
+    /// nothing was written.
+    #[error(
+        "objects of the names this DindDaemon needs exist and are not its own: {}; rename the DindDaemon or delete them (one that no one owns can be handed over by labelling it dind.dev/daemon={daemon})",
+        objects.join("; ")
+    )]
+    NameConflict { daemon: String, objects: Vec<String> },
     #[error("the reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
 }
@@ -42,7 +49,16 @@ impl Error {
     /// Whether the apiserver refused an owned object as built (4xx other than a conflict or
     /// throttling): the spec cannot be applied until it changes, so status must say so.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Apply { source: kube::Error::Api(s), .. } if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+        matches!(self, Error::NameConflict { .. })
+            || matches!(self, Error::Apply { source: kube::Error::Api(s), .. } if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+    }
+
+    /// The `Degraded` reason of a refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NameConflict { .. } => "NameConflict",
+            _ => "ApplyFailed",
+        }
     }
 
     /// A short, stable label for the `errors_total{kind=...}` metric.
@@ -57,8 +73,9 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::CachesClosed => "caches_closed",
             Error::Apply { source: kube::Error::Api(s), .. } if s.code == 409 => "conflict",
-            Error::Apply { source: kube::Error::Api(s), .. } if s.code == 422 => "refused",
+            Error::Apply { .. } if self.is_refusal() => "refused",
             Error::Apply { .. } => "apply",
+            Error::NameConflict { .. } => "name_conflict",
             Error::Timeout(_) => "timeout",
         }
     }
@@ -92,5 +109,9 @@ mod tests {
         assert!(!apply_error(500).is_refusal());
         assert!(!Error::Timeout(std::time::Duration::from_secs(1)).is_refusal());
         assert_eq!(apply_error(422).to_string(), "applying StatefulSet ci: refused (422)");
+        let conflict = Error::NameConflict { daemon: "web".into(), objects: vec!["Service web (owned by Deployment web)".into()] };
+        assert!(conflict.is_refusal(), "shown in status, retried with backoff");
+        assert_eq!((conflict.reason(), apply_error(422).reason()), ("NameConflict", "ApplyFailed"));
+        assert!(conflict.to_string().contains("Service web (owned by Deployment web)"));
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod ownership;
 pub mod rbac;
 pub mod server;
 pub mod status;

@@ -104,6 +104,25 @@ impl Names {
         }
     }
 
+    /// Every object a pool-mode DindDaemon owns, as `(kind, name)`: the certificate Secrets
+    /// only with TLS on. What the ownership check looks at before an apply.
+    pub fn owned(&self, tls: bool) -> Vec<(&'static str, &str)> {
+        let mut out = vec![
+            ("StatefulSet", self.statefulset.as_str()),
+            ("Service", self.headless_service.as_str()),
+            ("Service", self.client_service.as_str()),
+            ("NetworkPolicy", self.network_policy.as_str()),
+        ];
+        if tls {
+            out.extend([
+                ("Secret", self.ca_secret.as_str()),
+                ("Secret", self.server_secret.as_str()),
+                ("Secret", self.client_secret.as_str()),
+            ]);
+        }
+        out
+    }
+
     /// The pod of daemon `ordinal` (the StatefulSet's naming).
     pub fn pod(&self, ordinal: i32) -> String {
         format!("{}-{ordinal}", self.statefulset)

@@ -26,8 +26,9 @@ pub struct Observed<'a> {
     pub drivers: Vec<(String, String)>,
     /// Disk usage per pod name, as the daemons reported it.
     pub disks: Vec<(String, DiskUsage)>,
-    /// Why the last apply failed (the apiserver's refusal, named), if it did.
-    pub apply_error: Option<String>,
+    /// Why the last apply failed, if it did: the `Degraded` reason (`ApplyFailed`,
+    /// `NameConflict`) and the refusal, named.
+    pub apply_error: Option<(&'static str, String)>,
     /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
     /// daemon is ready only once it answers *and* is routed: Ready means a client can connect.
     pub routed: Vec<String>,
@@ -162,8 +163,8 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         condition(PROGRESSING, false, "Complete", "the current spec is rolled out".into(), generation, &now)
     };
     let failures: Vec<String> = observed.pods.iter().filter_map(|p| pod_failure(p, &now)).collect();
-    let degraded = if let Some(error) = &observed.apply_error {
-        condition(DEGRADED, true, "ApplyFailed", format!("the spec cannot be applied: {error}"), generation, &now)
+    let degraded = if let Some((reason, error)) = &observed.apply_error {
+        condition(DEGRADED, true, reason, format!("the spec cannot be applied: {error}"), generation, &now)
     } else if let Some((pod, claim)) = observed.intruders.first() {
         condition(
             DEGRADED,
@@ -265,8 +266,9 @@ fn keep_transition_times(dd: &DindDaemon, conditions: [Condition; 3]) -> Vec<Con
 
 /// The status of a `Sidecar`-mode DindDaemon: a template, Ready once accepted (and its pool's
 /// claims made); its daemons start and stop with the pods that ask for them. `volumes`: the
-/// pool, if it has one (`volume_pool::status`).
-pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, now: Time) -> DindDaemonStatus {
+/// pool, if it has one (`volume_pool::status`); `taken`: pool claim names held by objects that
+/// are not ours (`Degraded/NameConflict`: the pool is that much smaller).
+pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[String], now: Time) -> DindDaemonStatus {
     let generation = dd.metadata.generation;
     let name = dd.name_any();
     let ready = condition(
@@ -284,7 +286,16 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, now: Time)
     );
     let progressing =
         condition(PROGRESSING, false, "Complete", "nothing to roll out: sidecars start with their pods".into(), generation, &now);
-    let degraded = condition(DEGRADED, false, "AsExpected", "no daemon runs on its own".into(), generation, &now);
+    let degraded = if taken.is_empty() {
+        condition(DEGRADED, false, "AsExpected", "no daemon runs on its own".into(), generation, &now)
+    } else {
+        let message = format!(
+            "claims of these names exist and are not this pool's, so the pool is short of them: {}; delete them, or label them {}={name} to hand them over",
+            taken.join(", "),
+            crate::names::VOLUME_POOL_LABEL
+        );
+        condition(DEGRADED, true, "NameConflict", message, generation, &now)
+    };
     DindDaemonStatus {
         observed_generation: generation,
         ready_replicas: 0,
@@ -316,13 +327,20 @@ mod tests {
         let spec: DindDaemonSpec = serde_json::from_value(json!({"mode": "Sidecar"})).unwrap();
         let mut d = DindDaemon::new("job", spec);
         d.metadata.generation = Some(1);
-        let s = sidecar(&d, Vec::new(), Time(Timestamp::now()));
+        let s = sidecar(&d, Vec::new(), &[], Time(Timestamp::now()));
         assert_eq!(s.ready.as_deref(), Some("sidecar"));
         assert_eq!(s.docker_host.as_deref(), Some("unix:///dind/sock/docker.sock"));
         assert!(s.endpoints.is_empty() && s.client_secret_name.is_none());
         let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "SidecarTemplate"));
         assert!(ready.message.contains("dind.dev/sidecar=job"));
+        let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(degraded.status, "False");
+        // A pool claim's name held by someone else's claim: said, by name.
+        let s = sidecar(&d, Vec::new(), &["job-cache-1".into()], Time(Timestamp::now()));
+        let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "NameConflict"));
+        assert!(degraded.message.contains("job-cache-1") && degraded.message.contains("dind.dev/volume-pool=job"), "{}", degraded.message);
     }
 
     fn dd(replicas: i32) -> DindDaemon {
@@ -553,7 +571,7 @@ mod tests {
             &Observed {
                 statefulset: Some(&s),
                 pods: &[pod("ci-0", true)],
-                apply_error: Some(error),
+                apply_error: Some(("ApplyFailed", error)),
                 routed: all_routed(),
                 ..Default::default()
             },

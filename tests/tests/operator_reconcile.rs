@@ -13,7 +13,7 @@ use dind_operator::names::FIELD_MANAGER;
 use dind_tests::operator::{WAIT, condition, create, mark_pod_ready, no_node, owned_objects, pod_created, secret_text};
 use dind_tests::{Operator, eventually, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -142,19 +142,17 @@ async fn scaling_keeps_the_certificate_and_the_pod_template() {
 #[tokio::test]
 async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff() {
     with_namespace("refused", |client: Client, ns: String| async move {
-        let sts: StatefulSet = serde_json::from_value(json!({
-            "metadata": {"name": "web"},
-            "spec": {"replicas": 0, "serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
-                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
-        }))?;
-        Api::<StatefulSet>::namespaced(client.clone(), &ns).create(&PostParams::default(), &sts).await?;
+        // A quota of no StatefulSets: the apiserver refuses ours (403) whatever the spec.
+        let quota: ResourceQuota =
+            serde_json::from_value(json!({"metadata": {"name": "none"}, "spec": {"hard": {"count/statefulsets.apps": "0"}}}))?;
+        Api::<ResourceQuota>::namespaced(client.clone(), &ns).create(&PostParams::default(), &quota).await?;
         let op = Operator::start(&ns, &[])?;
         create(&client, &ns, "web", json!({"nodeSelector": no_node()})).await?;
         let degraded = condition(&client, &ns, "web", "Degraded/ApplyFailed", WAIT, |c| {
             c.type_ == "Degraded" && c.status == "True" && c.reason == "ApplyFailed"
         })
         .await?;
-        ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("Forbidden"), "{}", degraded.message);
+        ensure!(degraded.message.contains("StatefulSet web") && degraded.message.contains("exceeded quota"), "{}", degraded.message);
         ensure!(!degraded.message.contains("Status {"), "the apiserver's words, not a debug dump: {}", degraded.message);
         ensure!(degraded.observed_generation == Some(1));
         let first_error = std::time::Instant::now();
@@ -254,27 +252,96 @@ async fn drift_in_owned_objects_is_repaired() {
     .await;
 }
 
-/// A CA Secret that exists before its DindDaemon, without our labels (so no cache of the
-/// operator shows it), is read and kept: the operator's create-the-CA shortcut must not loop
-/// on it or replace it.
+/// Measured before: a Service `web` that a team made before DindDaemon `web` got the daemon's
+/// selector, a second port and an owner reference (so deleting the DindDaemon deleted the
+/// team's Service), and a foreign `web-ca` Secret signed the daemon's client certificates.
+/// Now nothing of the DindDaemon is written while a name is taken (nothing half-made), the
+/// condition names every object in the way, and a hand-over by label is adopted.
 #[tokio::test]
-async fn a_pre_existing_unlabelled_ca_secret_is_adopted() {
-    with_namespace("adopt-ca", |client: Client, ns: String| async move {
-        let ca = dind_operator::tls::new_ca(&ns, "pre", time::OffsetDateTime::now_utc())?;
+async fn objects_that_are_not_ours_are_never_written_until_handed_over() {
+    with_namespace("not-ours", |client: Client, ns: String| async move {
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
+        }))?;
+        services.create(&PostParams::default(), &service).await?;
+        let ca = dind_operator::tls::new_ca(&ns, "web", time::OffsetDateTime::now_utc())?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "pre-ca"},
+            "metadata": {"name": "web-ca"},
             "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}
         }))?;
         secrets.create(&PostParams::default(), &secret).await?;
         let _op = Operator::start(&ns, &[])?;
-        create(&client, &ns, "pre", json!({})).await?;
-        owned_objects(&client, &ns, "pre").await?;
-        let server = secrets.get("pre-server-tls").await?;
-        ensure!(secret_text(&server, "ca.crt") == ca.cert_pem, "the server certificate is not signed by the pre-existing CA");
-        let kept = secrets.get("pre-ca").await?;
-        ensure!(secret_text(&kept, "ca.key") == ca.key_pem, "the CA key was replaced");
-        ensure!(kept.labels().get("dind.dev/daemon").map(String::as_str) == Some("pre"), "the CA Secret was not taken over");
+        create(&client, &ns, "web", json!({"nodeSelector": no_node()})).await?;
+        let degraded = condition(&client, &ns, "web", "Degraded/NameConflict", WAIT, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
+        })
+        .await?;
+        ensure!(
+            degraded.message.contains("Service web (not made by dind-operator")
+                && degraded.message.contains("Secret web-ca (")
+                && !degraded.message.contains("web-daemons"),
+            "{}",
+            degraded.message
+        );
+        let events = run_tool(
+            "kubectl",
+            &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=web", "-o", "jsonpath={.items[*].reason}"],
+        )
+        .await?;
+        ensure!(events.contains("NameConflict"), "events: {events}");
+        // Untouched, and nothing else was made.
+        let kept = services.get("web").await?;
+        let spec = kept.spec.clone().unwrap_or_default();
+        ensure!(kept.owner_references().is_empty(), "the team's Service got an owner: {:?}", kept.owner_references());
+        ensure!(spec.selector == Some([("app".to_string(), "web".to_string())].into()), "selector: {:?}", spec.selector);
+        ensure!(spec.ports.unwrap_or_default().len() == 1, "the team's Service got our port");
+        ensure!(Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt("web").await?.is_none(), "a StatefulSet was made");
+        ensure!(services.get_opt("web-daemons").await?.is_none(), "a half-made DindDaemon: headless Service written");
+        ensure!(secrets.get_opt("web-server-tls").await?.is_none(), "a server certificate was issued");
+
+        // Handed over: the team labels both; the operator takes them and uses the given CA.
+        let hand_over = json!({"metadata": {"labels": {"dind.dev/daemon": "web"}}});
+        services.patch("web", &PatchParams::default(), &Patch::Merge(&hand_over)).await?;
+        secrets.patch("web-ca", &PatchParams::default(), &Patch::Merge(&hand_over)).await?;
+        // (The DindDaemon is retried with backoff; nudge it so the test does not wait for it.)
+        let nudge = json!({"metadata": {"annotations": {"test/nudge": "1"}}});
+        Api::<DindDaemon>::namespaced(client.clone(), &ns).patch("web", &PatchParams::default(), &Patch::Merge(&nudge)).await?;
+        owned_objects(&client, &ns, "web").await?;
+        let server = secrets.get("web-server-tls").await?;
+        ensure!(secret_text(&server, "ca.crt") == ca.cert_pem, "the server certificate is not signed by the handed-over CA");
+        ensure!(secret_text(&secrets.get("web-ca").await?, "ca.key") == ca.key_pem, "the CA key was replaced");
+        let taken = services.get("web").await?;
+        ensure!(taken.owner_references().len() == 1, "the handed-over Service is not owned: {:?}", taken.owner_references());
+        Ok(())
+    })
+    .await;
+}
+
+/// `ci`'s headless Service is `ci-daemons`, the client Service of DindDaemon `ci-daemons`: the
+/// second to come is refused by name and the first keeps its Service.
+#[tokio::test]
+async fn two_dind_daemons_whose_generated_names_collide_do_not_fight() {
+    with_namespace("collide", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        let ci = create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        create(&client, &ns, "ci-daemons", json!({"nodeSelector": no_node()})).await?;
+        let degraded = condition(&client, &ns, "ci-daemons", "Degraded/NameConflict", WAIT, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
+        })
+        .await?;
+        ensure!(degraded.message.contains("Service ci-daemons (owned by DindDaemon ci)"), "{}", degraded.message);
+        // Give a fight time to happen, then look: the Service is still ci's headless one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let headless = services.get("ci-daemons").await?;
+        let owners: Vec<String> = headless.owner_references().iter().map(|r| r.uid.clone()).collect();
+        ensure!(owners == [ci.uid().unwrap_or_default()], "owners of ci-daemons: {owners:?}");
+        ensure!(headless.spec.and_then(|s| s.cluster_ip).as_deref() == Some("None"), "ci-daemons is no longer headless");
+        ensure!(Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt("ci-daemons").await?.is_none(), "half-made ci-daemons");
         Ok(())
     })
     .await;

@@ -7,6 +7,7 @@
 //! - `events`: Kubernetes events; `memory`: what is remembered between passes.
 
 mod apply;
+mod claims;
 mod events;
 mod memory;
 mod observe;

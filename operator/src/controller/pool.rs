@@ -13,13 +13,15 @@ use crate::error::{Error, Result};
 use crate::names::{self, Names};
 use crate::volume_pool;
 
-/// The pool's status, and whether any volume is leased (then the pool is looked at again soon:
-/// a lease ends when its pod does, and pods do not wake this DindDaemon).
-pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Result<(Vec<PoolVolume>, bool)> {
+/// The pool's status, whether any volume is leased (then the pool is looked at again soon: a
+/// lease ends when its pod does, and pods do not wake this DindDaemon), and the claim names
+/// taken by claims that are not the pool's (never leased: the pool label selects its claims).
+pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Result<(Vec<PoolVolume>, bool, Vec<String>)> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let owner = dd.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
     let selector = format!("{}={}", names::VOLUME_POOL_LABEL, names.daemon);
     let mut claims = api.list(&ListParams::default().labels(&selector)).await?.items;
+    let mut taken = Vec::new();
     for wanted in volume_pool::claims(dd, names, &owner) {
         if claims.iter().any(|c| c.name_any() == wanted.name_any()) {
             continue;
@@ -27,7 +29,8 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         // Created once, never applied again: leases are annotations the webhook writes.
         match api.create(&PostParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() }, &wanted).await {
             Ok(c) => claims.push(c),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            // Exists, yet the pool's label did not list it: someone else's claim.
+            Err(kube::Error::Api(e)) if e.code == 409 => taken.push(wanted.name_any()),
             Err(e) => return Err(e.into()),
         }
     }
@@ -66,5 +69,5 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         }
     }
     let leased = claims.iter().any(|c| volume_pool::lease_of(c).is_some());
-    Ok((volume_pool::status(&claims, &holders), leased))
+    Ok((volume_pool::status(&claims, &holders), leased, taken))
 }

@@ -26,7 +26,7 @@ use tracing::warn;
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
-use super::{Context, observe, pool};
+use super::{Context, claims, observe, pool};
 use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::build;
 use crate::crd::{DaemonMode, DindDaemon};
@@ -98,8 +98,9 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     if dd.spec.mode == DaemonMode::Sidecar {
         // A template: the webhook puts its daemons into pods; nothing runs on its own but the
         // volume pool, if it has one.
-        let (volumes, leased) = if dd.spec.volume_pool.is_some() { pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false) };
-        let new_status = status::sidecar(dd, volumes, Time(k8s_openapi::jiff::Timestamp::now()));
+        let (volumes, leased, taken) =
+            if dd.spec.volume_pool.is_some() { pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false, Vec::new()) };
+        let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));
         announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
         write_status(ctx, dd, &ns, &names, &new_status).await?;
         return Ok(match (dd.spec.volume_pool.is_some(), leased) {
@@ -135,7 +136,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         intruders: seen_daemons.intruders,
         drivers: seen_daemons.drivers,
         disks: seen_daemons.disks,
-        apply_error: apply_error.as_ref().map(ToString::to_string),
+        apply_error: apply_error.as_ref().map(|e| (e.reason(), e.to_string())),
         routed: seen_daemons.routed,
     };
     let look_again = seen_daemons.look_again;
@@ -185,10 +186,17 @@ async fn certify_build_apply(
     last: Option<&Applied>,
 ) -> Result<(Option<tls::Bundle>, Option<StatefulSet>)> {
     let tls_on = build::certificates_wanted(dd);
-    // No Secrets in the (listed) cache and no apply remembered: nothing to read. The CA Secret
-    // is then created, not applied, so one that exists after all (unlabelled, or written an
-    // instant ago) is never overwritten: the create fails and the loop reads it instead.
-    let mut fresh = last.is_none() && secrets_of(seen).is_empty();
+    // Unless the objects are exactly those the last apply left (all ours), check that every
+    // name is free, ours or handed over before anything is read or written (`ownership`).
+    let existing_secrets = if last.is_some_and(|a| a.stamps_hold(uid, seen)) {
+        secrets_of(seen).into_keys().collect()
+    } else {
+        claims::check(&ctx.client, ns, names, uid, tls_on, seen).await?
+    };
+    // No Secrets exist and no apply is remembered: nothing to read. The CA Secret is then
+    // created, not applied, so one written an instant ago is never overwritten: the create
+    // fails and the loop reads it instead.
+    let mut fresh = last.is_none() && existing_secrets.is_empty();
     loop {
         let (plan, secret_stamps) = if tls_on {
             let (pairs, stamps) = current_certificates(&ctx.client, ns, names, seen, last, fresh).await?;

@@ -1,0 +1,53 @@
+//! Before an apply: are the objects of the generated names free, ours, or handed over? (The
+//! judgement is `ownership::judge`; this reads the metadata it needs.)
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::applied::{self, Stamps};
+use crate::error::{Error, Result};
+use crate::names::Names;
+use crate::ownership::{self, Verdict};
+
+/// Checks every object `names` would write. An object the caches show controlled by `uid`
+/// costs no request; any other name is read (a foreign object carries none of our labels, so
+/// no cache shows it). Returns the names of the Secrets that exist (ours or handed over), or
+/// `Error::NameConflict` naming every object in the way.
+pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: bool, seen: &Stamps) -> Result<Vec<String>> {
+    let verdicts = futures::future::try_join_all(names.owned(tls).into_iter().map(|(kind, name)| async move {
+        let cached = seen.get(&applied::key(kind, name));
+        if cached.is_some_and(|s| s.controller.as_deref() == Some(uid)) {
+            return Ok::<_, Error>((kind, name, Some(Verdict::Ours)));
+        }
+        let meta = match kind {
+            "StatefulSet" => metadata::<StatefulSet>(client, ns, name).await?,
+            "Service" => metadata::<Service>(client, ns, name).await?,
+            "NetworkPolicy" => metadata::<NetworkPolicy>(client, ns, name).await?,
+            _ => metadata::<Secret>(client, ns, name).await?,
+        };
+        Ok((kind, name, meta.map(|m| ownership::judge(&m, &names.daemon, uid))))
+    }))
+    .await?;
+    let mut existing_secrets = Vec::new();
+    let mut conflicts = Vec::new();
+    for (kind, name, verdict) in verdicts {
+        match verdict {
+            None => {}
+            Some(Verdict::NotOurs(why)) => conflicts.push(ownership::conflict(kind, name, &why)),
+            Some(Verdict::Ours | Verdict::HandedOver) if kind == "Secret" => existing_secrets.push(name.to_string()),
+            Some(_) => {}
+        }
+    }
+    if conflicts.is_empty() { Ok(existing_secrets) } else { Err(Error::NameConflict { daemon: names.daemon.clone(), objects: conflicts }) }
+}
+
+async fn metadata<K>(client: &Client, ns: &str, name: &str) -> Result<Option<ObjectMeta>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns).get_metadata_opt(name).await?.map(|m| m.metadata))
+}
