@@ -44,18 +44,14 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     u64::try_from((int * scale + frac_value) * multiplier / scale).ok()
 }
 
-/// The size of a daemon's /var/lib/docker, if it has one (`storage.size`, default 20Gi; an
-/// ephemeral Pool daemon's emptyDir has none).
+/// The size of a daemon's /var/lib/docker (`storage.size`, default 20Gi; with
+/// `storage.ephemeral` the emptyDir's size limit). None only for a size that is no quantity.
 pub fn volume_bytes(spec: &DindDaemonSpec) -> Option<u64> {
-    if spec.storage.ephemeral {
-        return None;
-    }
     quantity_bytes(spec.storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE))
 }
 
 /// The build-cache target in bytes: `cache.buildCacheKeep` (default 50% of the volume).
-/// None: dockerd's own default applies (an ephemeral daemon, where a percentage has nothing to
-/// be a percentage of), or `daemon.config.builder` set by hand stands (no target given).
+/// None: `daemon.config.builder` set by hand stands (no target given).
 pub fn build_cache_keep_bytes(spec: &DindDaemonSpec) -> Option<u64> {
     let explicit = spec.cache.build_cache_keep.as_deref();
     let user_builder = spec.daemon.config.as_ref().is_some_and(|c| c.contains_key("builder"));
@@ -181,7 +177,11 @@ mod tests {
             Some((10u64 << 30) * 3 / 10)
         );
         assert_eq!(build_cache_keep_bytes(&spec(json!({"cache": {"buildCacheKeep": "2Gi"}}))), Some(2 << 30));
-        assert_eq!(build_cache_keep_bytes(&spec(json!({"storage": {"ephemeral": true}}))), None, "no volume size: dockerd's default");
+        assert_eq!(
+            build_cache_keep_bytes(&spec(json!({"storage": {"ephemeral": true, "size": "4Gi"}}))),
+            Some(2 << 30),
+            "50% of the emptyDir's size limit"
+        );
         assert_eq!(
             build_cache_keep_bytes(&spec(json!({"storage": {"ephemeral": true}, "cache": {"buildCacheKeep": "1Gi"}}))),
             Some(1 << 30)

@@ -19,8 +19,13 @@ pub const DEFAULT_DOCKER_VERSION: &str = "28.5.2";
 pub const DEFAULT_PORT: i32 = 2376;
 /// The default high-water mark of a daemon's volume, percent (`cache.highWaterPercent`).
 pub const DEFAULT_HIGH_WATER_PERCENT: i32 = 85;
-/// The default size of a daemon's volume when none is given.
+/// The default size of a daemon's volume when none is given (and of the emptyDir's
+/// `sizeLimit` with `storage.ephemeral`).
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
+/// What a daemon container requests when `spec.resources` is not given: enough for the
+/// scheduler to count a daemon (an idle dockerd and its containerd use ~100 MiB), small enough
+/// that a two-core node runs a dozen. Builds use more: set `spec.resources` for them.
+pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "256Mi")];
 
 /// The CRD as the apiserver gets it: the derived one, plus the rules on `metadata.name` that
 /// the derive cannot express (every generated name must fit; see `names::MAX_NAME_LEN`).
@@ -80,9 +85,6 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!(self.storage.ephemeral && has(self.cache.buildCacheKeep) && self.cache.buildCacheKeep.endsWith('%'))")
-    .message("cache.buildCacheKeep as a percentage needs a volume size: with storage.ephemeral give a quantity such as 5Gi").field_path(".cache.buildCacheKeep"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
     .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
@@ -155,7 +157,8 @@ pub struct DindDaemonSpec {
     #[serde(default)]
     pub daemon: DaemonSpec,
 
-    /// CPU and memory for the daemon container (builds run inside it).
+    /// CPU and memory for the daemon container (builds run inside it). Default: requests of
+    /// `cpu: 100m`, `memory: 256Mi` and no limits; given, it replaces the default whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
@@ -206,8 +209,6 @@ impl Default for TlsSpec {
 
 /// Storage of /var/lib/docker, which dockerd must have to itself (never shared).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.size))")
-    .message("storage.size and storage.ephemeral are mutually exclusive: an emptyDir has no size").field_path(".size"))]
 #[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.storageClassName))")
     .message("storage.storageClassName and storage.ephemeral are mutually exclusive").field_path(".storageClassName"))]
 #[x_kube(validation = storage_size_rule())]
@@ -221,7 +222,9 @@ impl Default for TlsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each daemon's volume (a quantity such as 20Gi; default 20Gi). Images, build
-    /// cache and containers all live here.
+    /// cache and containers all live here. With `ephemeral`, the emptyDir's `sizeLimit`
+    /// (default 20Gi too): a daemon that writes more is evicted by the kubelet (its cache is
+    /// lost) before it fills the node's disk and gets other pods evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
@@ -238,7 +241,8 @@ pub struct StorageSpec {
     #[serde(default)]
     pub retain_on_delete: bool,
 
-    /// Use an emptyDir instead of a volume: fast, but the cache is lost with the pod.
+    /// Use an emptyDir (on the node's disk, limited to `size`) instead of a volume: fast, but
+    /// the cache is lost with the pod.
     #[serde(default)]
     pub ephemeral: bool,
 }
@@ -313,10 +317,11 @@ pub struct DaemonSpec {
 }
 
 /// `storage.size` may not change: the StatefulSet's volume claim templates are immutable. (An
-/// absent size is the default, so adding the default size explicitly is no change.)
+/// absent size is the default, so adding the default size explicitly is no change.) An
+/// emptyDir's size limit may: it is part of the pod template.
 fn storage_size_rule() -> kube::core::Rule {
     let size = |s: &str| format!("(has({s}.size) ? quantity({s}.size) : quantity('{DEFAULT_STORAGE_SIZE}'))");
-    kube::core::Rule::new(format!("{}.compareTo({}) == 0", size("self"), size("oldSelf")))
+    kube::core::Rule::new(format!("self.ephemeral || {}.compareTo({}) == 0", size("self"), size("oldSelf")))
         .message(
             "storage.size cannot be changed on an existing DindDaemon (the StatefulSet's volume claim templates are immutable): \
              delete and re-create it, with storage.retainOnDelete to keep the volumes",
@@ -375,8 +380,7 @@ pub struct VolumePoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
     /// Build cache dockerd keeps: a quantity (`10Gi`) or a percentage of `storage.size`
-    /// (`50%`, 1-99%). Default `50%` (with `storage.ephemeral`, which has no size: dockerd's
-    /// own default, 10% of the disk). Kept by dockerd's own garbage collector (BuildKit's, set
+    /// (`50%`, 1-99%; with `storage.ephemeral`, of the emptyDir's size limit). Default `50%`. Kept by dockerd's own garbage collector (BuildKit's, set
     /// as `builder.gc` in daemon.json, in bytes): it prunes the least recently used records
     /// after builds and now and then, and never one a running build uses. Given here, it sets
     /// `builder.gc.enabled` and `builder.gc.defaultKeepStorage` over whatever

@@ -45,7 +45,6 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
         (json!({"tls": {"enabled": "yes"}}), "spec.tls.enabled", "boolean"),
         (json!({"storage": {"size": "lots"}}), "spec.storage.size", "positive quantity"),
         (json!({"storage": {"size": "0"}}), "spec.storage.size", "positive quantity"),
-        (json!({"storage": {"ephemeral": true, "size": "10Gi"}}), "spec.storage.size", "mutually exclusive"),
         (json!({"storage": {"ephemeral": true, "storageClassName": "fast"}}), "spec.storage.storageClassName", "mutually exclusive"),
         (json!({"storage": {"ephemeral": true, "retainOnDelete": true}}), "spec.storage.retainOnDelete", "needs a volume"),
         (json!({"daemon": {"mtu": 100}}), "spec.daemon.mtu", "greater than or equal to 576"),
@@ -73,7 +72,6 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
         (json!({"nodeSelector": {"pool": 1}}), "spec.nodeSelector.pool", "string"),
         (json!({"cache": {"buildCacheKeep": "150%"}}), "spec.cache.buildCacheKeep", "from 1% to 99%"),
         (json!({"cache": {"buildCacheKeep": "lots"}}), "spec.cache.buildCacheKeep", "positive quantity"),
-        (json!({"storage": {"ephemeral": true}, "cache": {"buildCacheKeep": "50%"}}), "spec.cache.buildCacheKeep", "needs a volume size"),
         (json!({"cache": {"highWaterPercent": 100}}), "spec.cache.highWaterPercent", "less than or equal to 99"),
         (json!({"sidecar": {"tcp": true}}), "spec.sidecar", "needs mode: Sidecar"),
     ];
@@ -101,6 +99,9 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
             "cache": {"buildCacheKeep": "40%", "highWaterPercent": 90}
         }));
         api.create(&PostParams::default(), &serde_json::from_value(full)?).await.context("the full valid spec")?;
+        // An emptyDir has a size limit (storage.size), and a percentage target is of it.
+        let ephemeral = daemon("scratch", json!({"storage": {"ephemeral": true, "size": "4Gi"}, "cache": {"buildCacheKeep": "50%"}}));
+        api.create(&PostParams::default(), &serde_json::from_value(ephemeral)?).await.context("an ephemeral daemon with a size")?;
         Ok(())
     })
     .await;
@@ -150,6 +151,10 @@ async fn storage_changes_that_cannot_apply_in_place_are_refused_on_update() {
         // The same size written differently, and fields that can change, are accepted.
         let same = json!({"spec": {"replicas": 2, "storage": {"size": "20480Mi", "retainOnDelete": true}}});
         api.patch("ci", &PatchParams::default(), &Patch::Merge(&same)).await.context("an equal quantity and mutable fields")?;
+        // An emptyDir's size limit is part of the pod template: it may change.
+        create(&client, &ns, "scratch", json!({"storage": {"ephemeral": true}})).await?;
+        let bigger = json!({"spec": {"storage": {"size": "40Gi"}}});
+        api.patch("scratch", &PatchParams::default(), &Patch::Merge(&bigger)).await.context("an ephemeral daemon's size limit")?;
         Ok(())
     })
     .await;

@@ -385,3 +385,35 @@ async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test
     })
     .await;
 }
+
+/// Measured before: an ephemeral daemon's emptyDir had no size limit and daemon pods requested
+/// nothing, so one build could fill the node's disk (other tenants' pods evicted) on a node the
+/// scheduler thought empty. Now the emptyDir is limited (default 20Gi, `storage.size`) and the
+/// daemon requests `cpu: 100m`, `memory: 256Mi` unless `spec.resources` says otherwise.
+#[tokio::test]
+async fn daemons_have_a_bounded_disk_and_default_requests() {
+    with_namespace("bounded", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "scratch", json!({"nodeSelector": no_node(), "storage": {"ephemeral": true}})).await?;
+        create(
+            &client,
+            &ns,
+            "sized",
+            json!({"nodeSelector": no_node(), "storage": {"ephemeral": true, "size": "2Gi"},
+            "resources": {"requests": {"cpu": "1"}}}),
+        )
+        .await?;
+        for (name, limit, cpu, memory) in [("scratch", "20Gi", Some("100m"), Some("256Mi")), ("sized", "2Gi", Some("1"), None)] {
+            let sts = owned_objects(&client, &ns, name).await?;
+            let pod = sts.spec.and_then(|s| s.template.spec).context("pod template")?;
+            let data = pod.volumes.iter().flatten().find(|v| v.name == "docker").context("data volume")?;
+            let size_limit = data.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()).map(|q| q.0.as_str());
+            ensure!(size_limit == Some(limit), "{name}: emptyDir sizeLimit {size_limit:?}");
+            let requests = pod.containers[0].resources.clone().and_then(|r| r.requests).unwrap_or_default();
+            let get = |k: &str| requests.get(k).map(|q| q.0.clone());
+            ensure!(get("cpu").as_deref() == cpu && get("memory").as_deref() == memory, "{name}: requests {requests:?}");
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -7,15 +7,15 @@ use dind_contract::{BIN_DIR, BINARY, DATA_ROOT, SERVER_TLS_DIR};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, Lifecycle, LifecycleHandler,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SELinuxOptions, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SELinuxOptions,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
 use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 use super::{Defaults, meta};
-use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
+use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
 use crate::error::Result;
 use crate::names::{CLAIM_TEMPLATE, Names, TLS_DIGEST_ANNOTATION};
 use crate::tls;
@@ -147,7 +147,7 @@ pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>,
         command: Some(vec![format!("{BIN_DIR}/{BINARY}")]),
         args: Some(args),
         volume_mounts: Some(mounts),
-        resources: spec.resources.clone(),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(security_context(spec.security.mode)),
         // Start: the postStart gate holds the container until dockerd answers (up to 2 minutes
         // for a first start on a slow volume); with no readiness probe it is Ready from then on.
@@ -159,6 +159,12 @@ pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>,
         liveness_probe: Some(liveness()),
         ..Default::default()
     }
+}
+
+/// `crd::DEFAULT_REQUESTS`, as a container's resources.
+fn default_resources() -> ResourceRequirements {
+    let requests = DEFAULT_REQUESTS.iter().map(|(k, v)| ((*k).to_string(), Quantity((*v).to_string()))).collect();
+    ResourceRequirements { requests: Some(requests), ..Default::default() }
 }
 
 /// The PVC retention policy string for `storage.retainOnDelete`.
@@ -201,10 +207,12 @@ pub fn daemon_statefulset(
         });
     }
     let mut claims = None;
+    let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
     if spec.storage.ephemeral {
-        volumes.push(Volume { name: CLAIM_TEMPLATE.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+        // Limited: past it the kubelet evicts the daemon, not the node's other pods.
+        let empty_dir = EmptyDirVolumeSource { size_limit: Some(Quantity(size)), ..Default::default() };
+        volumes.push(Volume { name: CLAIM_TEMPLATE.into(), empty_dir: Some(empty_dir), ..Default::default() });
     } else {
-        let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
         claims = Some(vec![PersistentVolumeClaim {
             metadata: ObjectMeta { name: Some(CLAIM_TEMPLATE.into()), labels: Some(names.selector()), ..Default::default() },
             spec: Some(PersistentVolumeClaimSpec {

@@ -127,6 +127,7 @@ fn full_spec_reaches_dind_init_and_the_pod() {
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("docker:27-dind"));
     assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "4Gi");
+    assert!(c.resources.as_ref().unwrap().requests.is_none(), "given resources replace the default whole");
     let args = c.args.clone().unwrap();
     for want in [
         "--port=3376",
@@ -160,8 +161,15 @@ fn ephemeral_storage_uses_an_empty_dir_and_tls_off_mounts_no_secret() {
     assert!(sts.volume_claim_templates.is_none());
     let pod = pod(&o);
     let vols = pod.volumes.unwrap();
-    assert!(vols.iter().any(|v| v.name == "docker" && v.empty_dir.is_some()));
+    // Limited (default 20Gi): a build that fills it gets the daemon evicted, not the node's
+    // other pods.
+    let data = vols.iter().find(|v| v.name == "docker").unwrap();
+    assert_eq!(data.empty_dir.as_ref().unwrap().size_limit.as_ref().map(|q| q.0.as_str()), Some("20Gi"));
     assert!(!vols.iter().any(|v| v.name == "server-tls"));
+    // No resources given: the default requests, so the scheduler counts the daemon.
+    let requests = pod.containers[0].resources.clone().unwrap().requests.unwrap();
+    assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("100m", "256Mi"));
+    assert!(pod.containers[0].resources.clone().unwrap().limits.is_none());
     let args = pod.containers[0].args.clone().unwrap();
     assert!(args.contains(&"--tls=false".to_string()) && args.contains(&"--port=2375".to_string()));
 }
