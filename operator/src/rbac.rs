@@ -21,7 +21,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // Server-side apply creates as well as updates, so it needs both verbs.
         rule("apps", &["statefulsets"], &["get", "list", "watch", "create", "patch"]),
         rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
-        rule("networking.k8s.io", &["networkpolicies"], &["list", "watch", "create", "patch"]),
+        // `get`: the ownership check reads an object of a generated name that no cache shows.
+        rule("networking.k8s.io", &["networkpolicies"], &["get", "list", "watch", "create", "patch"]),
         // Claims of sidecar volume pools: made, leased (by the webhook), released.
         rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.

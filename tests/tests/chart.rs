@@ -165,7 +165,7 @@ async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_man
 async fn install_then_uninstall_leaves_only_the_crd() {
     with_namespace("helm-install", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
-        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never"]).await?;
+        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never", "--set", &policy_here(&ns)]).await?;
         let full = format!("{release}-dind-operator");
         let deploy = Api::<Deployment>::namespaced(client.clone(), &ns).get(&full).await?;
         let pod = deploy.spec.context("spec")?.template.spec.context("pod spec")?;
@@ -185,6 +185,12 @@ async fn install_then_uninstall_leaves_only_the_crd() {
     .await;
 }
 
+/// `--set` value that binds the chart's policy to namespace `ns` only: tests that install the
+/// chart run beside others whose DindDaemons the default policy would refuse.
+fn policy_here(ns: &str) -> String {
+    format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
+}
+
 /// A kubeconfig that authenticates with `token` instead of the admin certificate.
 fn token_kubeconfig(token: &str) -> anyhow::Result<std::path::PathBuf> {
     let admin = std::fs::read_to_string(kubeconfig_path())?;
@@ -200,7 +206,7 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
     with_namespace("helm-rbac", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
         let watch = format!("watchNamespaces={{{ns}}}");
-        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2"]).await?;
+        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2", "--set", &policy_here(&ns)]).await?;
         let full = format!("{release}-dind-operator");
         let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .create_token_request(&full, &PostParams::default(), &TokenRequest::default())
@@ -273,4 +279,141 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
         result
     })
     .await;
+}
+
+/// Measured before: a tenant could create a DindDaemon with any image, TLS off, tolerating every
+/// taint (control-plane nodes included), any runtime class. The chart's policy (a
+/// ValidatingAdmissionPolicy, the values written into its CEL) makes the apiserver refuse each,
+/// naming the rule, to a tenant whose only right is to create DindDaemons in its namespace; a
+/// spec within the policy is accepted; a narrowed policy applies at once.
+#[tokio::test]
+async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rule() {
+    with_namespace("policy", |client: Client, ns: String| async move {
+        let release = format!("pol-{}", suffix());
+        let only_here = policy_here(&ns);
+        let render = |namespaces: &'static str| {
+            let (release, ns, only_here) = (release.clone(), ns.clone(), only_here.clone());
+            async move {
+                let rendered = helm(&[
+                    "template",
+                    &release,
+                    CHART,
+                    "--namespace",
+                    &ns,
+                    "--show-only",
+                    "templates/policy.yaml",
+                    "--set",
+                    &only_here,
+                    "--set",
+                    "policy.allowedImagePrefixes={registry.corp/}",
+                    "--set",
+                    "policy.allowedSecurityModes={Capabilities}",
+                    "--set",
+                    namespaces,
+                ])
+                .await?;
+                let file = std::env::temp_dir().join(format!("dind-policy-{}.yaml", suffix()));
+                std::fs::write(&file, &rendered)?;
+                anyhow::Ok(file.to_string_lossy().to_string())
+            }
+        };
+        let file = render("policy.allowedNamespaces={*}").await?;
+        run_tool("kubectl", &["apply", "-f", &file]).await?;
+        let narrowed = render("policy.allowedNamespaces={builds}").await?;
+        let result = tenant_is_refused(&client, &ns, &narrowed).await;
+        let _ = run_tool("kubectl", &["delete", "--ignore-not-found", "-f", &file]).await;
+        for f in [file, narrowed] {
+            let _ = std::fs::remove_file(f);
+        }
+        result
+    })
+    .await;
+}
+
+async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str) -> anyhow::Result<()> {
+    use dind_operator::crd::DindDaemon;
+    // The tenant: may create (and read) DindDaemons in its namespace, nothing else.
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tenant"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &sa).await?;
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "tenant", "namespace": ns},
+        "rules": [{"apiGroups": ["dind.dev"], "resources": ["dinddaemons"], "verbs": ["create", "get"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "tenant", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]});
+    let pp = PostParams::default();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), ns).create(&pp, &serde_json::from_value(role)?).await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), ns).create(&pp, &serde_json::from_value(binding)?).await?;
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request("tenant", &pp, &TokenRequest::default())
+        .await?
+        .status
+        .context("token")?
+        .token;
+    let kubeconfig = token_kubeconfig(&token)?;
+    let tenant = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig)?, &Default::default()).await?,
+    )?;
+    let _ = std::fs::remove_file(&kubeconfig);
+    let api: Api<DindDaemon> = Api::namespaced(tenant, ns);
+    let n = std::sync::atomic::AtomicU32::new(0);
+    let try_create = |spec: serde_json::Value| {
+        let api = api.clone();
+        let name = format!("t{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        async move {
+            let dd: DindDaemon = serde_json::from_value(json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
+                "metadata": {"name": name}, "spec": spec}))?;
+            anyhow::Ok(api.create(&PostParams::default(), &dd).await)
+        }
+    };
+    let capabilities = json!({"mode": "Capabilities"});
+    // The apiserver loads a new policy within a second or so: wait until a refusal that only
+    // this test's parameters make (another test's chart install may bind its defaults too).
+    eventually("the policy in force", Duration::from_secs(30), || {
+        let attempt = try_create(json!({}));
+        async move { Ok(attempt.await?.err().filter(|e| e.to_string().contains("allowedSecurityModes")).map(|_| ())) }
+    })
+    .await?;
+    let forbidden = [
+        (json!({"image": "evil.example/docker:dind", "security": capabilities}), "allowedImagePrefixes"),
+        (json!({"initImage": "evil.example/dind-init", "security": capabilities}), "allowedImagePrefixes"),
+        (json!({"tls": {"enabled": false}, "port": 2375, "security": capabilities}), "allowTlsDisabled"),
+        (json!({"tolerations": [{"operator": "Exists"}], "security": capabilities}), "forbiddenNodeLabels"),
+        (
+            json!({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}], "security": capabilities}),
+            "forbiddenNodeLabels",
+        ),
+        (json!({"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}, "security": capabilities}), "forbiddenNodeLabels"),
+        (
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "node-role.kubernetes.io/master", "operator": "Exists"}]}]}}}, "security": capabilities}),
+            "forbiddenNodeLabels",
+        ),
+        (json!({"security": {"mode": "Capabilities", "runtimeClassName": "unsafe"}}), "allowedRuntimeClasses"),
+        (json!({}), "allowedSecurityModes"),
+    ];
+    for (spec, rule) in forbidden {
+        match try_create(spec.clone()).await? {
+            Err(kube::Error::Api(s)) if s.message.contains(&format!("dind-operator policy {rule}:")) => {}
+            other => anyhow::bail!("{spec}: wanted a refusal naming {rule}, got {other:?}"),
+        }
+    }
+    // Within the policy: accepted (and a node affinity that keeps away from control planes).
+    let fine = json!({"image": "registry.corp/docker:28-dind", "security": capabilities, "affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]}}}});
+    try_create(fine).await?.context("a spec within the policy")?;
+    // The platform team narrows the policy (helm upgrade): no more DindDaemons here.
+    run_tool("kubectl", &["apply", "-f", narrowed]).await?;
+    eventually("the edited policy in force", Duration::from_secs(30), || {
+        let attempt = try_create(json!({"security": capabilities}));
+        async move {
+            Ok(match attempt.await? {
+                Err(kube::Error::Api(s)) if s.message.contains("dind-operator policy allowedNamespaces:") => Some(()),
+                Err(e) => anyhow::bail!("refused for another reason: {e}"),
+                Ok(_) => None,
+            })
+        }
+    })
+    .await?;
+    Ok(())
 }
