@@ -29,6 +29,8 @@ pub struct Observed<'a> {
     /// Why the last apply failed, if it did: the `Degraded` reason (`ApplyFailed`,
     /// `NameConflict`) and the refusal, named.
     pub apply_error: Option<(&'static str, String)>,
+    /// Why the StatefulSet cannot create daemon pods (see [`pods_refused`]).
+    pub pods_refused: Option<String>,
     /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
     /// daemon is ready only once it answers *and* is routed: Ready means a client can connect.
     pub routed: Vec<String>,
@@ -165,6 +167,8 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     let failures: Vec<String> = observed.pods.iter().filter_map(|p| pod_failure(p, &now)).collect();
     let degraded = if let Some((reason, error)) = &observed.apply_error {
         condition(DEGRADED, true, reason, format!("the spec cannot be applied: {error}"), generation, &now)
+    } else if let Some(refusal) = &observed.pods_refused {
+        condition(DEGRADED, true, "PodsRefused", refusal.clone(), generation, &now)
     } else if let Some((pod, claim)) = observed.intruders.first() {
         condition(
             DEGRADED,
@@ -310,6 +314,39 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
     }
 }
 
+/// How recent a `FailedCreate` event must be to explain missing pods (the StatefulSet
+/// controller retries with backoff and records each failure).
+pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The PSA label a namespace needs for daemon pods (privileged, or every capability).
+pub const PSA_ENFORCE_PRIVILEGED: &str = "pod-security.kubernetes.io/enforce=privileged";
+
+/// Why the StatefulSet controller cannot create daemon pods, from its `FailedCreate` events:
+/// the newest seen within [`REFUSAL_WINDOW`] of `now`, with the fix when it is Pod Security
+/// Admission's refusal.
+pub fn pods_refused(events: &[k8s_openapi::api::core::v1::Event], now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+    let seen = |e: &k8s_openapi::api::core::v1::Event| {
+        [
+            e.series.as_ref().and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0),
+            e.last_timestamp.as_ref().map(|t| t.0),
+            e.event_time.as_ref().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    };
+    let window = k8s_openapi::jiff::SignedDuration::try_from(REFUSAL_WINDOW).ok()?;
+    let (_, newest) =
+        events.iter().filter_map(|e| Some((seen(e)?, e))).filter(|(t, _)| now.duration_since(*t) <= window).max_by_key(|(t, _)| *t)?;
+    let message = newest.message.clone().unwrap_or_default();
+    let advice = if message.contains("PodSecurity") {
+        format!("; daemon pods run privileged: label the namespace {PSA_ENFORCE_PRIVILEGED}")
+    } else {
+        String::new()
+    };
+    Some(format!("the StatefulSet cannot create daemon pods: {message}{advice}"))
+}
+
 /// The condition of `type_`, if present.
 pub fn find<'a>(status: Option<&'a DindDaemonStatus>, type_: &str) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
@@ -341,6 +378,30 @@ mod tests {
         let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "NameConflict"));
         assert!(degraded.message.contains("job-cache-1") && degraded.message.contains("dind.dev/volume-pool=job"), "{}", degraded.message);
+    }
+
+    #[test]
+    fn missing_pods_are_explained_by_the_latest_recent_refusal_with_the_psa_fix() {
+        let event = |message: &str, minutes_ago: i64| -> k8s_openapi::api::core::v1::Event {
+            let at = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_mins(minutes_ago);
+            serde_json::from_value(json!({"metadata": {"name": "e"}, "involvedObject": {}, "message": message,
+                "lastTimestamp": at.to_string()}))
+            .unwrap()
+        };
+        let psa = r#"create Pod ci-0 in StatefulSet ci failed error: pods "ci-0" is forbidden: violates PodSecurity "baseline:latest": privileged"#;
+        let quota = "create Pod ci-0 in StatefulSet ci failed error: exceeded quota: pods";
+        let why = pods_refused(&[event(quota, 3), event(psa, 1)], Timestamp::now()).unwrap();
+        assert!(
+            why.contains("violates PodSecurity") && why.ends_with("label the namespace pod-security.kubernetes.io/enforce=privileged"),
+            "{why}"
+        );
+        let why = pods_refused(&[event(quota, 1), event(psa, 3)], Timestamp::now()).unwrap();
+        assert!(why.contains("exceeded quota") && !why.contains("pod-security"), "the newest wins: {why}");
+        assert_eq!(pods_refused(&[event(psa, 11)], Timestamp::now()), None, "an old refusal explains nothing now");
+        assert_eq!(pods_refused(&[], Timestamp::now()), None);
+        let st = compute(&dd(1), &Observed { pods_refused: Some(why), routed: all_routed(), ..Default::default() }, at(1));
+        let c = get(&st, DEGRADED);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "PodsRefused"));
     }
 
     fn dd(replicas: i32) -> DindDaemon {

@@ -417,3 +417,33 @@ async fn daemons_have_a_bounded_disk_and_default_requests() {
     })
     .await;
 }
+
+/// Measured before: in a namespace whose Pod Security Admission level is `baseline`, the
+/// StatefulSet's daemon pods were refused and the DindDaemon just never became ready (the
+/// refusal only in the StatefulSet's events). Now it is `Degraded/PodsRefused` with the
+/// apiserver's words and the label the namespace needs; with that label the pods are made.
+#[tokio::test]
+async fn pods_refused_by_pod_security_admission_are_a_condition_with_the_fix() {
+    with_namespace("psa", |client: Client, ns: String| async move {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let label = |level: &str| json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}});
+        namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label("baseline"))).await?;
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        let degraded = condition(&client, &ns, "ci", "Degraded/PodsRefused", WAIT, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "PodsRefused"
+        })
+        .await?;
+        ensure!(
+            degraded.message.contains("PodSecurity") && degraded.message.contains("pod-security.kubernetes.io/enforce=privileged"),
+            "{}",
+            degraded.message
+        );
+        namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label("privileged"))).await?;
+        pod_created(&client, &ns, "ci-0").await?;
+        condition(&client, &ns, "ci", "Degraded no longer PodsRefused", WAIT, |c| c.type_ == "Degraded" && c.reason != "PodsRefused")
+            .await?;
+        Ok(())
+    })
+    .await;
+}

@@ -28,6 +28,9 @@ pub struct Seen {
     pub routed: Vec<String>,
     /// Routed by the EndpointSlice but not yet accepting connections: look again after this.
     pub look_again: Option<std::time::Duration>,
+    /// Why the StatefulSet cannot create daemon pods (the apiserver's words), while pods are
+    /// missing.
+    pub pods_refused: Option<String>,
 }
 
 /// Looks at the daemons: `applied_sts` (just returned by an apply) is newer than the cache's.
@@ -71,7 +74,31 @@ pub async fn daemons(
     if !disks.is_empty() {
         look_again = Some(look_again.map_or(DISK_EVERY, |l: std::time::Duration| l.min(DISK_EVERY)));
     }
-    Seen { statefulset, pods, intruders, drivers, disks, routed, look_again }
+    // Fewer pods than replicas: the StatefulSet controller may be refused (Pod Security
+    // Admission, a quota, a policy), which shows only in its events and changes nothing that
+    // wakes a reconcile: read them, and look again while pods are missing.
+    let mut pods_refused = None;
+    if statefulset.is_some() && i32::try_from(pods.len()).unwrap_or(i32::MAX) < dd.spec.replicas {
+        pods_refused = refusal_of(ctx, ns, &names.statefulset).await;
+        look_again = Some(look_again.map_or(MISSING_PODS_RECHECK, |l| l.min(MISSING_PODS_RECHECK)));
+    }
+    Seen { statefulset, pods, intruders, drivers, disks, routed, look_again, pods_refused }
+}
+
+/// How often a DindDaemon with missing daemon pods is looked at again.
+const MISSING_PODS_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The StatefulSet controller's latest recent `FailedCreate` for `statefulset`, if any.
+async fn refusal_of(ctx: &Context, ns: &str, statefulset: &str) -> Option<String> {
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(ctx.client.clone(), ns);
+    let fields = format!("involvedObject.kind=StatefulSet,involvedObject.name={statefulset},reason=FailedCreate");
+    match events.list(&kube::api::ListParams::default().fields(&fields)).await {
+        Ok(list) => status::pods_refused(&list.items, k8s_openapi::jiff::Timestamp::now()),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the StatefulSet's events");
+            None
+        }
+    }
 }
 
 /// How long the operator waits for one TCP connection to a Service.

@@ -137,6 +137,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         drivers: seen_daemons.drivers,
         disks: seen_daemons.disks,
         apply_error: apply_error.as_ref().map(|e| (e.reason(), e.to_string())),
+        pods_refused: seen_daemons.pods_refused.clone(),
         routed: seen_daemons.routed,
     };
     let look_again = seen_daemons.look_again;
