@@ -64,11 +64,12 @@ pub fn fingerprint(owned: &Owned) -> Result<u64> {
     }
     let mut hasher = DefaultHasher::new();
     // Every owned object, by name: a new one is a compile error here.
-    let Owned { statefulset, headless_service, client_service, network_policy, secrets } = owned;
+    let Owned { statefulset, headless_service, client_service, network_policy, disruption_budget, secrets } = owned;
     feed(&mut hasher, "StatefulSet", statefulset)?;
     feed(&mut hasher, "headless Service", headless_service)?;
     feed(&mut hasher, "client Service", client_service)?;
     feed(&mut hasher, "NetworkPolicy", network_policy)?;
+    feed(&mut hasher, "PodDisruptionBudget", disruption_budget)?;
     if let Some(CertSecrets { ca, server, client }) = secrets {
         feed(&mut hasher, "CA Secret", ca)?;
         feed(&mut hasher, "server Secret", server)?;

@@ -54,6 +54,10 @@ struct RunArgs {
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// The namespace the operator runs in (the chart sets it): the daemons' NetworkPolicies
+    /// admit the operator's pods from this namespace only. Unset (out of cluster): none.
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -167,7 +171,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let source = webhook_source(&args.webhook, &args.lease_namespace);
         let handler = webhook::Handler {
             client: client.clone(),
-            defaults: Defaults { image: args.default_image.clone(), init_image: args.default_init_image.clone() },
+            defaults: Defaults {
+                image: args.default_image.clone(),
+                init_image: args.default_init_image.clone(),
+                operator_namespace: args.operator_namespace.clone(),
+            },
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
         };
@@ -212,7 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let settings = Settings {
-        defaults: Defaults { image: args.default_image, init_image: args.default_init_image },
+        defaults: Defaults { image: args.default_image, init_image: args.default_init_image, operator_namespace: args.operator_namespace },
         query_daemons: args.query_daemons,
         liveness,
     };

@@ -18,6 +18,9 @@ pub const CLIENT_LABEL: &str = "dind.dev/client";
 pub const TLS_DIGEST_ANNOTATION: &str = "dind.dev/server-cert-digest";
 /// Where the operator itself runs: its pods may reach daemons to read their storage driver.
 pub const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "dind-operator");
+/// The label the apiserver puts on every namespace, its name: a NetworkPolicy peer in one
+/// namespace selects on it.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Label of the client Service, copied by the EndpointSlice controller onto its slices: the
 /// operator watches only those (not the headless Service's) to know what the Service routes to.
 pub const ROUTE_LABEL: (&str, &str) = ("dind.dev/route", "client");
@@ -88,6 +91,7 @@ pub struct Names {
     pub client_secret: String,
     pub ca_secret: String,
     pub network_policy: String,
+    pub disruption_budget: String,
 }
 
 impl Names {
@@ -101,6 +105,7 @@ impl Names {
             client_secret: format!("{name}-client"),
             ca_secret: format!("{name}-ca"),
             network_policy: name.to_string(),
+            disruption_budget: name.to_string(),
         }
     }
 
@@ -112,6 +117,7 @@ impl Names {
             ("Service", self.headless_service.as_str()),
             ("Service", self.client_service.as_str()),
             ("NetworkPolicy", self.network_policy.as_str()),
+            ("PodDisruptionBudget", self.disruption_budget.as_str()),
         ];
         if tls {
             out.extend([

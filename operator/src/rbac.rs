@@ -23,6 +23,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
         // `get`: the ownership check reads an object of a generated name that no cache shows.
         rule("networking.k8s.io", &["networkpolicies"], &["get", "list", "watch", "create", "patch"]),
+        rule("policy", &["poddisruptionbudgets"], &["get", "list", "watch", "create", "patch"]),
         // Claims of sidecar volume pools: made, leased (by the webhook), released.
         rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.

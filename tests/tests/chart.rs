@@ -119,11 +119,18 @@ async fn two_writers_at_once_are_impossible() -> anyhow::Result<()> {
     let single = helm(&["template", "dind", CHART]).await?;
     ensure!(strategy(&single)?.as_deref() == Some("Recreate"), "one replica without election must not roll");
     ensure!(!single.contains("--leader-election"), "the default single replica runs without election");
+    ensure!(!single.contains("kind: PodDisruptionBudget"), "a budget for one replica would block every drain");
     for set in ["replicas=2", "leaderElection.enabled=true"] {
         let rendered = helm(&["template", "dind", CHART, "--set", set]).await?;
         ensure!(rendered.contains("--leader-election"), "{set}: election off");
         ensure!(strategy(&rendered)?.is_none(), "{set}: with election on a rolling update is safe");
     }
+    // With two replicas a drain keeps one operator running.
+    let two = helm(&["template", "dind", CHART, "--set", "replicas=2"]).await?;
+    let budget = two.split("\n---").find(|d| d.contains("kind: PodDisruptionBudget")).context("no operator PodDisruptionBudget")?;
+    let budget: serde_json::Value = serde_yaml::from_str(budget)?;
+    ensure!(budget["spec"]["minAvailable"] == 1, "{budget}");
+    ensure!(budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "dind-operator", "{budget}");
     Ok(())
 }
 

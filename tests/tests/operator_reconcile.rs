@@ -447,3 +447,45 @@ async fn pods_refused_by_pod_security_admission_are_a_condition_with_the_fix() {
     })
     .await;
 }
+
+/// Measured before: no PodDisruptionBudget, so a drain could evict every daemon of a
+/// DindDaemon at once. Now a budget of one: with both daemons ready, the first eviction is
+/// allowed and the second refused (429) while the first is gone. Readiness set by the test.
+#[tokio::test]
+async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a_kubelet() {
+    with_namespace("budget", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node(), "replicas": 2})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        for pod in ["ci-0", "ci-1"] {
+            pod_created(&client, &ns, pod).await?;
+            mark_pod_ready(&client, &ns, pod).await?;
+        }
+        let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        let budget = budgets.get("ci").await?;
+        ensure!(budget.owner_references().first().map(|r| r.kind.as_str()) == Some("DindDaemon"), "budget not owned");
+        eventually("the budget allows one disruption", WAIT, || {
+            let budgets = budgets.clone();
+            async move { Ok(budgets.get("ci").await?.status.filter(|s| s.current_healthy == 2 && s.disruptions_allowed == 1).map(|_| ())) }
+        })
+        .await?;
+        // kube's client retries a 429 (with the server's Retry-After, up to 15 times): the
+        // refusal is what is tested here, so this client does not retry.
+        let mut config = dind_tests::admin_config().await?;
+        config.default_retry = false;
+        let pods: Api<Pod> = Api::namespaced(Client::try_from(config)?, &ns);
+        let evict = |pod: &'static str| {
+            let pods = pods.clone();
+            async move { pods.evict(pod, &kube::api::EvictParams::default()).await }
+        };
+        evict("ci-0").await.context("the first eviction")?;
+        let second = evict("ci-1").await;
+        ensure!(matches!(&second, Err(kube::Error::Api(s)) if s.code == 429), "the second eviction: {second:?}");
+        // No kubelet finishes the evicted pod: delete both at once so the namespace can go.
+        for pod in ["ci-0", "ci-1"] {
+            let _ = pods.delete(pod, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+        }
+        Ok(())
+    })
+    .await;
+}

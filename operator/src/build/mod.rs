@@ -6,6 +6,7 @@
 //! no Secret built and none mounted.
 
 mod dind_init;
+mod disruption;
 mod network_policy;
 mod secrets;
 mod services;
@@ -18,6 +19,7 @@ use dind_contract::{client_tls, server_tls};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -36,6 +38,8 @@ use crate::tls;
 pub struct Defaults {
     pub image: String,
     pub init_image: String,
+    /// Where the operator's pods run (`POD_NAMESPACE`); `None` out of cluster.
+    pub operator_namespace: Option<String>,
 }
 
 /// Whether a DindDaemon needs certificates: the one place TLS on/off is read from the spec.
@@ -62,6 +66,7 @@ pub struct Owned {
     pub headless_service: Service,
     pub client_service: Service,
     pub network_policy: NetworkPolicy,
+    pub disruption_budget: PodDisruptionBudget,
     /// `None` with TLS off.
     pub secrets: Option<CertSecrets>,
 }
@@ -96,7 +101,8 @@ pub fn build(dd: &DindDaemon, defaults: &Defaults, certs: Option<&tls::Bundle>) 
         statefulset: statefulset::daemon_statefulset(dd, defaults, certs, &names, &owner)?,
         headless_service: services::headless_service(dd, &names, &owner),
         client_service: services::client_service(dd, &names, &owner),
-        network_policy: network_policy::network_policy(dd, &names, &owner),
+        network_policy: network_policy::network_policy(dd, &names, &owner, defaults.operator_namespace.as_deref()),
+        disruption_budget: disruption::disruption_budget(dd, &names, &owner),
         secrets: certs.map(|certs| CertSecrets {
             ca: secrets::secret(
                 meta(dd, &names, &names.ca_secret, &owner),

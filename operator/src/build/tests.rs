@@ -15,7 +15,7 @@ fn daemon(spec: serde_json::Value) -> DindDaemon {
 }
 
 fn defaults() -> Defaults {
-    Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into() }
+    Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into(), operator_namespace: Some("ops".into()) }
 }
 
 fn certs() -> tls::Bundle {
@@ -36,6 +36,7 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
         &o.headless_service.metadata,
         &o.client_service.metadata,
         &o.network_policy.metadata,
+        &o.disruption_budget.metadata,
         &o.secrets.as_ref().unwrap().ca.metadata,
         &o.secrets.as_ref().unwrap().server.metadata,
         &o.secrets.as_ref().unwrap().client.metadata,
@@ -48,7 +49,11 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
         assert_eq!(m.namespace.as_deref(), Some("builds"));
     }
     let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
-    assert_eq!(names, ["ci", "ci-daemons", "ci", "ci", "ci-ca", "ci-server-tls", "ci-client"]);
+    assert_eq!(names, ["ci", "ci-daemons", "ci", "ci", "ci", "ci-ca", "ci-server-tls", "ci-client"]);
+    // A drain evicts one daemon at a time, by the pods' (stable) selector.
+    let budget = o.disruption_budget.spec.clone().unwrap();
+    assert_eq!(budget.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+    assert_eq!(budget.selector.unwrap().match_labels, o.statefulset.spec.as_ref().unwrap().selector.match_labels);
 
     let sts = o.statefulset.spec.clone().unwrap();
     assert_eq!(sts.replicas, Some(1));
@@ -92,6 +97,16 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     let ingress = np.ingress.unwrap();
     let from = ingress[0].from.clone().unwrap();
     assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[CLIENT_LABEL], "ci");
+    // The operator: its pods in its own namespace only (was: any namespace, so any pod that
+    // labelled itself like the operator reached every daemon).
+    let operator = &from[1];
+    let namespaces = operator.namespace_selector.as_ref().unwrap().match_labels.clone().unwrap();
+    assert_eq!(namespaces, std::collections::BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "ops".to_string())]));
+    assert_eq!(operator.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/name"], "dind-operator");
+    assert_eq!(from.len(), 2);
+    // Out of cluster (no namespace known) the operator needs no peer: none is admitted.
+    let outside = build(&dd, &Defaults { operator_namespace: None, ..defaults() }, Some(&certs())).unwrap();
+    assert_eq!(outside.network_policy.spec.unwrap().ingress.unwrap()[0].from.as_ref().unwrap().len(), 1);
     // Ports containers publish on the daemon: from client pods only, TCP and UDP.
     let published = &ingress[1];
     let peers = published.from.clone().unwrap();

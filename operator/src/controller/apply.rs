@@ -54,7 +54,7 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
         }
     }
     // Every owned object, by name: a new one is a compile error here.
-    let Owned { statefulset, headless_service, client_service, network_policy, secrets } = owned;
+    let Owned { statefulset, headless_service, client_service, network_policy, disruption_budget, secrets } = owned;
     let mut stamps = Stamps::new();
     if let (Some(CertSecrets { ca, server, client: client_secret }), true) = (secrets, write != SecretWrite::None) {
         // The CA Secret first: if we stop half-way, the next pass finds the CA and re-uses it.
@@ -75,15 +75,17 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
             stamp("Secret", s, &mut stamps);
         }
     }
-    let (headless, client_service, policy, sts) = tokio::try_join!(
+    let (headless, client_service, policy, budget, sts) = tokio::try_join!(
         apply(client, ns, headless_service),
         apply(client, ns, client_service),
         apply(client, ns, network_policy),
+        apply(client, ns, disruption_budget),
         apply(client, ns, statefulset),
     )?;
     stamp("Service", &headless, &mut stamps);
     stamp("Service", &client_service, &mut stamps);
     stamp("NetworkPolicy", &policy, &mut stamps);
+    stamp("PodDisruptionBudget", &budget, &mut stamps);
     stamp("StatefulSet", &sts, &mut stamps);
     Ok(Some((stamps, sts)))
 }

@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -27,6 +28,7 @@ pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: boo
             "StatefulSet" => metadata::<StatefulSet>(client, ns, name).await?,
             "Service" => metadata::<Service>(client, ns, name).await?,
             "NetworkPolicy" => metadata::<NetworkPolicy>(client, ns, name).await?,
+            "PodDisruptionBudget" => metadata::<PodDisruptionBudget>(client, ns, name).await?,
             _ => metadata::<Secret>(client, ns, name).await?,
         };
         Ok((kind, name, meta.map(|m| ownership::judge(&m, &names.daemon, uid))))

@@ -22,6 +22,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -82,6 +83,7 @@ pub struct OwnedCaches {
     pub services: StampCache,
     pub secrets: StampCache,
     pub policies: StampCache,
+    pub budgets: StampCache,
 }
 
 impl OwnedCaches {
@@ -92,6 +94,7 @@ impl OwnedCaches {
         self.services.wait_until_ready().await;
         self.secrets.wait_until_ready().await;
         self.policies.wait_until_ready().await;
+        self.budgets.wait_until_ready().await;
         self.statefulsets.wait_until_ready().await.is_ok()
     }
 
@@ -110,6 +113,7 @@ impl OwnedCaches {
         add(&self.services, "Service", &names.headless_service);
         add(&self.services, "Service", &names.client_service);
         add(&self.policies, "NetworkPolicy", &names.network_policy);
+        add(&self.budgets, "PodDisruptionBudget", &names.disruption_budget);
         for secret in [&names.ca_secret, &names.server_secret, &names.client_secret] {
             add(&self.secrets, "Secret", secret);
         }
@@ -219,7 +223,8 @@ pub async fn run(
     let (services, service_stream) = owned_metadata(api::<PartialObjectMeta<Service>>(&client, ns), &ours);
     let (secrets, secret_stream) = owned_metadata(api::<PartialObjectMeta<Secret>>(&client, ns), &ours);
     let (policies, policy_stream) = owned_metadata(api::<PartialObjectMeta<NetworkPolicy>>(&client, ns), &ours);
-    let owned = OwnedCaches { statefulsets, services, secrets, policies };
+    let (budgets, budget_stream) = owned_metadata(api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns), &ours);
+    let owned = OwnedCaches { statefulsets, services, secrets, policies, budgets };
     // Claims of sidecar volume pools: a lease the webhook takes (an annotation) wakes the
     // DindDaemon, which then looks again until the lease has ended.
     let pool = watcher::Config::default().labels(crate::names::VOLUME_POOL_LABEL);
@@ -248,6 +253,7 @@ pub async fn run(
         .owns_stream(service_stream)
         .owns_stream(secret_stream)
         .owns_stream(policy_stream)
+        .owns_stream(budget_stream)
         .owns_stream(pool_stream)
         .watches_stream(pod_stream, daemons_of_pod)
         .watches_stream(route_stream, daemon_of_labelled)
