@@ -179,11 +179,28 @@ async fn install_then_uninstall_leaves_only_the_crd() {
         let sc = pod.containers[0].security_context.clone().context("securityContext")?;
         ensure!(sc.read_only_root_filesystem == Some(true) && sc.allow_privilege_escalation == Some(false));
         ensure!(pod.security_context.and_then(|s| s.run_as_non_root) == Some(true));
-        Api::<ClusterRole>::all(client.clone()).get(&full).await?;
         Api::<ServiceAccount>::namespaced(client.clone(), &ns).get(&full).await?;
+        // Measured before: the default values gave a ClusterRole that could read every Secret
+        // and create StatefulSets in any namespace. Now only the watched namespaces (default:
+        // `default`) are within reach.
+        ensure!(Api::<ClusterRole>::all(client.clone()).get_opt(&full).await?.is_none(), "the default values made a ClusterRole");
+        let who = format!("system:serviceaccount:{ns}:{full}");
+        let can = |verb: &'static str, resource: &'static str, namespace: &'static str| {
+            let who = who.clone();
+            async move {
+                // `kubectl auth can-i` answers "no" with exit status 1.
+                let out = run_tool("kubectl", &["auth", "can-i", verb, resource, "-n", namespace, "--as", &who]).await;
+                anyhow::Ok(out.is_ok_and(|o| o.trim() == "yes"))
+            }
+        };
+        ensure!(!can("list", "secrets", "kube-system").await?, "the operator can list Secrets in kube-system");
+        ensure!(!can("create", "statefulsets.apps", "kube-system").await?, "the operator can create StatefulSets in kube-system");
+        ensure!(can("create", "statefulsets.apps", "default").await?, "the operator cannot work in its watched namespace");
+        ensure!(can("get", "secrets", "default").await?, "the operator cannot read Secrets where its DindDaemons live");
         helm(&["uninstall", &release, "-n", &ns, "--wait"]).await?;
         ensure!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&full).await?.is_none(), "Deployment left behind");
-        ensure!(Api::<ClusterRole>::all(client.clone()).get_opt(&full).await?.is_none(), "ClusterRole left behind");
+        let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "default");
+        ensure!(roles.get_opt(&full).await?.is_none(), "Role in the watched namespace left behind");
         let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
             Api::all(client.clone());
         ensure!(crds.get_opt("dinddaemons.dind.dev").await?.is_some(), "Helm keeps CRDs on uninstall; ours is gone");

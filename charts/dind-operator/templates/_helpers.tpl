@@ -30,3 +30,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- gt (int .Values.replicas) 1 -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* "true" when the operator watches every namespace (watchNamespaces contains "*"). */}}
+{{- define "dind-operator.allNamespaces" -}}
+{{- has "*" .Values.watchNamespaces -}}
+{{- end -}}
