@@ -101,6 +101,23 @@ async fn the_chart_renders_without_a_kube_version() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Measured before: the values said the default dind-init image came "from the same place as
+/// the operator image", but the chart rendered a bare `dind-init:<appVersion>`, which a
+/// cluster pulling from a private registry cannot pull. Now it sits beside the operator image.
+#[tokio::test]
+async fn the_default_init_image_sits_beside_the_operator_image() -> anyhow::Result<()> {
+    let init_arg = |rendered: &str| rendered.lines().find_map(|l| l.trim().strip_prefix("- --default-init-image=").map(str::to_string));
+    let moved =
+        helm(&["template", "dind", CHART, "--set", "image.repository=registry.example/team/dind-operator", "--set", "image.tag=1.2.3"])
+            .await?;
+    ensure!(init_arg(&moved).as_deref() == Some("registry.example/team/dind-init:1.2.3"), "{:?}", init_arg(&moved));
+    let local = helm(&["template", "dind", CHART]).await?;
+    ensure!(init_arg(&local).as_deref() == Some("dind-init:0.1.0"), "{:?}", init_arg(&local));
+    let given = helm(&["template", "dind", CHART, "--set", "daemon.initImage=mirror.example/dind-init:9"]).await?;
+    ensure!(init_arg(&given).as_deref() == Some("mirror.example/dind-init:9"), "{:?}", init_arg(&given));
+    Ok(())
+}
+
 /// Two operators must never write at once: replicas > 1 without leader election is refused by
 /// the schema, naming the field; and without election an upgrade stops the old operator before
 /// the new one starts (strategy Recreate), while with it a rolling update is safe (the new one

@@ -35,3 +35,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "dind-operator.allNamespaces" -}}
 {{- has "*" .Values.watchNamespaces -}}
 {{- end -}}
+
+{{- /* The default dind-init image: beside the operator image (same registry and path, same
+tag), so a registry that serves one serves both; daemon.initImage overrides it. */}}
+{{- define "dind-operator.initImage" -}}
+{{- if .Values.daemon.initImage -}}
+{{- .Values.daemon.initImage -}}
+{{- else -}}
+{{- $dir := dir .Values.image.repository -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if eq $dir "." -}}dind-init:{{ $tag }}{{- else -}}{{ $dir }}/dind-init:{{ $tag }}{{- end -}}
+{{- end -}}
+{{- end -}}
