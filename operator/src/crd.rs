@@ -85,6 +85,8 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
+#[x_kube(validation = kube::core::Rule::new("self.mode != 'Sidecar' || !self.egress.restricted")
+    .message("egress.restricted needs mode: Pool (a sidecar daemon shares its job pod's network: restrict the job's pods)").field_path(".egress"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
     .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
@@ -147,6 +149,11 @@ pub struct DindDaemonSpec {
     /// Where /var/lib/docker lives: a PersistentVolumeClaim per daemon (default) or an emptyDir.
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// What the daemon pods (and so builds and `docker run`) may connect to. Unrestricted by
+    /// default; `restricted: true` adds an egress rule to the daemon's NetworkPolicy.
+    #[serde(default)]
+    pub egress: EgressSpec,
 
     /// The image and build cache on the daemon's volume: how much build cache dockerd keeps,
     /// and when the disk counts as under pressure.
@@ -407,6 +414,46 @@ fn default_high_water() -> i32 {
 impl Default for CacheSpec {
     fn default() -> Self {
         Self { build_cache_keep: None, high_water_percent: default_high_water() }
+    }
+}
+
+/// Egress of the daemon pods (see `spec.egress`). Enforced only where the cluster's network
+/// plugin enforces NetworkPolicy.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSpec {
+    /// Restrict egress (default false). On: daemons may connect to `allowedCIDRs` but
+    /// `deniedCIDRs`, and to DNS (port 53) anywhere; nothing else.
+    #[serde(default)]
+    pub restricted: bool,
+
+    /// Where daemons may connect (default `0.0.0.0/0`, `::/0`: everywhere but `deniedCIDRs`).
+    /// Narrow it to your registries' and mirrors' networks. Pod IPs in the cluster are matched
+    /// or not as the network plugin decides (NetworkPolicy leaves ipBlock on pod IPs to it).
+    #[serde(default = "default_allowed_cidrs", rename = "allowedCIDRs")]
+    #[schemars(length(max = 16), inner(length(max = 43)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("egress.allowedCIDRs: each must be a CIDR such as 10.0.0.0/8"))]
+    pub allowed_cidrs: Vec<String>,
+
+    /// Never, even inside an allowed CIDR (default: the cloud metadata service,
+    /// `169.254.169.254/32` and `fd00:ec2::254/128`, where a build could read the node's cloud
+    /// credentials).
+    #[serde(default = "default_denied_cidrs", rename = "deniedCIDRs")]
+    #[schemars(length(max = 16), inner(length(max = 43)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("egress.deniedCIDRs: each must be a CIDR such as 169.254.169.254/32"))]
+    pub denied_cidrs: Vec<String>,
+}
+
+fn default_allowed_cidrs() -> Vec<String> {
+    vec!["0.0.0.0/0".into(), "::/0".into()]
+}
+fn default_denied_cidrs() -> Vec<String> {
+    vec!["169.254.169.254/32".into(), "fd00:ec2::254/128".into()]
+}
+
+impl Default for EgressSpec {
+    fn default() -> Self {
+        Self { restricted: false, allowed_cidrs: default_allowed_cidrs(), denied_cidrs: default_denied_cidrs() }
     }
 }
 

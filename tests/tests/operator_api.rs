@@ -74,6 +74,9 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
         (json!({"cache": {"buildCacheKeep": "lots"}}), "spec.cache.buildCacheKeep", "positive quantity"),
         (json!({"cache": {"highWaterPercent": 100}}), "spec.cache.highWaterPercent", "less than or equal to 99"),
         (json!({"sidecar": {"tcp": true}}), "spec.sidecar", "needs mode: Sidecar"),
+        (json!({"egress": {"allowedCIDRs": ["10.0.0.0/33"]}}), "spec.egress.allowedCIDRs", "must be a CIDR"),
+        (json!({"egress": {"deniedCIDRs": ["metadata"]}}), "spec.egress.deniedCIDRs", "must be a CIDR"),
+        (json!({"mode": "Sidecar", "egress": {"restricted": true}}), "spec.egress", "needs mode: Pool"),
     ];
     assert!(cases.len() >= 20);
     with_namespace("malformed", move |client: Client, ns: String| async move {

@@ -489,3 +489,37 @@ async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a
     })
     .await;
 }
+
+/// `spec.egress.restricted`: the daemon's NetworkPolicy gains egress rules the apiserver
+/// accepts (each denied CIDR an exception inside its allowed block), and loses them when the
+/// restriction is lifted. (Enforcement is the network plugin's; the harness's bridge does not
+/// enforce NetworkPolicy: see the README.)
+#[tokio::test]
+async fn a_restricted_egress_denies_the_metadata_service_in_the_network_policy() {
+    with_namespace("egress", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node(), "egress": {"restricted": true}})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        let np = policies.get("ci").await?.spec.context("spec")?;
+        ensure!(np.policy_types.as_deref() == Some(&["Ingress".to_string(), "Egress".to_string()][..]), "{:?}", np.policy_types);
+        let egress = serde_json::to_value(&np.egress)?;
+        ensure!(egress[0]["to"][0]["ipBlock"] == json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}), "{egress}");
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"egress": {"restricted": false}}}))).await?;
+        eventually("egress rules removed", WAIT, || {
+            let policies = policies.clone();
+            async move {
+                Ok(policies
+                    .get("ci")
+                    .await?
+                    .spec
+                    .filter(|s| s.egress.is_none() && s.policy_types.as_ref().is_some_and(|t| t.len() == 1))
+                    .map(|_| ()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}

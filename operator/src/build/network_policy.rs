@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
-use crate::crd::DindDaemon;
+use crate::crd::{DindDaemon, EgressSpec};
 use crate::names::{CLIENT_LABEL, NAMESPACE_NAME_LABEL, Names, OPERATOR_NAME_LABEL};
 
 /// The ports containers on a daemon may publish (`docker run -p`, compose `ports:`,
@@ -51,7 +53,8 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
         metadata: meta(dd, names, &names.network_policy, owner),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector { match_labels: Some(names.selector()), ..Default::default() }),
-            policy_types: Some(vec!["Ingress".into()]),
+            policy_types: Some(if dd.spec.egress.restricted { vec!["Ingress".into(), "Egress".into()] } else { vec!["Ingress".into()] }),
+            egress: dd.spec.egress.restricted.then(|| egress_rules(&dd.spec.egress)),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
                     from: Some(std::iter::once(clients.clone()).chain(operator).collect()),
@@ -66,4 +69,44 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
             ..Default::default()
         }),
     }
+}
+
+/// `spec.egress` as NetworkPolicy egress rules: each allowed CIDR with the denied CIDRs inside
+/// it as exceptions (NetworkPolicy requires an exception to lie within its block; a denied CIDR
+/// outside every allowed one is denied anyway), and DNS anywhere.
+pub fn egress_rules(egress: &EgressSpec) -> Vec<NetworkPolicyEgressRule> {
+    let blocks = egress
+        .allowed_cidrs
+        .iter()
+        .map(|allowed| {
+            let except: Vec<String> = egress.denied_cidrs.iter().filter(|d| cidr_within(d, allowed)).cloned().collect();
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock { cidr: allowed.clone(), except: (!except.is_empty()).then_some(except) }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let dns = ["UDP", "TCP"]
+        .into_iter()
+        .map(|protocol| NetworkPolicyPort { port: Some(IntOrString::Int(53)), protocol: Some(protocol.into()), ..Default::default() })
+        .collect();
+    vec![NetworkPolicyEgressRule { to: Some(blocks), ports: None }, NetworkPolicyEgressRule { to: None, ports: Some(dns) }]
+}
+
+/// Whether CIDR `inner` lies within CIDR `outer` (same family, longer or equal prefix, same
+/// network bits). Unparsable input lies within nothing (CEL refuses it at the door).
+pub fn cidr_within(inner: &str, outer: &str) -> bool {
+    fn parse(cidr: &str) -> Option<(u128, u32, bool)> {
+        let (addr, len) = cidr.split_once('/')?;
+        let len: u32 = len.parse().ok()?;
+        match addr.parse::<std::net::IpAddr>().ok()? {
+            std::net::IpAddr::V4(a) if len <= 32 => Some((u128::from(u32::from(a)) << 96, len, false)),
+            std::net::IpAddr::V6(a) if len <= 128 => Some((u128::from(a), len, true)),
+            _ => None,
+        }
+    }
+    let (Some((inner, inner_len, inner_v6)), Some((outer, outer_len, outer_v6))) = (parse(inner), parse(outer)) else { return false };
+    // IPv4 sits in the top 32 bits, so one mask serves both families.
+    let mask = if outer_len == 0 { 0 } else { u128::MAX << (128 - outer_len) };
+    inner_v6 == outer_v6 && inner_len >= outer_len && inner & mask == outer & mask
 }

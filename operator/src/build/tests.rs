@@ -223,3 +223,43 @@ fn a_new_server_certificate_changes_the_pod_template() {
     let again = build(&dd, &defaults(), Some(&kept)).unwrap();
     assert_eq!(ann(&a), ann(&again));
 }
+
+#[test]
+fn egress_is_open_by_default_and_restricted_on_request_with_the_metadata_service_denied() {
+    let open = build(&daemon(json!({})), &defaults(), None).unwrap().network_policy.spec.unwrap();
+    assert_eq!(open.policy_types.unwrap(), ["Ingress"]);
+    assert!(open.egress.is_none());
+    let np = build(&daemon(json!({"egress": {"restricted": true}})), &defaults(), None).unwrap().network_policy.spec.unwrap();
+    assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
+    let rules = np.egress.unwrap();
+    let blocks: Vec<_> = rules[0].to.clone().unwrap().into_iter().map(|p| p.ip_block.unwrap()).collect();
+    assert_eq!(blocks[0].cidr, "0.0.0.0/0");
+    assert_eq!(blocks[0].except.as_deref(), Some(&["169.254.169.254/32".to_string()][..]), "each exception inside its own block");
+    assert_eq!(blocks[1].cidr, "::/0");
+    assert_eq!(blocks[1].except.as_deref(), Some(&["fd00:ec2::254/128".to_string()][..]));
+    let dns: Vec<_> = rules[1].ports.clone().unwrap().into_iter().map(|p| (p.port, p.protocol)).collect();
+    assert_eq!(dns, [(Some(IntOrString::Int(53)), Some("UDP".into())), (Some(IntOrString::Int(53)), Some("TCP".into()))]);
+    assert!(rules[1].to.is_none(), "DNS to any resolver");
+    // Narrowed to a registry network: a denied CIDR outside it needs no exception.
+    let narrow = daemon(
+        json!({"egress": {"restricted": true, "allowedCIDRs": ["10.20.0.0/16"], "deniedCIDRs": ["10.20.5.0/24", "169.254.169.254/32"]}}),
+    );
+    let np = build(&narrow, &defaults(), None).unwrap().network_policy.spec.unwrap();
+    let block = np.egress.unwrap()[0].to.clone().unwrap()[0].ip_block.clone().unwrap();
+    assert_eq!((block.cidr.as_str(), block.except), ("10.20.0.0/16", Some(vec!["10.20.5.0/24".to_string()])));
+}
+
+#[test]
+fn cidr_containment() {
+    use super::network_policy::cidr_within;
+    assert!(cidr_within("169.254.169.254/32", "0.0.0.0/0"));
+    assert!(cidr_within("10.1.2.0/24", "10.1.0.0/16"));
+    assert!(cidr_within("10.1.0.0/16", "10.1.0.0/16"));
+    assert!(!cidr_within("10.2.0.0/24", "10.1.0.0/16"));
+    assert!(!cidr_within("10.0.0.0/8", "10.1.0.0/16"), "wider is not within");
+    assert!(!cidr_within("fd00:ec2::254/128", "0.0.0.0/0"), "families do not mix");
+    assert!(cidr_within("fd00:ec2::254/128", "::/0"));
+    assert!(cidr_within("fd00:ec2::254/128", "fd00::/8"));
+    assert!(!cidr_within("nonsense", "0.0.0.0/0"));
+    assert!(!cidr_within("10.0.0.0/33", "0.0.0.0/0"));
+}
