@@ -66,7 +66,6 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
                 },
                 NetworkPolicyIngressRule { from: Some(vec![clients]), ports: Some(published) },
             ]),
-            ..Default::default()
         }),
     }
 }
