@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod api_client;
 pub mod applied;
 pub mod build;
 pub mod cache;

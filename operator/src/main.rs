@@ -13,8 +13,8 @@ use dind_operator::leader::{self, LeaseLock};
 use dind_operator::metrics::Metrics;
 use dind_operator::server::{self, Health, Liveness};
 use dind_operator::webhook;
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, Client};
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
@@ -136,7 +136,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let client = dind_operator::api_client::infer().await.map_err(anyhow::Error::msg).context("connecting to the Kubernetes API")?;
 
     let metrics = Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();

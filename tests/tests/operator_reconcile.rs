@@ -459,14 +459,22 @@ async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a
         owned_objects(&client, &ns, "ci").await?;
         for pod in ["ci-0", "ci-1"] {
             pod_created(&client, &ns, pod).await?;
-            mark_pod_ready(&client, &ns, pod).await?;
         }
         let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
         let budget = budgets.get("ci").await?;
         ensure!(budget.owner_references().first().map(|r| r.kind.as_str()) == Some("DindDaemon"), "budget not owned");
+        // The node lifecycle controller marks pods of a node without heartbeats NotReady on
+        // every pod update (seen: this test failed when it did so between the two evictions,
+        // as an unready daemon may always be evicted): the test heartbeats the no-kubelet node.
         eventually("the budget allows one disruption", WAIT, || {
-            let budgets = budgets.clone();
-            async move { Ok(budgets.get("ci").await?.status.filter(|s| s.current_healthy == 2 && s.disruptions_allowed == 1).map(|_| ())) }
+            let (budgets, client, ns) = (budgets.clone(), client.clone(), ns.clone());
+            async move {
+                heartbeat_the_no_kubelet_node(&client).await?;
+                for pod in ["ci-0", "ci-1"] {
+                    mark_pod_ready(&client, &ns, pod).await?;
+                }
+                Ok(budgets.get("ci").await?.status.filter(|s| s.current_healthy == 2 && s.disruptions_allowed == 1).map(|_| ()))
+            }
         })
         .await?;
         // kube's client retries a 429 (with the server's Retry-After, up to 15 times): the
@@ -522,4 +530,16 @@ async fn a_restricted_egress_denies_the_metadata_service_in_the_network_policy()
         Ok(())
     })
     .await;
+}
+
+/// Posts a Ready condition with a fresh heartbeat on the node no kubelet serves (see
+/// `mark_pod_ready`), so for the next ~40 s the node lifecycle controller leaves its pods' Ready
+/// conditions alone.
+async fn heartbeat_the_no_kubelet_node(client: &Client) -> anyhow::Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "TestHeartbeat",
+        "message": "heartbeat posted by a test", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+    nodes.patch_status(dind_tests::operator::NO_KUBELET_NODE, &PatchParams::default(), &Patch::Strategic(&status)).await?;
+    Ok(())
 }
