@@ -322,9 +322,13 @@ pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(6
 pub const PSA_ENFORCE_PRIVILEGED: &str = "pod-security.kubernetes.io/enforce=privileged";
 
 /// Why the StatefulSet controller cannot create daemon pods, from its `FailedCreate` events:
-/// the newest seen within [`REFUSAL_WINDOW`] of `now`, with the fix when it is Pod Security
-/// Admission's refusal.
-pub fn pods_refused(events: &[k8s_openapi::api::core::v1::Event], now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+/// the newest seen within [`REFUSAL_WINDOW`] of `now` and after `newest_pod` was made (an
+/// older one was overcome since), with the fix when it is Pod Security Admission's refusal.
+pub fn pods_refused(
+    events: &[k8s_openapi::api::core::v1::Event],
+    now: k8s_openapi::jiff::Timestamp,
+    newest_pod: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
     let seen = |e: &k8s_openapi::api::core::v1::Event| {
         [
             e.series.as_ref().and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0),
@@ -336,8 +340,11 @@ pub fn pods_refused(events: &[k8s_openapi::api::core::v1::Event], now: k8s_opena
         .max()
     };
     let window = k8s_openapi::jiff::SignedDuration::try_from(REFUSAL_WINDOW).ok()?;
-    let (_, newest) =
-        events.iter().filter_map(|e| Some((seen(e)?, e))).filter(|(t, _)| now.duration_since(*t) <= window).max_by_key(|(t, _)| *t)?;
+    let (_, newest) = events
+        .iter()
+        .filter_map(|e| Some((seen(e)?, e)))
+        .filter(|(t, _)| now.duration_since(*t) <= window && newest_pod.is_none_or(|p| *t > p))
+        .max_by_key(|(t, _)| *t)?;
     let message = newest.message.clone().unwrap_or_default();
     let advice = if message.contains("PodSecurity") {
         format!("; daemon pods run privileged: label the namespace {PSA_ENFORCE_PRIVILEGED}")
@@ -390,15 +397,18 @@ mod tests {
         };
         let psa = r#"create Pod ci-0 in StatefulSet ci failed error: pods "ci-0" is forbidden: violates PodSecurity "baseline:latest": privileged"#;
         let quota = "create Pod ci-0 in StatefulSet ci failed error: exceeded quota: pods";
-        let why = pods_refused(&[event(quota, 3), event(psa, 1)], Timestamp::now()).unwrap();
+        let why = pods_refused(&[event(quota, 3), event(psa, 1)], Timestamp::now(), None).unwrap();
         assert!(
             why.contains("violates PodSecurity") && why.ends_with("label the namespace pod-security.kubernetes.io/enforce=privileged"),
             "{why}"
         );
-        let why = pods_refused(&[event(quota, 1), event(psa, 3)], Timestamp::now()).unwrap();
+        let why = pods_refused(&[event(quota, 1), event(psa, 3)], Timestamp::now(), None).unwrap();
         assert!(why.contains("exceeded quota") && !why.contains("pod-security"), "the newest wins: {why}");
-        assert_eq!(pods_refused(&[event(psa, 11)], Timestamp::now()), None, "an old refusal explains nothing now");
-        assert_eq!(pods_refused(&[], Timestamp::now()), None);
+        assert_eq!(pods_refused(&[event(psa, 11)], Timestamp::now(), None), None, "an old refusal explains nothing now");
+        assert_eq!(pods_refused(&[], Timestamp::now(), None), None);
+        // A pod made after the refusal: overcome (a rollout's missing pod is no refusal).
+        let pod_made = Some(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(30));
+        assert_eq!(pods_refused(&[event(psa, 1)], Timestamp::now(), pod_made), None);
         let st = compute(&dd(1), &Observed { pods_refused: Some(why), routed: all_routed(), ..Default::default() }, at(1));
         let c = get(&st, DEGRADED);
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "PodsRefused"));

@@ -79,7 +79,9 @@ pub async fn daemons(
     // wakes a reconcile: read them, and look again while pods are missing.
     let mut pods_refused = None;
     if statefulset.is_some() && i32::try_from(pods.len()).unwrap_or(i32::MAX) < dd.spec.replicas {
-        pods_refused = refusal_of(ctx, ns, &names.statefulset).await;
+        // A refusal older than the newest pod was overcome since (e.g. the namespace relabelled).
+        let newest_pod = pods.iter().filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).max();
+        pods_refused = refusal_of(ctx, ns, &names.statefulset, newest_pod).await;
         look_again = Some(look_again.map_or(MISSING_PODS_RECHECK, |l| l.min(MISSING_PODS_RECHECK)));
     }
     Seen { statefulset, pods, intruders, drivers, disks, routed, look_again, pods_refused }
@@ -89,11 +91,11 @@ pub async fn daemons(
 const MISSING_PODS_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The StatefulSet controller's latest recent `FailedCreate` for `statefulset`, if any.
-async fn refusal_of(ctx: &Context, ns: &str, statefulset: &str) -> Option<String> {
+async fn refusal_of(ctx: &Context, ns: &str, statefulset: &str, newest_pod: Option<k8s_openapi::jiff::Timestamp>) -> Option<String> {
     let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(ctx.client.clone(), ns);
     let fields = format!("involvedObject.kind=StatefulSet,involvedObject.name={statefulset},reason=FailedCreate");
     match events.list(&kube::api::ListParams::default().fields(&fields)).await {
-        Ok(list) => status::pods_refused(&list.items, k8s_openapi::jiff::Timestamp::now()),
+        Ok(list) => status::pods_refused(&list.items, k8s_openapi::jiff::Timestamp::now(), newest_pod),
         Err(e) => {
             tracing::debug!(error = %e, "reading the StatefulSet's events");
             None

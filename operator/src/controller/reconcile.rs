@@ -189,15 +189,15 @@ async fn certify_build_apply(
     let tls_on = build::certificates_wanted(dd);
     // Unless the objects are exactly those the last apply left (all ours), check that every
     // name is free, ours or handed over before anything is read or written (`ownership`).
-    let existing_secrets = if last.is_some_and(|a| a.stamps_hold(uid, seen)) {
-        secrets_of(seen).into_keys().collect()
+    let secrets_exist = if last.is_some_and(|a| a.stamps_hold(uid, seen)) {
+        !secrets_of(seen).is_empty()
     } else {
-        claims::check(&ctx.client, ns, names, uid, tls_on, seen).await?
+        !claims::check(&ctx.client, ns, names, uid, tls_on, seen).await?.is_empty()
     };
     // No Secrets exist and no apply is remembered: nothing to read. The CA Secret is then
     // created, not applied, so one written an instant ago is never overwritten: the create
     // fails and the loop reads it instead.
-    let mut fresh = last.is_none() && existing_secrets.is_empty();
+    let mut fresh = last.is_none() && !secrets_exist;
     loop {
         let (plan, secret_stamps) = if tls_on {
             let (pairs, stamps) = current_certificates(&ctx.client, ns, names, seen, last, fresh).await?;
