@@ -469,6 +469,8 @@ async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a
         eventually("the budget allows one disruption", WAIT, || {
             let (budgets, client, ns) = (budgets.clone(), client.clone(), ns.clone());
             async move {
+                // (Marking a pod ready makes the node on a fresh cluster: mark, beat, mark.)
+                mark_pod_ready(&client, &ns, "ci-0").await?;
                 heartbeat_the_no_kubelet_node(&client).await?;
                 for pod in ["ci-0", "ci-1"] {
                     mark_pod_ready(&client, &ns, pod).await?;
