@@ -28,6 +28,15 @@ pub fn cluster_dir() -> PathBuf {
 }
 
 /// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
+/// The Helm chart in this repository.
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
+
+/// `--set` value that binds the chart's policy to namespace `ns` only: tests that install the
+/// chart run beside others whose DindDaemons the default policy would refuse.
+pub fn chart_policy_only_in(ns: &str) -> String {
+    format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
+}
+
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG").map_or_else(|| cluster_dir().join("kubeconfig"), PathBuf::from)
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use dind_tests::{Operator, eventually, kubeconfig_path, run_tool, suffix, with_namespace};
+use dind_tests::{CHART, Operator, chart_policy_only_in, eventually, kubeconfig_path, run_tool, suffix, with_namespace};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -14,7 +14,6 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
 const KUBE_VERSION: &str = "1.35.4";
 
 /// Non-default values that exercise every branch of the templates.
@@ -189,7 +188,7 @@ async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_man
 async fn install_then_uninstall_leaves_only_the_crd() {
     with_namespace("helm-install", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
-        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never", "--set", &policy_here(&ns)]).await?;
+        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never", "--set", &chart_policy_only_in(&ns)]).await?;
         let full = format!("{release}-dind-operator");
         let deploy = Api::<Deployment>::namespaced(client.clone(), &ns).get(&full).await?;
         let pod = deploy.spec.context("spec")?.template.spec.context("pod spec")?;
@@ -226,12 +225,6 @@ async fn install_then_uninstall_leaves_only_the_crd() {
     .await;
 }
 
-/// `--set` value that binds the chart's policy to namespace `ns` only: tests that install the
-/// chart run beside others whose DindDaemons the default policy would refuse.
-fn policy_here(ns: &str) -> String {
-    format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
-}
-
 /// A kubeconfig that authenticates with `token` instead of the admin certificate.
 fn token_kubeconfig(token: &str) -> anyhow::Result<std::path::PathBuf> {
     let admin = std::fs::read_to_string(kubeconfig_path())?;
@@ -247,7 +240,7 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
     with_namespace("helm-rbac", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
         let watch = format!("watchNamespaces={{{ns}}}");
-        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2", "--set", &policy_here(&ns)]).await?;
+        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2", "--set", &chart_policy_only_in(&ns)]).await?;
         let full = format!("{release}-dind-operator");
         let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .create_token_request(&full, &PostParams::default(), &TokenRequest::default())
@@ -331,7 +324,7 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
 async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rule() {
     with_namespace("policy", |client: Client, ns: String| async move {
         let release = format!("pol-{}", suffix());
-        let only_here = policy_here(&ns);
+        let only_here = chart_policy_only_in(&ns);
         let render = |namespaces: &'static str| {
             let (release, ns, only_here) = (release.clone(), ns.clone(), only_here.clone());
             async move {

@@ -8,12 +8,11 @@
 //! while other tests use it (cargo runs test binaries one after another).
 
 use anyhow::{Context as _, ensure};
-use dind_tests::{run_tool, suffix, with_namespace};
+use dind_tests::{CHART, chart_policy_only_in, run_tool, suffix, with_namespace};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
 const CRD_FILE: &str = "crds/dinddaemon.yaml";
 
 /// The README's upgrade step: the chart's CRDs, applied server-side.
@@ -60,7 +59,7 @@ async fn the_documented_upgrade_path_keeps_a_new_field() {
         let result = async {
             // A cluster that had the old chart: its CRD, its release, a DindDaemon.
             apply_crds(&old).await?;
-            let only_here = format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}");
+            let only_here = chart_policy_only_in(&ns);
             let watch = format!("watchNamespaces={{{ns}}}");
             run_tool("helm", &["install", &release, &old.to_string_lossy(), "-n", &ns, "--set", &only_here, "--set", &watch]).await?;
             let daemon = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "ci"},
