@@ -69,7 +69,9 @@ pub fn fingerprint(owned: &Owned) -> Result<u64> {
     feed(&mut hasher, "headless Service", headless_service)?;
     feed(&mut hasher, "client Service", client_service)?;
     feed(&mut hasher, "NetworkPolicy", network_policy)?;
-    feed(&mut hasher, "PodDisruptionBudget", disruption_budget)?;
+    if let Some(budget) = disruption_budget {
+        feed(&mut hasher, "PodDisruptionBudget", budget)?;
+    }
     if let Some(CertSecrets { ca, server, client }) = secrets {
         feed(&mut hasher, "CA Secret", ca)?;
         feed(&mut hasher, "server Secret", server)?;

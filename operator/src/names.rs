@@ -110,15 +110,18 @@ impl Names {
     }
 
     /// Every object a pool-mode DindDaemon owns, as `(kind, name)`: the certificate Secrets
-    /// only with TLS on. What the ownership check looks at before an apply.
-    pub fn owned(&self, tls: bool) -> Vec<(&'static str, &str)> {
+    /// only with TLS on, the PodDisruptionBudget only with `budget`. What the ownership check
+    /// looks at before an apply.
+    pub fn owned(&self, tls: bool, budget: bool) -> Vec<(&'static str, &str)> {
         let mut out = vec![
             ("StatefulSet", self.statefulset.as_str()),
             ("Service", self.headless_service.as_str()),
             ("Service", self.client_service.as_str()),
             ("NetworkPolicy", self.network_policy.as_str()),
-            ("PodDisruptionBudget", self.disruption_budget.as_str()),
         ];
+        if budget {
+            out.push(("PodDisruptionBudget", self.disruption_budget.as_str()));
+        }
         if tls {
             out.extend([
                 ("Secret", self.ca_secret.as_str()),

@@ -31,9 +31,9 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // EndpointSlices of our Services: a daemon is Ready once its Service routes to it.
         rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
-        // The StatefulSet controller's FailedCreate events: why daemon pods are missing (Pod
-        // Security Admission, quota, policy).
-        rule("", &["events"], &["list"]),
+        // The StatefulSet controller's FailedCreate events (watched): why daemon pods are
+        // missing (Pod Security Admission, quota, policy).
+        rule("", &["events"], &["list", "watch"]),
     ]
 }
 

@@ -321,31 +321,54 @@ pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(6
 /// The PSA label a namespace needs for daemon pods (privileged, or every capability).
 pub const PSA_ENFORCE_PRIVILEGED: &str = "pod-security.kubernetes.io/enforce=privileged";
 
-/// Why the StatefulSet controller cannot create daemon pods, from its `FailedCreate` events:
-/// the newest seen within [`REFUSAL_WINDOW`] of `now` and after `newest_pod` was made (an
-/// older one was overcome since), with the fix when it is Pod Security Admission's refusal.
-pub fn pods_refused(
-    events: &[k8s_openapi::api::core::v1::Event],
-    now: k8s_openapi::jiff::Timestamp,
-    newest_pod: Option<k8s_openapi::jiff::Timestamp>,
-) -> Option<String> {
-    let seen = |e: &k8s_openapi::api::core::v1::Event| {
-        [
+/// A `FailedCreate` of the StatefulSet controller: what the operator keeps of its event (the
+/// watch of such events feeds them; see `controller::run`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// The StatefulSet refused (the DindDaemon's name) and its uid, when the event names it.
+    pub statefulset: String,
+    pub statefulset_uid: Option<String>,
+    /// When the refusal was last seen (events count repeats: the latest of them).
+    pub seen: k8s_openapi::jiff::Timestamp,
+    pub message: String,
+}
+
+impl Refusal {
+    /// The refusal an event records, if it is a StatefulSet's `FailedCreate` with a time.
+    pub fn of_event(e: &k8s_openapi::api::core::v1::Event) -> Option<Self> {
+        let about = &e.involved_object;
+        if about.kind.as_deref() != Some("StatefulSet") || e.reason.as_deref() != Some("FailedCreate") {
+            return None;
+        }
+        let seen = [
             e.series.as_ref().and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0),
             e.last_timestamp.as_ref().map(|t| t.0),
             e.event_time.as_ref().map(|t| t.0),
         ]
         .into_iter()
         .flatten()
-        .max()
-    };
+        .max()?;
+        Some(Self {
+            statefulset: about.name.clone()?,
+            statefulset_uid: about.uid.clone(),
+            seen,
+            message: e.message.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Why the StatefulSet controller cannot create daemon pods, from its `FailedCreate` events:
+/// the newest seen within [`REFUSAL_WINDOW`] of `now` and after `newest_pod` was made (an
+/// older one was overcome since), with the fix when it is Pod Security Admission's refusal.
+pub fn pods_refused(
+    refusals: &[Refusal],
+    now: k8s_openapi::jiff::Timestamp,
+    newest_pod: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
     let window = k8s_openapi::jiff::SignedDuration::try_from(REFUSAL_WINDOW).ok()?;
-    let (_, newest) = events
-        .iter()
-        .filter_map(|e| Some((seen(e)?, e)))
-        .filter(|(t, _)| now.duration_since(*t) <= window && newest_pod.is_none_or(|p| *t > p))
-        .max_by_key(|(t, _)| *t)?;
-    let message = newest.message.clone().unwrap_or_default();
+    let newest =
+        refusals.iter().filter(|r| now.duration_since(r.seen) <= window && newest_pod.is_none_or(|p| r.seen > p)).max_by_key(|r| r.seen)?;
+    let message = &newest.message;
     let advice = if message.contains("PodSecurity") {
         format!("; daemon pods run privileged: label the namespace {PSA_ENFORCE_PRIVILEGED}")
     } else {
@@ -389,11 +412,14 @@ mod tests {
 
     #[test]
     fn missing_pods_are_explained_by_the_latest_recent_refusal_with_the_psa_fix() {
-        let event = |message: &str, minutes_ago: i64| -> k8s_openapi::api::core::v1::Event {
+        let event = |message: &str, minutes_ago: i64| -> Refusal {
             let at = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_mins(minutes_ago);
-            serde_json::from_value(json!({"metadata": {"name": "e"}, "involvedObject": {}, "message": message,
+            let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({"metadata": {"name": "e"},
+                "involvedObject": {"kind": "StatefulSet", "name": "ci", "uid": "u1"}, "reason": "FailedCreate",
+                "message": message, "count": 3, "firstTimestamp": (at - k8s_openapi::jiff::SignedDuration::from_mins(5)).to_string(),
                 "lastTimestamp": at.to_string()}))
-            .unwrap()
+            .unwrap();
+            Refusal::of_event(&event).unwrap()
         };
         let psa = r#"create Pod ci-0 in StatefulSet ci failed error: pods "ci-0" is forbidden: violates PodSecurity "baseline:latest": privileged"#;
         let quota = "create Pod ci-0 in StatefulSet ci failed error: exceeded quota: pods";
@@ -409,6 +435,13 @@ mod tests {
         // A pod made after the refusal: overcome (a rollout's missing pod is no refusal).
         let pod_made = Some(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(30));
         assert_eq!(pods_refused(&[event(psa, 1)], Timestamp::now(), pod_made), None);
+        // The event tells which StatefulSet, and only a FailedCreate of a StatefulSet counts.
+        let kept = event(psa, 1);
+        assert_eq!((kept.statefulset.as_str(), kept.statefulset_uid.as_deref()), ("ci", Some("u1")));
+        let other: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({"metadata": {"name": "e"},
+            "involvedObject": {"kind": "ReplicaSet", "name": "ci"}, "reason": "FailedCreate", "lastTimestamp": Timestamp::now().to_string()}))
+        .unwrap();
+        assert_eq!(Refusal::of_event(&other), None);
         let st = compute(&dd(1), &Observed { pods_refused: Some(why), routed: all_routed(), ..Default::default() }, at(1));
         let c = get(&st, DEGRADED);
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "PodsRefused"));

@@ -495,6 +495,20 @@ async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a
         for pod in ["ci-0", "ci-1"] {
             let _ = pods.delete(pod, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
         }
+        // Down to one daemon: the budget made with two is kept (the operator deletes nothing),
+        // and a DindDaemon that never had more than one gets none (it would allow every
+        // eviction anyway).
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await?;
+        create(&client, &ns, "solo", json!({"nodeSelector": no_node()})).await?;
+        owned_objects(&client, &ns, "solo").await?;
+        eventually("ci's status of one replica", WAIT, || {
+            let api = api.clone();
+            async move { Ok(api.get("ci").await?.status.filter(|s| s.ready.as_deref().is_some_and(|r| r.ends_with("/1"))).map(|_| ())) }
+        })
+        .await?;
+        ensure!(budgets.get_opt("ci").await?.is_some(), "ci's budget went with its second replica");
+        ensure!(budgets.get_opt("solo").await?.is_none(), "a single daemon got a budget");
         Ok(())
     })
     .await;

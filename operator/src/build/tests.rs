@@ -29,14 +29,14 @@ fn pod(o: &Owned) -> PodSpec {
 
 #[test]
 fn minimal_spec_builds_every_owned_object_with_owner_refs() {
-    let dd = daemon(json!({}));
+    let dd = daemon(json!({"replicas": 2}));
     let o = build(&dd, &defaults(), Some(&certs())).unwrap();
     let metas = [
         &o.statefulset.metadata,
         &o.headless_service.metadata,
         &o.client_service.metadata,
         &o.network_policy.metadata,
-        &o.disruption_budget.metadata,
+        &o.disruption_budget.as_ref().unwrap().metadata,
         &o.secrets.as_ref().unwrap().ca.metadata,
         &o.secrets.as_ref().unwrap().server.metadata,
         &o.secrets.as_ref().unwrap().client.metadata,
@@ -51,12 +51,12 @@ fn minimal_spec_builds_every_owned_object_with_owner_refs() {
     let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
     assert_eq!(names, ["ci", "ci-daemons", "ci", "ci", "ci", "ci-ca", "ci-server-tls", "ci-client"]);
     // A drain evicts one daemon at a time, by the pods' (stable) selector.
-    let budget = o.disruption_budget.spec.clone().unwrap();
+    let budget = o.disruption_budget.as_ref().unwrap().spec.clone().unwrap();
     assert_eq!(budget.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
     assert_eq!(budget.selector.unwrap().match_labels, o.statefulset.spec.as_ref().unwrap().selector.match_labels);
 
     let sts = o.statefulset.spec.clone().unwrap();
-    assert_eq!(sts.replicas, Some(1));
+    assert_eq!(sts.replicas, Some(2));
     assert_eq!(sts.service_name.as_deref(), Some("ci-daemons"));
     let claims = sts.volume_claim_templates.unwrap();
     assert_eq!(claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "20Gi");
@@ -262,4 +262,14 @@ fn cidr_containment() {
     assert!(cidr_within("fd00:ec2::254/128", "fd00::/8"));
     assert!(!cidr_within("nonsense", "0.0.0.0/0"));
     assert!(!cidr_within("10.0.0.0/33", "0.0.0.0/0"));
+}
+
+#[test]
+fn one_daemon_gets_no_disruption_budget_as_it_would_allow_every_eviction() {
+    let one = build(&daemon(json!({})), &defaults(), None).unwrap();
+    assert!(one.disruption_budget.is_none());
+    // Kept when replicas drop to one: built on its own, the same budget as with two.
+    let two = build(&daemon(json!({"replicas": 2})), &defaults(), None).unwrap();
+    let kept = crate::build::disruption_budget(&daemon(json!({}))).unwrap();
+    assert_eq!(Some(kept), two.disruption_budget);
 }

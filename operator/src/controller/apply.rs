@@ -75,17 +75,25 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
             stamp("Secret", s, &mut stamps);
         }
     }
+    let budget = async {
+        match disruption_budget {
+            Some(budget) => apply(client, ns, budget).await.map(Some),
+            None => Ok(None),
+        }
+    };
     let (headless, client_service, policy, budget, sts) = tokio::try_join!(
         apply(client, ns, headless_service),
         apply(client, ns, client_service),
         apply(client, ns, network_policy),
-        apply(client, ns, disruption_budget),
+        budget,
         apply(client, ns, statefulset),
     )?;
     stamp("Service", &headless, &mut stamps);
     stamp("Service", &client_service, &mut stamps);
     stamp("NetworkPolicy", &policy, &mut stamps);
-    stamp("PodDisruptionBudget", &budget, &mut stamps);
+    if let Some(budget) = &budget {
+        stamp("PodDisruptionBudget", budget, &mut stamps);
+    }
     stamp("StatefulSet", &sts, &mut stamps);
     Ok(Some((stamps, sts)))
 }

@@ -14,12 +14,15 @@ use crate::error::{Error, Result};
 use crate::names::Names;
 use crate::ownership::{self, Verdict};
 
-/// Checks every object `names` would write. An object the caches show controlled by `uid`
-/// costs no request; any other name is read (a foreign object carries none of our labels, so
-/// no cache shows it). Returns the names of the Secrets that exist (ours or handed over), or
-/// `Error::NameConflict` naming every object in the way.
-pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: bool, seen: &Stamps) -> Result<Vec<String>> {
-    let verdicts = futures::future::try_join_all(names.owned(tls).into_iter().map(|(kind, name)| async move {
+/// Checks every object `names` would write (`tls`: the Secrets; `budget`: the
+/// PodDisruptionBudget). An object the caches show controlled by `uid` costs no request; any
+/// other name is read (a foreign object carries none of our labels, so no cache shows it),
+/// from the apiserver's watch cache (`resourceVersion=0`: no etcd read; a second of lag is no
+/// wider than the window between any check and the apply). Returns whether any certificate
+/// Secret exists (ours or handed over), or `Error::NameConflict` naming every object in the
+/// way.
+pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: bool, budget: bool, seen: &Stamps) -> Result<bool> {
+    let verdicts = futures::future::try_join_all(names.owned(tls, budget).into_iter().map(|(kind, name)| async move {
         let cached = seen.get(&applied::key(kind, name));
         if cached.is_some_and(|s| s.controller.as_deref() == Some(uid)) {
             return Ok::<_, Error>((kind, name, Some(Verdict::Ours)));
@@ -34,22 +37,22 @@ pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: boo
         Ok((kind, name, meta.map(|m| ownership::judge(&m, &names.daemon, uid))))
     }))
     .await?;
-    let mut existing_secrets = Vec::new();
+    let mut secrets_exist = false;
     let mut conflicts = Vec::new();
     for (kind, name, verdict) in verdicts {
         match verdict {
             None => {}
             Some(Verdict::NotOurs(why)) => conflicts.push(ownership::conflict(kind, name, &why)),
-            Some(Verdict::Ours | Verdict::HandedOver) if kind == "Secret" => existing_secrets.push(name.to_string()),
-            Some(_) => {}
+            Some(Verdict::Ours | Verdict::HandedOver) => secrets_exist |= kind == "Secret",
         }
     }
-    if conflicts.is_empty() { Ok(existing_secrets) } else { Err(Error::NameConflict { daemon: names.daemon.clone(), objects: conflicts }) }
+    if conflicts.is_empty() { Ok(secrets_exist) } else { Err(Error::NameConflict { daemon: names.daemon.clone(), objects: conflicts }) }
 }
 
 async fn metadata<K>(client: &Client, ns: &str, name: &str) -> Result<Option<ObjectMeta>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    Ok(Api::<K>::namespaced(client.clone(), ns).get_metadata_opt(name).await?.map(|m| m.metadata))
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    Ok(api.get_metadata_opt_with(name, &kube::api::GetParams::any()).await?.map(|m| m.metadata))
 }

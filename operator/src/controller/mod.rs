@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -40,8 +40,12 @@ use crate::crd::DindDaemon;
 use crate::metrics::Metrics;
 use crate::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
 use crate::server::Liveness;
+use crate::status::Refusal;
 use crate::watch_map::WatchMap;
 use watches::{content_hash, hash_of, owned_metadata, relevant_changes};
+
+/// The events the operator watches: the StatefulSet controller's refusals to create pods.
+const REFUSAL_EVENTS: &str = "involvedObject.kind=StatefulSet,reason=FailedCreate";
 
 /// At most this many reconciles run at once.
 pub const RECONCILE_CONCURRENCY: u16 = 16;
@@ -63,6 +67,9 @@ pub struct Context {
     /// What the client Services route to, by EndpointSlice (see `observe::routed_pods`): a
     /// daemon is Ready only once its Service routes to it.
     pub routes: WatchMap<Route>,
+    /// The StatefulSet controller's `FailedCreate` events, by event: why daemon pods are
+    /// missing (see `observe`).
+    pub refusals: WatchMap<Refusal>,
     /// Last applies, storage drivers, failures (see `memory`).
     pub memory: Memory,
     /// Pool leases (`ns/claim/id`) this process has seen held by a pod: when that pod is gone
@@ -127,22 +134,26 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The watch-fed caches a [`Context`] is built over.
+#[allow(missing_debug_implementations)] // Stores of thousands of objects: not for logs.
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub owned: OwnedCaches,
+    pub daemons: Store<DindDaemon>,
+    pub routes: WatchMap<Route>,
+    pub refusals: WatchMap<Refusal>,
+}
+
 impl Context {
     /// The context of a controller over these caches; spawns the task that opens the
     /// `caches_ready` gate once they have all listed.
-    pub fn new(
-        client: Client,
-        metrics: Metrics,
-        settings: Settings,
-        pods: Store<Pod>,
-        owned: OwnedCaches,
-        daemons: Store<DindDaemon>,
-        routes: WatchMap<Route>,
-    ) -> Self {
+    pub fn new(client: Client, metrics: Metrics, settings: Settings, caches: Caches) -> Self {
+        let Caches { pods, owned, daemons, routes, refusals } = caches;
         let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
-        let (gate_pods, gate_owned, gate_routes) = (pods.clone(), owned.clone(), routes.clone());
+        let (gate_pods, gate_owned, gate_routes, gate_refusals) = (pods.clone(), owned.clone(), routes.clone(), refusals.clone());
         tokio::spawn(async move {
             gate_routes.wait_until_ready().await;
+            gate_refusals.wait_until_ready().await;
             if gate_pods.wait_until_ready().await.is_ok() && gate_owned.ready().await {
                 let _ = ready_tx.send(true);
             }
@@ -158,6 +169,7 @@ impl Context {
             owned,
             daemons,
             routes,
+            refusals,
             memory: Memory::default(),
             held_leases: std::sync::Mutex::default(),
             caches_ready,
@@ -247,7 +259,22 @@ pub async fn run(
         |slice| hash_of(&route_of(slice)),
     );
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, pods, owned, daemons.clone(), routes));
+    // The StatefulSet controller's FailedCreate events (the StatefulSet is named like its
+    // DindDaemon): kept as `Refusal`s; a new or repeated one wakes the DindDaemon. Only refusals
+    // are watched, so the namespace's other events cost nothing.
+    let refusals = WatchMap::<Refusal>::default();
+    let refusal_stream = relevant_changes(
+        {
+            let refusals = refusals.clone();
+            watcher(api::<Event>(&client, ns), watcher::Config::default().fields(REFUSAL_EVENTS)).default_backoff().map_ok(move |e| {
+                refusals.observe(&e, Refusal::of_event);
+                e
+            })
+        },
+        |event| hash_of(&Refusal::of_event(event)),
+    );
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics, settings, Caches { pods, owned, daemons: daemons.clone(), routes, refusals }));
     Controller::for_stream(daemon_stream, daemons)
         .owns_stream(sts_stream)
         .owns_stream(service_stream)
@@ -257,6 +284,10 @@ pub async fn run(
         .owns_stream(pool_stream)
         .watches_stream(pod_stream, daemons_of_pod)
         .watches_stream(route_stream, daemon_of_labelled)
+        .watches_stream(refusal_stream, |event: Event| {
+            let name = Refusal::of_event(&event)?.statefulset;
+            Some(ObjectRef::new(&name).within(event.metadata.namespace.as_deref()?))
+        })
         // Bounded: a thousand reconciles at once would open a thousand connections and queue
         // the apiserver into timeouts; sixteen keep it busy without drowning it.
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))

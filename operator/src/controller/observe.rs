@@ -75,47 +75,32 @@ pub async fn daemons(
         look_again = Some(look_again.map_or(DISK_EVERY, |l: std::time::Duration| l.min(DISK_EVERY)));
     }
     // Fewer pods than replicas: the StatefulSet controller may be refused (Pod Security
-    // Admission, a quota, a policy), which shows only in its events and changes nothing that
-    // wakes a reconcile: read them, and look again while pods are missing.
-    // The events are read only once the StatefulSet has had time to make its pods: right after
-    // an apply pods are missing as a matter of course (1000 new DindDaemons listing events at
-    // once slowed their first status 5×, measured with bench-operator).
+    // Admission, a quota, a policy), which shows only in its FailedCreate events. They are
+    // watched (`Context::refusals`): reading them costs no request, and a new one wakes the
+    // DindDaemon. (Listing them per reconcile instead cost the apiserver a scan of the
+    // namespace's events each time: 1000 new DindDaemons took 6× longer to their first status,
+    // measured with bench-operator.)
     let mut pods_refused = None;
     let missing = i32::try_from(pods.len()).unwrap_or(i32::MAX) < dd.spec.replicas;
     if let (Some(sts), true) = (statefulset.as_ref(), missing) {
-        let age = sts.metadata.creation_timestamp.as_ref().map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0));
-        let age_secs = age.map_or(0, |a| u64::try_from(a.as_secs()).unwrap_or(0));
-        let after = if age_secs >= MISSING_PODS_GRACE.as_secs() {
-            // A refusal older than the newest pod was overcome since (e.g. the namespace relabelled).
-            let newest_pod = pods.iter().filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).max();
-            pods_refused = refusal_of(ctx, ns, &names.statefulset, newest_pod).await;
-            MISSING_PODS_RECHECK
-        } else {
-            // Young: pod events wake the DindDaemon anyway; look once more when the grace ends.
-            MISSING_PODS_GRACE - std::time::Duration::from_secs(age_secs) + std::time::Duration::from_secs(1)
-        };
-        look_again = Some(look_again.map_or(after, |l| l.min(after)));
+        let uid = sts.metadata.uid.as_deref();
+        let refusals = ctx
+            .refusals
+            .values_in(ns, |r| r.statefulset == names.statefulset && (r.statefulset_uid.is_none() || r.statefulset_uid.as_deref() == uid));
+        // A refusal older than the newest pod was overcome since (e.g. the namespace relabelled).
+        let newest_pod = pods.iter().filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).max();
+        pods_refused = status::pods_refused(&refusals, k8s_openapi::jiff::Timestamp::now(), newest_pod);
+        if pods_refused.is_some() {
+            // Shown until it is older than the refusal window: look again then, at the latest.
+            look_again = Some(look_again.map_or(REFUSAL_RECHECK, |l| l.min(REFUSAL_RECHECK)));
+        }
     }
     Seen { statefulset, pods, intruders, drivers, disks, routed, look_again, pods_refused }
 }
 
-/// How often a DindDaemon with missing daemon pods is looked at again.
-const MISSING_PODS_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
-/// How long a StatefulSet may lack pods before its events are read for a refusal.
-const MISSING_PODS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The StatefulSet controller's latest recent `FailedCreate` for `statefulset`, if any.
-async fn refusal_of(ctx: &Context, ns: &str, statefulset: &str, newest_pod: Option<k8s_openapi::jiff::Timestamp>) -> Option<String> {
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(ctx.client.clone(), ns);
-    let fields = format!("involvedObject.kind=StatefulSet,involvedObject.name={statefulset},reason=FailedCreate");
-    match events.list(&kube::api::ListParams::default().fields(&fields)).await {
-        Ok(list) => status::pods_refused(&list.items, k8s_openapi::jiff::Timestamp::now(), newest_pod),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading the StatefulSet's events");
-            None
-        }
-    }
-}
+/// How often a DindDaemon shown refused is looked at again (a refusal that stops recurring
+/// leaves the window; one that recurs, or pods made, wake it at once).
+const REFUSAL_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long the operator waits for one TCP connection to a Service.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);

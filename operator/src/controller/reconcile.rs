@@ -192,7 +192,7 @@ async fn certify_build_apply(
     let secrets_exist = if last.is_some_and(|a| a.stamps_hold(uid, seen)) {
         !secrets_of(seen).is_empty()
     } else {
-        !claims::check(&ctx.client, ns, names, uid, tls_on, seen).await?.is_empty()
+        claims::check(&ctx.client, ns, names, uid, tls_on, build::budget_wanted(dd), seen).await?
     };
     // No Secrets exist and no apply is remembered: nothing to read. The CA Secret is then
     // created, not applied, so one written an instant ago is never overwritten: the create
@@ -208,7 +208,10 @@ async fn certify_build_apply(
         };
         let certs = plan.as_ref().map(|p| p.bundle.clone());
 
-        let owned = build::build(dd, &ctx.defaults, certs.as_ref())?;
+        let mut owned = build::build(dd, &ctx.defaults, certs.as_ref())?;
+        if owned.disruption_budget.is_none() && seen.contains_key(&applied::key("PodDisruptionBudget", &names.disruption_budget)) {
+            owned.disruption_budget = Some(build::disruption_budget(dd)?);
+        }
         let fingerprint = applied::fingerprint(&owned)?;
         if last.is_some_and(|a| a.unchanged(uid, fingerprint, seen)) {
             ctx.metrics.unchanged.inc();

@@ -4,6 +4,9 @@
 //! release operator (`cargo build --release -p dind-operator`).
 //!
 //!   cargo run --release -p dind-tests --bin bench-operator [-- COUNT]
+//!
+//! `BENCH_QUICK=1` stops at convergence (time and peak RSS so far): for comparing builds, each
+//! on a fresh control plane, since an apiserver that has seen earlier runs is slower.
 
 use std::time::{Duration, Instant};
 
@@ -71,7 +74,13 @@ async fn bench(client: &kube::Client, ns: &str, count: usize) -> anyhow::Result<
     // apiserver whose throughput is being measured.
     let mut done = std::collections::HashSet::new();
     let mut events = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).applied_objects());
+    let mut progress = Instant::now();
     while done.len() < count {
+        if progress.elapsed() >= Duration::from_secs(10) {
+            // The shape of the curve tells a slow start from a long tail.
+            eprintln!("bench-operator: {:>4}/{count} with status after {:.0} s", done.len(), start.elapsed().as_secs_f64());
+            progress = Instant::now();
+        }
         let remaining = Duration::from_secs(600).saturating_sub(start.elapsed());
         let next = tokio::time::timeout(remaining, events.try_next()).await;
         let Ok(Ok(Some(dd))) = next else {
@@ -82,7 +91,13 @@ async fn bench(client: &kube::Client, ns: &str, count: usize) -> anyhow::Result<
         }
     }
     let converged = start.elapsed();
+    eprintln!("bench-operator: all {count} with status after {:.1} s", converged.as_secs_f64());
     let pid = op.pid();
+    if std::env::var("BENCH_QUICK").is_ok() {
+        let hwm_mib = proc_field(pid, "status", "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+        println!("all applied + status in:      {:.1} s; peak RSS so far {hwm_mib:.1} MiB", converged.as_secs_f64());
+        return Ok(());
+    }
     let rss_converged_kib = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
     // The minute right after: the controller-manager is still making the StatefulSets' pods
     // and updating their status, and each change wakes the operator.
