@@ -24,7 +24,7 @@ use crate::ownership::{self, Verdict};
 pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: bool, budget: bool, seen: &Stamps) -> Result<bool> {
     let verdicts = futures::future::try_join_all(names.owned(tls, budget).into_iter().map(|(kind, name)| async move {
         let cached = seen.get(&applied::key(kind, name));
-        if cached.is_some_and(|s| s.controller.as_deref() == Some(uid)) {
+        if cached.is_some_and(|s| s.controller.as_ref().is_some_and(|c| c.is(uid))) {
             return Ok::<_, Error>((kind, name, Some(Verdict::Ours)));
         }
         let meta = match kind {
