@@ -347,6 +347,42 @@ async fn two_dind_daemons_whose_generated_names_collide_do_not_fight() {
     .await;
 }
 
+/// Names first written after a DindDaemon was made are checked too. Measured before the fix:
+/// `ci` (one daemon, so no PodDisruptionBudget) scaled to two force-applied its budget over a
+/// team's PodDisruptionBudget `ci` (the check ran only while the DindDaemon had no objects of
+/// its own), and the same held for the Secrets when TLS was turned on.
+#[tokio::test]
+async fn a_name_first_needed_on_a_later_change_is_checked_too() {
+    with_namespace("later", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
+        owned_objects(&client, &ns, "ci").await?;
+        let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        let team: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": "ci"}, "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"team": "web"}}}
+        }))?;
+        budgets.create(&PostParams::default(), &team).await?;
+        let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
+        let degraded = condition(&client, &ns, "ci", "Degraded/NameConflict", WAIT, |c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
+        })
+        .await?;
+        ensure!(degraded.message.contains("PodDisruptionBudget ci"), "{}", degraded.message);
+        let kept = budgets.get("ci").await?;
+        ensure!(kept.owner_references().is_empty(), "the team's budget got an owner: {:?}", kept.owner_references());
+        let spec = kept.spec.context("budget spec")?;
+        let zero = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0));
+        ensure!(spec.max_unavailable == zero, "the team's budget was rewritten: {spec:?}");
+        ensure!(spec.selector.and_then(|s| s.match_labels).is_some_and(|l| l.contains_key("team")), "the team's selector is gone");
+        // Nothing half-made: the StatefulSet still has one replica.
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get("ci").await?;
+        ensure!(sts.spec.and_then(|s| s.replicas) == Some(1), "the StatefulSet was scaled while a name was in the way");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn status_turns_ready_when_daemon_pods_are_ready_readiness_set_by_the_test_without_a_kubelet() {
     with_namespace("ready", |client: Client, ns: String| async move {

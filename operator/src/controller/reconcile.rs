@@ -187,13 +187,11 @@ async fn certify_build_apply(
     last: Option<&Applied>,
 ) -> Result<(Option<tls::Bundle>, Option<StatefulSet>)> {
     let tls_on = build::certificates_wanted(dd);
-    // Unless the objects are exactly those the last apply left (all ours), check that every
-    // name is free, ours or handed over before anything is read or written (`ownership`).
-    let secrets_exist = if last.is_some_and(|a| a.stamps_hold(uid, seen)) {
-        !secrets_of(seen).is_empty()
-    } else {
-        claims::check(&ctx.client, ns, names, uid, tls_on, build::budget_wanted(dd), seen).await?
-    };
+    // Every name this pass may write must be free, ours or handed over before anything is read
+    // or written (`ownership`). Names the caches show as ours cost no request, so a DindDaemon
+    // whose objects are all ours is checked for free; a name it did not write before (its
+    // Secrets when TLS is turned on, its budget when it grows past one daemon) is read.
+    let secrets_exist = claims::check(&ctx.client, ns, names, uid, tls_on, build::budget_wanted(dd), seen).await?;
     // No Secrets exist and no apply is remembered: nothing to read. The CA Secret is then
     // created, not applied, so one written an instant ago is never overwritten: the create
     // fails and the loop reads it instead.
