@@ -275,10 +275,7 @@ async fn objects_that_are_not_ours_are_never_written_until_handed_over() {
         secrets.create(&PostParams::default(), &secret).await?;
         let _op = Operator::start(&ns, &[])?;
         create(&client, &ns, "web", json!({"nodeSelector": no_node()})).await?;
-        let degraded = condition(&client, &ns, "web", "Degraded/NameConflict", WAIT, |c| {
-            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
-        })
-        .await?;
+        let degraded = name_conflict(&client, &ns, "web").await?;
         ensure!(
             degraded.message.contains("Service web (not made by dind-operator")
                 && degraded.message.contains("Secret web-ca (")
@@ -329,10 +326,7 @@ async fn two_dind_daemons_whose_generated_names_collide_do_not_fight() {
         let ci = create(&client, &ns, "ci", json!({"nodeSelector": no_node()})).await?;
         owned_objects(&client, &ns, "ci").await?;
         create(&client, &ns, "ci-daemons", json!({"nodeSelector": no_node()})).await?;
-        let degraded = condition(&client, &ns, "ci-daemons", "Degraded/NameConflict", WAIT, |c| {
-            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
-        })
-        .await?;
+        let degraded = name_conflict(&client, &ns, "ci-daemons").await?;
         ensure!(degraded.message.contains("Service ci-daemons (owned by DindDaemon ci)"), "{}", degraded.message);
         // Give a fight time to happen, then look: the Service is still ci's headless one.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -364,10 +358,7 @@ async fn a_name_first_needed_on_a_later_change_is_checked_too() {
         budgets.create(&PostParams::default(), &team).await?;
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         api.patch("ci", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
-        let degraded = condition(&client, &ns, "ci", "Degraded/NameConflict", WAIT, |c| {
-            c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
-        })
-        .await?;
+        let degraded = name_conflict(&client, &ns, "ci").await?;
         ensure!(degraded.message.contains("PodDisruptionBudget ci"), "{}", degraded.message);
         let kept = budgets.get("ci").await?;
         ensure!(kept.owner_references().is_empty(), "the team's budget got an owner: {:?}", kept.owner_references());
@@ -594,4 +585,12 @@ async fn heartbeat_the_no_kubelet_node(client: &Client) -> anyhow::Result<()> {
         "message": "heartbeat posted by a test", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
     nodes.patch_status(dind_tests::operator::NO_KUBELET_NODE, &PatchParams::default(), &Patch::Strategic(&status)).await?;
     Ok(())
+}
+
+/// Waits for DindDaemon `name` to be `Degraded/NameConflict`; returns that condition.
+async fn name_conflict(client: &Client, ns: &str, name: &str) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    condition(client, ns, name, "Degraded/NameConflict", WAIT, |c| {
+        c.type_ == "Degraded" && c.status == "True" && c.reason == "NameConflict"
+    })
+    .await
 }
