@@ -27,7 +27,6 @@ pub fn cluster_dir() -> PathBuf {
     std::env::var_os("DIND_CLUSTER_DIR").map_or_else(|| PathBuf::from(DEFAULT_CLUSTER_DIR), PathBuf::from)
 }
 
-/// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
 /// The Helm chart in this repository.
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
 
@@ -37,6 +36,7 @@ pub fn chart_policy_only_in(ns: &str) -> String {
     format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
 }
 
+/// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG").map_or_else(|| cluster_dir().join("kubeconfig"), PathBuf::from)
 }
