@@ -405,6 +405,59 @@ pub struct CacheSpec {
     #[serde(default = "default_high_water")]
     #[schemars(range(min = 50, max = 99))]
     pub high_water_percent: i32,
+
+    /// Pruning of what builds and runs leave behind: images, stopped containers, networks and
+    /// anonymous volumes no longer used. The operator prunes a daemon over its mTLS when the
+    /// daemon is idle (no running container, no build in progress), or at once when its volume
+    /// is past `highWaterPercent`; each prune that frees something is a `Pruned` event, and
+    /// `status.endpoints[].lastPrune` shows the last one.
+    #[serde(default)]
+    pub prune: PruneSpec,
+}
+
+/// See `spec.cache.prune`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneSpec {
+    /// Prune at all (default true). Off, nothing but dockerd's own build-cache collector
+    /// (`buildCacheKeep`) frees space.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// How long something must have been unused before it is pruned, as a duration (`24h`,
+    /// `90m`, `30s`; default `24h`): stopped containers and networks created longer ago;
+    /// anonymous volumes no container uses, created longer ago; images no container uses that
+    /// the operator has not seen used (a container made from them, `docker run --rm` too)
+    /// for that long. Named volumes are never pruned. The operator keeps images' last use in
+    /// memory: after it restarts, every image counts as used at that moment.
+    #[serde(default = "default_unused_for")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s')")
+        .message("cache.prune.unusedFor must be a duration of at least 1s such as 24h, 90m or 30s (no days: 168h is a week)"))]
+    pub unused_for: String,
+
+    /// Images to keep however long unused: patterns matched against each tag
+    /// (`repository:tag`, `*` matches any run of characters), e.g. `golang:*`,
+    /// `registry.example.com/team/*`. An image with one matching tag is kept whole; untagged
+    /// images match nothing. Containers labelled `dind.dev/keep` are never pruned either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, p.size() > 0 && p.size() <= 255)")
+        .message("cache.prune.keepImages: each pattern must have 1 to 255 characters"))]
+    pub keep_images: Vec<String>,
+}
+
+/// The default of `cache.prune.unusedFor`.
+pub const DEFAULT_UNUSED_FOR: &str = "24h";
+
+fn default_unused_for() -> String {
+    DEFAULT_UNUSED_FOR.to_string()
+}
+
+impl Default for PruneSpec {
+    fn default() -> Self {
+        Self { enabled: true, unused_for: default_unused_for(), keep_images: Vec::new() }
+    }
 }
 
 fn default_high_water() -> i32 {
@@ -413,7 +466,7 @@ fn default_high_water() -> i32 {
 
 impl Default for CacheSpec {
     fn default() -> Self {
-        Self { build_cache_keep: None, high_water_percent: default_high_water() }
+        Self { build_cache_keep: None, high_water_percent: default_high_water(), prune: PruneSpec::default() }
     }
 }
 
@@ -603,4 +656,21 @@ pub struct EndpointDisk {
     pub build_cache_bytes: i64,
     /// Images it holds.
     pub images: i32,
+    /// The last prune that freed something (see `spec.cache.prune`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune: Option<LastPrune>,
+}
+
+/// One daemon's last prune.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastPrune {
+    /// When it ended (RFC 3339).
+    pub time: String,
+    /// Bytes freed, as `/system/df` counts them before and after.
+    pub freed_bytes: i64,
+    /// Why it ran: `Idle` or `HighWater`.
+    pub reason: String,
+    /// What it removed, e.g. `2 images, 1 stopped container, build cache 120Mi`.
+    pub removed: String,
 }

@@ -35,9 +35,13 @@ pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -
 
 /// What the daemon keeps on its volume, from `/system/df` (the figures of `docker system df`).
 pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
-    let body = tokio::time::timeout(DF_TIMEOUT, get_bounded(&format!("{ip}:{port}"), tls, DF_PATH, MAX_DF_ANSWER))
-        .await
-        .map_err(|_| "timed out".to_string())??;
+    disk_usage_at(&format!("{ip}:{port}"), tls).await
+}
+
+/// [`disk_usage`] of the daemon at `addr` (host:port).
+pub async fn disk_usage_at(addr: &str, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
+    let body =
+        tokio::time::timeout(DF_TIMEOUT, get_bounded(addr, tls, DF_PATH, MAX_DF_ANSWER)).await.map_err(|_| "timed out".to_string())??;
     crate::cache::parse_df(&body)
 }
 
@@ -72,8 +76,15 @@ pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result
 }
 
 async fn get_bounded(addr: &str, tls: Option<(&Bundle, &str)>, path: &str, max: u64) -> Result<String, String> {
+    call(addr, tls, "GET", path, max).await
+}
+
+/// One request without a body to a daemon at `addr` (host:port): the body of a 2xx answer of
+/// at most `max` bytes, or the status line and what the daemon said.
+pub async fn call(addr: &str, tls: Option<(&Bundle, &str)>, method: &str, path: &str, max: u64) -> Result<String, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let length = if method == "GET" { "" } else { "Content-Length: 0\r\n" };
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\n{length}\r\n");
     let mut response = Vec::new();
     match tls {
         Some((certs, server_name)) => {
@@ -91,8 +102,10 @@ async fn get_bounded(addr: &str, tls: Option<(&Bundle, &str)>, path: &str, max: 
     }
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
-    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("answer: {}", head.lines().next().unwrap_or_default()));
+    let code = head.split_whitespace().nth(1).unwrap_or_default();
+    if !head.starts_with("HTTP/1.") || !code.starts_with('2') || code.len() != 3 {
+        let said: String = body.trim().chars().take(300).collect();
+        return Err(format!("answer: {} {said}", head.lines().next().unwrap_or_default()));
     }
     Ok(body.to_string())
 }

@@ -76,6 +76,10 @@ struct RunArgs {
     /// Ask each ready daemon for its storage driver over mTLS (needs a route to pod IPs).
     #[arg(long, env = "QUERY_DAEMONS", default_value_t = true, action = clap::ArgAction::Set)]
     query_daemons: bool,
+    /// How often each ready daemon is asked its disk usage (`/system/df`) and pruned if due
+    /// (see the DindDaemon's `spec.cache`), in seconds.
+    #[arg(long, env = "DISK_INTERVAL_SECONDS", default_value_t = dind_operator::controller::DISK_EVERY.as_secs(), value_parser = clap::value_parser!(u64).range(5..=3600))]
+    disk_interval_seconds: u64,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -222,6 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         defaults: Defaults { image: args.default_image, init_image: args.default_init_image, operator_namespace: args.operator_namespace },
         query_daemons: args.query_daemons,
+        disk_every: std::time::Duration::from_secs(args.disk_interval_seconds),
         liveness,
     };
     tracing::info!(namespaces = ?args.namespaces, "reconciling DindDaemons");

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub disk_used_bytes: Family<PodLabels, Gauge>,
     pub build_cache_bytes: Family<PodLabels, Gauge>,
     pub images: Family<PodLabels, Gauge>,
+    /// Prunes that freed something, and the bytes they freed.
+    pub prunes: Counter,
+    pub pruned_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +70,8 @@ impl Default for Metrics {
             disk_used_bytes: Family::default(),
             build_cache_bytes: Family::default(),
             images: Family::default(),
+            prunes: Counter::default(),
+            pruned_bytes: Counter::default(),
         }
     }
 }
@@ -87,6 +92,14 @@ impl Metrics {
         r.register("daemon_disk_used_bytes", "Bytes a daemon keeps on its volume (docker system df)", self.disk_used_bytes.clone());
         r.register("daemon_build_cache_bytes", "Bytes of a daemon's build cache", self.build_cache_bytes.clone());
         r.register("daemon_images", "Images a daemon holds", self.images.clone());
+        r.register("prunes", "Prunes of daemons that freed something", self.prunes.clone());
+        r.register("pruned_bytes", "Bytes prunes freed (as /system/df counts them)", self.pruned_bytes.clone());
+    }
+
+    /// A prune that freed something.
+    pub fn record_prune(&self, freed: u64) {
+        self.prunes.inc();
+        self.pruned_bytes.inc_by(freed);
     }
 
     /// The figures of one daemon's `/system/df`.

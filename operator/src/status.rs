@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use crate::build::docker_hosts;
 use crate::cache::{self, DiskUsage};
-use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus, EndpointDisk};
+use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus, EndpointDisk, LastPrune};
 use crate::names::Names;
 
 pub const READY: &str = "Ready";
@@ -26,6 +26,8 @@ pub struct Observed<'a> {
     pub drivers: Vec<(String, String)>,
     /// Disk usage per pod name, as the daemons reported it.
     pub disks: Vec<(String, DiskUsage)>,
+    /// The last prune per pod name that this operator process saw (older ones stay in status).
+    pub prunes: Vec<(String, LastPrune)>,
     /// Why the last apply failed, if it did: the `Degraded` reason (`ApplyFailed`,
     /// `NameConflict`) and the refusal, named.
     pub apply_error: Option<(&'static str, String)>,
@@ -121,7 +123,11 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
             DaemonEndpoint {
                 ready: pod.is_some_and(pod_ready) && observed.routed.contains(&pod_name),
                 storage_driver: observed.drivers.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| d.clone()),
-                disk: observed.disks.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| endpoint_disk(d, volume)),
+                disk: observed
+                    .disks
+                    .iter()
+                    .find(|(p, _)| *p == pod_name)
+                    .map(|(_, d)| EndpointDisk { last_prune: last_prune(dd, observed, &pod_name), ..endpoint_disk(d, volume) }),
                 name: pod_name,
                 docker_host: host,
             }
@@ -204,6 +210,15 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     }
 }
 
+/// A daemon's last prune: as this process saw it, else as status showed it (an operator that
+/// restarted remembers none).
+fn last_prune(dd: &DindDaemon, observed: &Observed<'_>, pod_name: &str) -> Option<LastPrune> {
+    observed.prunes.iter().find(|(p, _)| p == pod_name).map(|(_, l)| l.clone()).or_else(|| {
+        let before = dd.status.as_ref()?.endpoints.iter().find(|e| e.name == pod_name)?;
+        before.disk.as_ref()?.last_prune.clone()
+    })
+}
+
 fn endpoint_disk(usage: &DiskUsage, volume: Option<u64>) -> EndpointDisk {
     let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     EndpointDisk {
@@ -212,6 +227,7 @@ fn endpoint_disk(usage: &DiskUsage, volume: Option<u64>) -> EndpointDisk {
         used_percent: volume.and_then(|v| cache::used_percent(usage, v)).map(|p| i32::try_from(p).unwrap_or(i32::MAX)),
         build_cache_bytes: signed(usage.build_cache_bytes),
         images: i32::try_from(usage.images).unwrap_or(i32::MAX),
+        last_prune: None,
     }
 }
 
@@ -536,6 +552,33 @@ mod tests {
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "DiskPressure"));
         assert!(degraded.message.contains("ci-1 uses 90% of 20Gi (build cache 1Gi, 3 images)"), "{}", degraded.message);
         assert!(!degraded.message.contains("ci-0"), "{}", degraded.message);
+    }
+
+    #[test]
+    fn the_last_prune_shows_per_daemon_and_survives_an_operator_restart() {
+        let mut d = dd(2);
+        let pods = [pod("ci-0", true), pod("ci-1", true)];
+        let s = sts(2, 2);
+        let prune =
+            LastPrune { time: "2026-12-01T10:00:00Z".into(), freed_bytes: 5 << 20, reason: "Idle".into(), removed: "1 image".into() };
+        let usage = DiskUsage { images_bytes: 1 << 30, images: 1, ..Default::default() };
+        let disks = vec![("ci-0".into(), usage.clone()), ("ci-1".into(), usage)];
+        let seen = Observed {
+            statefulset: Some(&s),
+            pods: &pods,
+            routed: all_routed(),
+            disks: disks.clone(),
+            prunes: vec![("ci-1".into(), prune.clone())],
+            ..Default::default()
+        };
+        let st = compute(&d, &seen, at(1));
+        assert_eq!(st.endpoints[0].disk.as_ref().unwrap().last_prune, None);
+        assert_eq!(st.endpoints[1].disk.as_ref().unwrap().last_prune.as_ref(), Some(&prune));
+        // A restarted operator has seen no prune: status keeps the one it showed.
+        d.status = Some(st);
+        let restarted = Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), disks, ..Default::default() };
+        let st = compute(&d, &restarted, at(2));
+        assert_eq!(st.endpoints[1].disk.as_ref().unwrap().last_prune.as_ref(), Some(&prune));
     }
 
     #[test]

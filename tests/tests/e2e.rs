@@ -41,29 +41,35 @@ async fn install_operator(client: &Client, ns: &str) -> anyhow::Result<()> {
 
 /// Installs the operator from the chart into `ns`, watching `watched`.
 async fn install_operator_watching(client: &Client, ns: &str, watched: &str) -> anyhow::Result<()> {
+    install_operator_with(client, ns, watched, &[]).await
+}
+
+/// Installs the operator from the chart into `ns`, watching `watched`, with more `--set`s.
+async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &[&str]) -> anyhow::Result<()> {
     let watch = format!("watchNamespaces={{{watched}}}");
-    run_tool(
-        "helm",
-        &[
-            "install",
-            "op",
-            CHART,
-            "-n",
-            ns,
-            "--set",
-            &watch,
-            "--set",
-            &format!("daemon.image={DAEMON_IMAGE}"),
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    )
-    .await?;
+    let image = format!("daemon.image={DAEMON_IMAGE}");
+    let mut args = vec![
+        "install",
+        "op",
+        CHART,
+        "-n",
+        ns,
+        "--set",
+        &watch,
+        "--set",
+        &image,
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "logFormat=text",
+        "--wait",
+        "--timeout",
+        "180s",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    run_tool("helm", &args).await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d = deploys.get("op-dind-operator").await?;
     ensure!(d.status.and_then(|s| s.ready_replicas) == Some(1), "operator not ready");
@@ -385,6 +391,15 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    with_builds_namespace_set(client, ns, &[], body).await
+}
+
+/// [`with_builds_namespace`], the operator installed with more `--set`s.
+async fn with_builds_namespace_set<F, Fut>(client: &Client, ns: &str, sets: &[&str], body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let builds = format!("{ns}-builds");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
@@ -394,7 +409,7 @@ where
         )
         .await?;
     let outcome = async {
-        install_operator_watching(client, ns, &builds).await?;
+        install_operator_with(client, ns, &builds, sets).await?;
         body(builds.clone()).await
     }
     .await;
@@ -735,6 +750,166 @@ async fn e2e_the_build_cache_is_kept_under_its_target_and_status_shows_the_disk(
             ensure!(disk.1.as_deref().is_some_and(|d| d.ends_with("% of 1Gi")), "the Disk column: {:?}", disk.1);
             let column = kubectl(&["get", "dind", "-n", &builds, "cache"]).await?;
             ensure!(column.contains("DISK") && column.contains("% of 1Gi"), "kubectl get dind:\n{column}");
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}
+
+/// A small base image (busybox and its libraries) and what pruning decides on: images kept by
+/// pattern, unused, used; stopped containers, one labelled to keep; a network; an anonymous
+/// volume (of a stopped container) and a named one.
+const PRUNE_SETUP_SCRIPT: &str = r#"set -e
+docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 2>/dev/null | docker import - local/base >/dev/null
+mkdir -p /tmp/p && cd /tmp/p
+for name in keep/tool drop/old recent/used; do
+  printf 'FROM local/base\nRUN echo %s > /name && head -c 5000000 /dev/urandom > /blob\n' "$name" > Dockerfile
+  docker build -q -t $name . >/dev/null
+done
+docker create --name stopped local/base true >/dev/null
+docker run --name withvol -v /data local/base true
+docker create --name keeper --label dind.dev/keep=1 local/base true >/dev/null
+docker network create oldnet >/dev/null
+docker volume create named >/dev/null
+echo setup-done
+"#;
+
+/// What is left after pruning, one `kind name` per line.
+const PRUNE_INVENTORY_SCRIPT: &str = r#"
+for i in keep/tool drop/old recent/used local/base; do docker image inspect $i >/dev/null 2>&1 && echo "image $i"; done
+docker ps -a --format 'container {{.Names}}'
+docker network ls --format 'network {{.Name}}'
+docker volume ls --format 'volume {{.Name}}'
+"#;
+
+/// Starts a build that runs 60 s (a build in progress), then fills the volume past its
+/// high-water mark with an unused image, waits for the operator to prune that image, and
+/// says whether the build was still running then; then waits for the build.
+const HIGH_WATER_SCRIPT: &str = r#"set -e
+docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 2>/dev/null | docker import - local/base >/dev/null
+mkdir -p /tmp/slow /tmp/big
+printf 'FROM local/base\nRUN head -c 20000000 /dev/urandom > /out && sha256sum /out > /sum && sleep 60\n' > /tmp/slow/Dockerfile
+(cd /tmp/slow && docker build -t built/out . > /tmp/slow/log 2>&1; echo "build-exit $?" >> /tmp/slow/log) &
+build=$!
+sleep 3
+printf 'FROM local/base\nRUN head -c 600000000 /dev/zero > /big\n' > /tmp/big/Dockerfile
+(cd /tmp/big && docker build -q -t drop/big . >/dev/null)
+docker system df
+for i in $(seq 100); do docker image inspect drop/big >/dev/null 2>&1 || break; sleep 0.5; done
+docker image inspect drop/big >/dev/null 2>&1 && echo "big-still-there" || echo "big-pruned"
+kill -0 $build 2>/dev/null && echo "build-running-at-prune" || echo "build-over-at-prune"
+wait $build || true
+cat /tmp/slow/log | tail -3
+docker run --rm built/out sha256sum -c /sum
+"#;
+
+#[tokio::test]
+async fn e2e_pruning_keeps_what_the_policy_keeps_and_never_breaks_a_build() {
+    require_node();
+    with_namespace("e2e-prune", |client, ns| async move {
+        with_builds_namespace_set(&client.clone(), &ns.clone(), &["diskIntervalSeconds=5"], |builds| async move {
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: tidy}\n\
+                 spec: {storage: {size: 1Gi}, cache: {prune: {unusedFor: 40s, keepImages: ['keep/*']}}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "tidy").await?;
+            let pod = |name: &str, daemon: &str| {
+                json!({
+                    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/inject": daemon}},
+                    "spec": {"containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                        "workingDir": "/tmp", "command": ["sleep", "3600"]}]}
+                })
+                .to_string()
+            };
+            kubectl_apply(&builds, &pod("client", "tidy")).await?;
+            kubectl(&["wait", "-n", &builds, "--for=condition=Ready", "pod/client", "--timeout=120s"]).await?;
+            let exec = |pod: &'static str, script: String| {
+                let builds = builds.clone();
+                async move { kubectl(&["exec", "-n", &builds, pod, "-c", "build", "--", "/bin/sh", "-c", &script]).await }
+            };
+            let setup = exec("client", PRUNE_SETUP_SCRIPT.to_string()).await?;
+            ensure!(setup.contains("setup-done"), "{setup}");
+            let before = exec("client", PRUNE_INVENTORY_SCRIPT.to_string()).await?;
+            eprintln!("before pruning:\n{before}");
+            ensure!(
+                before.contains("image drop/old") && before.contains("container stopped") && before.contains("network oldnet"),
+                "{before}"
+            );
+
+            // recent/used is used (`docker run --rm`: no container stays) every 8 s; the rest is not.
+            let started = Instant::now();
+            let after = loop {
+                ensure!(started.elapsed() < Duration::from_secs(240), "drop/old was not pruned in 240 s");
+                let left = exec("client", format!("docker run --rm recent/used true; {PRUNE_INVENTORY_SCRIPT}")).await?;
+                if !left.contains("image drop/old") && !left.contains("container withvol") && !left.contains("network oldnet") {
+                    break left;
+                }
+                tokio::time::sleep(Duration::from_secs(8)).await;
+            };
+            eprintln!("after pruning ({:?}):\n{after}", started.elapsed());
+            for kept in ["image keep/tool", "image recent/used", "image local/base", "container keeper", "volume named"] {
+                ensure!(after.contains(kept), "{kept} was pruned:\n{after}");
+            }
+            for gone in ["container stopped", "container withvol"] {
+                ensure!(!after.contains(gone), "{gone} was not pruned:\n{after}");
+            }
+            let anonymous = after.lines().filter(|l| l.strip_prefix("volume ").is_some_and(|v| v.len() == 64)).count();
+            ensure!(anonymous == 0, "the anonymous volume of withvol stayed:\n{after}");
+            let events = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &builds,
+                "--field-selector",
+                "reason=Pruned,involvedObject.name=tidy",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await?;
+            eprintln!("Pruned events: {events}");
+            ensure!(events.contains("tidy-0: freed") && events.contains("(idle)") && events.contains("image"), "{events}");
+            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &builds);
+            let last = eventually("status shows the last prune", Duration::from_secs(60), || {
+                let api = api.clone();
+                async move {
+                    let st = api.get("tidy").await?.status.unwrap_or_default();
+                    Ok(st.endpoints.first().and_then(|e| e.disk.as_ref()).and_then(|d| d.last_prune.clone()))
+                }
+            })
+            .await?;
+            eprintln!("status lastPrune: {last:?}");
+            ensure!(last.reason == "Idle" && !last.removed.is_empty() && last.time.ends_with('Z'), "{last:?}");
+
+            // Past the high-water mark, pruning runs during a build and does not break it.
+            kubectl_apply(
+                &builds,
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: full}\n\
+                 spec: {storage: {size: 1Gi}, cache: {highWaterPercent: 50, buildCacheKeep: 900Mi, prune: {unusedFor: 1s}}}\n",
+            )
+            .await?;
+            wait_ready(&builds, "full").await?;
+            kubectl_apply(&builds, &pod("busy", "full")).await?;
+            kubectl(&["wait", "-n", &builds, "--for=condition=Ready", "pod/busy", "--timeout=120s"]).await?;
+            let out = exec("busy", HIGH_WATER_SCRIPT.to_string()).await?;
+            eprintln!("high water:\n{out}");
+            ensure!(out.contains("big-pruned") && out.contains("build-running-at-prune"), "not pruned while the build ran:\n{out}");
+            ensure!(out.contains("build-exit 0") && out.contains("/out: OK"), "the build broke or its output is wrong:\n{out}");
+            let events = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &builds,
+                "--field-selector",
+                "reason=Pruned,involvedObject.name=full",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await?;
+            eprintln!("Pruned events: {events}");
+            ensure!(events.contains("past the high-water mark of 50%"), "{events}");
             Ok(())
         })
         .await

@@ -1,6 +1,6 @@
 //! What the operator remembers between reconciles, per DindDaemon: its last apply (so an
 //! unchanged one costs no request), the storage driver of each daemon pod (asked once) and its
-//! disk usage (asked every minute), and its
+//! disk usage (asked every minute), what pruning needs (images' last use, the last prune), and its
 //! consecutive failures (for backoff). Pruned when what it describes is gone.
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::applied::Applied;
 use crate::cache::DiskUsage;
+use crate::cache::prune::ImageUse;
+use crate::crd::LastPrune;
 
 /// The first retry of a failed reconcile comes after this long, then twice as long each time.
 pub const BACKOFF_START: Duration = Duration::from_secs(5);
@@ -29,10 +31,23 @@ pub struct Memory {
     drivers: Mutex<HashMap<String, String>>,
     /// Disk usage per daemon pod uid, and when it was asked (again after `DISK_EVERY`).
     disks: Mutex<HashMap<String, (Instant, DiskUsage)>>,
+    /// What pruning needs to remember per daemon pod uid (see [`Pruning`]).
+    pruning: Mutex<HashMap<String, Pruning>>,
     /// Consecutive failed reconciles, by `namespace/name`.
     failures: Streaks,
     /// Connections to a routed client Service that were refused, by `namespace/name`.
     route_checks: Streaks,
+}
+
+/// What pruning remembers of one daemon pod.
+#[derive(Clone, Debug, Default)]
+pub struct Pruning {
+    /// When its images were last used.
+    pub uses: ImageUse,
+    /// Up to when its events were read (unix seconds, the operator's clock).
+    pub events_until: Option<i64>,
+    /// Its last prune that freed something.
+    pub last: Option<LastPrune>,
 }
 
 /// How many times in a row something happened, by `namespace/name` of a DindDaemon.
@@ -113,6 +128,17 @@ impl Memory {
         }
     }
 
+    /// What pruning remembers of a pod (a default for one not seen yet).
+    pub fn pruning(&self, pod_uid: &str) -> Pruning {
+        self.pruning.lock().ok().and_then(|m| m.get(pod_uid).cloned()).unwrap_or_default()
+    }
+
+    pub fn remember_pruning(&self, pod_uid: &str, pruning: Pruning) {
+        if let Ok(mut m) = self.pruning.lock() {
+            m.insert(pod_uid.to_string(), pruning);
+        }
+    }
+
     /// Counts a failure of `key`; returns how many in a row.
     pub fn failed(&self, key: &str) -> u32 {
         self.failures.bump(key).unwrap_or(1)
@@ -150,15 +176,16 @@ impl Memory {
         pods: usize,
         live_pods: impl FnOnce() -> HashSet<String>,
     ) -> Vec<String> {
-        let (mut drivers, mut disks) = (self.drivers.lock(), self.disks.lock());
-        if let (Ok(drivers), Ok(disks)) = (drivers.as_mut(), disks.as_mut())
-            && (drivers.len() > pods || disks.len() > pods)
+        let (mut drivers, mut disks, mut pruning) = (self.drivers.lock(), self.disks.lock(), self.pruning.lock());
+        if let (Ok(drivers), Ok(disks), Ok(pruning)) = (drivers.as_mut(), disks.as_mut(), pruning.as_mut())
+            && (drivers.len() > pods || disks.len() > pods || pruning.len() > pods)
         {
             let live = live_pods();
             drivers.retain(|uid, _| live.contains(uid));
             disks.retain(|uid, _| live.contains(uid));
+            pruning.retain(|uid, _| live.contains(uid));
         }
-        drop((drivers, disks));
+        drop((drivers, disks, pruning));
         let gone: Vec<String> = match self.applied.lock() {
             Ok(m) if m.len() > daemons => m.keys().filter(|k| !daemon_exists(k)).cloned().collect(),
             _ => Vec::new(),
@@ -210,8 +237,10 @@ mod tests {
         assert_eq!(m.failed("a/x"), 1);
         m.remember_driver("pod-1", "overlay2");
         m.remember_driver("pod-2", "vfs");
+        m.remember_pruning("pod-1", Pruning { events_until: Some(1), ..Default::default() });
         m.prune(1, |k| k == "a/x", 1, || HashSet::from(["pod-2".to_string()]));
         assert_eq!(m.sizes(), (0, 1, 1));
         assert_eq!(m.driver("pod-2").as_deref(), Some("vfs"));
+        assert_eq!(m.pruning("pod-1").events_until, None, "a gone pod's pruning is forgotten");
     }
 }

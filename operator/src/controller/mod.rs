@@ -12,6 +12,7 @@ mod events;
 mod memory;
 mod observe;
 mod pool;
+mod prune;
 mod reconcile;
 mod watches;
 
@@ -31,6 +32,7 @@ use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource};
 
 pub use memory::{BACKOFF_MAX, BACKOFF_START, Memory, backoff};
+pub use observe::DISK_EVERY;
 pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
 pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_pod, slim_statefulset};
 
@@ -58,6 +60,8 @@ pub struct Context {
     pub defaults: Defaults,
     /// Whether to ask daemons for their storage driver (off where pods are unreachable).
     pub query_daemons: bool,
+    /// How often each daemon is asked its disk usage and pruned if due.
+    pub disk_every: std::time::Duration,
     /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
     pub pods: Store<Pod>,
     /// The objects the operator owns, as their watches last showed them.
@@ -165,6 +169,7 @@ impl Context {
             metrics,
             defaults: settings.defaults,
             query_daemons: settings.query_daemons,
+            disk_every: settings.disk_every,
             pods,
             owned,
             daemons,
@@ -183,6 +188,9 @@ impl Context {
 pub struct Settings {
     pub defaults: Defaults,
     pub query_daemons: bool,
+    /// How often each daemon is asked its disk usage (and pruned if due); default
+    /// [`DISK_EVERY`].
+    pub disk_every: std::time::Duration,
     /// Told whether reconciles finish (for `/healthz`).
     pub liveness: Arc<Liveness>,
 }

@@ -10,6 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
 use super::memory::{ROUTE_CHECKS, route_recheck};
+use super::prune;
 use crate::cache::DiskUsage;
 use crate::crd::DindDaemon;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
@@ -24,6 +25,8 @@ pub struct Seen {
     pub drivers: Vec<(String, String)>,
     /// Disk usage per pod name, as the daemons reported it.
     pub disks: Vec<(String, DiskUsage)>,
+    /// The last prune of each pod (name) this process saw.
+    pub prunes: Vec<(String, crate::crd::LastPrune)>,
     /// Pods the client Service routes to.
     pub routed: Vec<String>,
     /// Routed by the EndpointSlice but not yet accepting connections: look again after this.
@@ -72,7 +75,7 @@ pub async fn daemons(
         }
     }
     if !disks.is_empty() {
-        look_again = Some(look_again.map_or(DISK_EVERY, |l: std::time::Duration| l.min(DISK_EVERY)));
+        look_again = Some(look_again.map_or(ctx.disk_every, |l: std::time::Duration| l.min(ctx.disk_every)));
     }
     // Fewer pods than replicas: the StatefulSet controller may be refused (Pod Security
     // Admission, a quota, a policy), which shows only in its FailedCreate events. They are
@@ -95,7 +98,8 @@ pub async fn daemons(
             look_again = Some(look_again.map_or(REFUSAL_RECHECK, |l| l.min(REFUSAL_RECHECK)));
         }
     }
-    Seen { statefulset, pods, intruders, drivers, disks, routed, look_again, pods_refused }
+    let prunes = pods.iter().filter_map(|p| Some((p.name_any(), ctx.memory.pruning(p.uid().as_deref()?).last?))).collect();
+    Seen { statefulset, pods, intruders, drivers, disks, prunes, routed, look_again, pods_refused }
 }
 
 /// How often a DindDaemon shown refused is looked at again (a refusal that stops recurring
@@ -153,12 +157,13 @@ pub fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String
     found
 }
 
-/// How often a daemon is asked what it keeps on its volume (`/system/df`).
+/// How often a daemon is asked what it keeps on its volume (`/system/df`) by default
+/// (`--disk-interval-seconds`), and pruned when due (see `prune`).
 pub const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const DISK_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the ready daemons told: their storage drivers (asked once per pod) and disk usage
-/// (asked when [`DISK_EVERY`] has passed), over each daemon's own mTLS. Pods that are not
+/// (asked when `Context::disk_every` has passed; then pruned if due), over each daemon's own mTLS. Pods that are not
 /// ready are not dialled (they would only time out), and the rest are asked at once, not one
 /// after another.
 async fn ask_daemons(
@@ -191,9 +196,11 @@ async fn ask_daemons(
             };
             let disk = match ctx.memory.disk(&uid) {
                 // (A little early counts as due: the requeue after DISK_EVERY lands just short of it.)
-                Some((at, usage)) if at.elapsed() + DISK_SLACK < DISK_EVERY => Some(usage),
+                Some((at, usage)) if at.elapsed() + DISK_SLACK.min(ctx.disk_every / 4) < ctx.disk_every => Some(usage),
                 known => match daemon_info::disk_usage(&ip, dd.spec.port, tls).await {
                     Ok(usage) => {
+                        let daemon = prune::Daemon { pod: &name, uid: &uid, addr: format!("{ip}:{}", dd.spec.port), tls };
+                        let usage = prune::after_look(ctx, dd, &daemon, usage).await;
                         ctx.metrics.record_disk(ns, &names.daemon, &name, &usage);
                         ctx.memory.remember_disk(&uid, usage.clone());
                         Some(usage)

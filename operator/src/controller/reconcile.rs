@@ -136,6 +136,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         intruders: seen_daemons.intruders,
         drivers: seen_daemons.drivers,
         disks: seen_daemons.disks,
+        prunes: seen_daemons.prunes,
         apply_error: apply_error.as_ref().map(|e| (e.reason(), e.to_string())),
         pods_refused: seen_daemons.pods_refused.clone(),
         routed: seen_daemons.routed,

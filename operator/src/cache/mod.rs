@@ -11,6 +11,8 @@ use serde_json::{Map, Value, json};
 
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemonSpec};
 
+pub mod prune;
+
 /// The default build-cache target: half the volume.
 pub const DEFAULT_BUILD_CACHE_KEEP: &str = "50%";
 
@@ -102,6 +104,19 @@ pub struct DiskUsage {
     pub build_cache_in_use: u32,
     /// Containers running.
     pub running: u32,
+    /// Each image: what pruning decides on.
+    pub image_list: Vec<Image>,
+}
+
+/// One image of a daemon, as `/system/df` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    /// `sha256:...`.
+    pub id: String,
+    /// `repository:tag` names; empty for an untagged image.
+    pub tags: Vec<String>,
+    /// Containers (running or stopped) made from it; -1 when the daemon did not count.
+    pub containers: i64,
 }
 
 impl DiskUsage {
@@ -126,6 +141,17 @@ pub fn parse_df(body: &str) -> Result<DiskUsage, String> {
         volumes_bytes: list("Volumes").iter().map(|v| size(&v["UsageData"]["Size"])).sum(),
         build_cache_in_use: count(cache.iter().filter(|r| r["InUse"] == true).count()),
         running: count(list("Containers").iter().filter(|c| c["State"] == "running").count()),
+        image_list: list("Images")
+            .iter()
+            .map(|i| Image {
+                id: i["Id"].as_str().unwrap_or_default().to_string(),
+                tags: i["RepoTags"]
+                    .as_array()
+                    .map(|t| t.iter().filter_map(Value::as_str).filter(|t| *t != "<none>:<none>").map(str::to_string).collect())
+                    .unwrap_or_default(),
+                containers: i["Containers"].as_i64().unwrap_or(-1),
+            })
+            .collect(),
     })
 }
 
@@ -206,7 +232,7 @@ mod tests {
     fn df_reads_as_docker_system_df_does() {
         let body = json!({
             "LayersSize": 1000,
-            "Images": [{"Id": "a"}, {"Id": "b"}],
+            "Images": [{"Id": "a", "RepoTags": ["x:1", "y:2"], "Containers": 1}, {"Id": "b", "RepoTags": ["<none>:<none>"]}],
             "Containers": [{"SizeRw": 10, "State": "running"}, {"SizeRw": 5, "State": "exited"}],
             "Volumes": [{"UsageData": {"Size": 7}}, {"UsageData": {"Size": -1}}],
             "BuildCache": [{"Size": 100, "Shared": false, "InUse": true}, {"Size": 50, "Shared": true}, {"Size": 20}]
@@ -221,7 +247,11 @@ mod tests {
                 containers_bytes: 15,
                 volumes_bytes: 7,
                 build_cache_in_use: 1,
-                running: 1
+                running: 1,
+                image_list: vec![
+                    Image { id: "a".into(), tags: vec!["x:1".into(), "y:2".into()], containers: 1 },
+                    Image { id: "b".into(), tags: vec![], containers: -1 },
+                ],
             }
         );
         assert_eq!(d.used_bytes(), 1142);

@@ -1,0 +1,242 @@
+//! Pruning one daemon, the requests (what and when: `cache::prune`, pure). Runs after each
+//! disk look (`observe::ask_daemons`), over the daemon's own mTLS, as a client would.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::events::publish;
+use crate::cache::prune::{self, Removed, Why};
+use crate::cache::{self, DiskUsage};
+use crate::crd::{DindDaemon, LastPrune};
+use crate::daemon_info::{self, MAX_DF_ANSWER};
+use crate::tls::Bundle;
+
+/// One daemon, as a prune reaches it.
+pub struct Daemon<'a> {
+    /// Its pod's name and uid.
+    pub pod: &'a str,
+    pub uid: &'a str,
+    /// `ip:port`.
+    pub addr: String,
+    pub tls: Option<(&'a Bundle, &'a str)>,
+}
+
+/// A whole prune may take this long (deleting many images takes a while); past it the rest
+/// waits for the next look.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(45);
+/// The label that keeps a container from pruning and from counting as work.
+pub const KEEP_LABEL: &str = "dind.dev/keep";
+
+/// After a fresh disk look (`usage`): notes which images were used since the last look,
+/// prunes if due, and returns the disk usage as it is now (asked again after a prune).
+pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usage: DiskUsage) -> DiskUsage {
+    let policy = &dd.spec.cache.prune;
+    if !policy.enabled {
+        return usage;
+    }
+    let Some(unused_for) = prune::parse_duration(&policy.unused_for) else { return usage };
+    let mut memory = ctx.memory.pruning(daemon.uid);
+    let now_unix = Timestamp::now().as_second();
+    // The first look reads the last minute (the daemon's events are kept in memory only).
+    let since = memory.events_until.unwrap_or(now_unix - 60);
+    match containers_created(daemon, since, now_unix).await {
+        Ok(used) => {
+            memory.uses.note(&usage.image_list, &used, Instant::now());
+            memory.events_until = Some(now_unix);
+        }
+        Err(e) => {
+            // Without the events a `docker run --rm` could go unseen: no image pruning this
+            // time (the rest of the look stands).
+            tracing::debug!(pod = daemon.pod, error = %e, "daemon did not tell its events");
+            ctx.memory.remember_pruning(daemon.uid, memory);
+            return usage;
+        }
+    }
+    let why = match running_containers(daemon).await {
+        Ok(running) => prune::due(&usage, running, cache::volume_bytes(&dd.spec), dd.spec.cache.high_water_percent),
+        Err(e) => {
+            tracing::debug!(pod = daemon.pod, error = %e, "daemon did not list its containers");
+            None
+        }
+    };
+    let Some(why) = why else {
+        ctx.memory.remember_pruning(daemon.uid, memory);
+        return usage;
+    };
+    let doomed: Vec<cache::Image> =
+        prune::images_to_delete(&usage.image_list, &memory.uses, &policy.keep_images, unused_for, Instant::now())
+            .into_iter()
+            .cloned()
+            .collect();
+    let keep_cache = cache::build_cache_keep_bytes(&dd.spec).filter(|keep| usage.build_cache_bytes > *keep);
+    let removed = match tokio::time::timeout(PRUNE_TIMEOUT, remove(daemon, unused_for, &doomed, keep_cache)).await {
+        Ok(removed) => removed,
+        Err(_) => {
+            tracing::warn!(pod = daemon.pod, "prune timed out after {}s", PRUNE_TIMEOUT.as_secs());
+            Removed::default()
+        }
+    };
+    if !removed.any() {
+        ctx.memory.remember_pruning(daemon.uid, memory);
+        return usage;
+    }
+    let after = match daemon_info::disk_usage_at(&daemon.addr, daemon.tls).await {
+        Ok(after) => after,
+        Err(e) => {
+            tracing::debug!(pod = daemon.pod, error = %e, "daemon did not tell its disk usage after the prune");
+            usage.clone()
+        }
+    };
+    let freed = prune::freed(&usage, &after);
+    let summary = removed.summary();
+    memory.last = Some(LastPrune {
+        time: Timestamp::now().to_string(),
+        freed_bytes: i64::try_from(freed).unwrap_or(i64::MAX),
+        reason: why.as_str().into(),
+        removed: summary.clone(),
+    });
+    ctx.memory.remember_pruning(daemon.uid, memory);
+    ctx.metrics.record_prune(freed);
+    let when = match why {
+        Why::Idle => "idle".to_string(),
+        Why::HighWater => format!("past the high-water mark of {}%", dd.spec.cache.high_water_percent),
+    };
+    publish(ctx, dd, EventType::Normal, "Pruned", format!("{}: freed {} ({when}): {summary}", daemon.pod, cache::human(freed))).await;
+    after
+}
+
+/// Removes what the policy lets go. Each step on its own: one refused does not stop the rest.
+async fn remove(daemon: &Daemon<'_>, unused_for: Duration, images: &[cache::Image], keep_cache: Option<u64>) -> Removed {
+    let mut removed = Removed::default();
+    let until = format!("{}s", unused_for.as_secs().max(1));
+    let containers = json!({"until": [until], "label!": [KEEP_LABEL]});
+    match post(daemon, &format!("/containers/prune?filters={}", query(&containers))).await {
+        Ok(v) => removed.containers = count(&v["ContainersDeleted"]),
+        Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning containers"),
+    }
+    match post(daemon, &format!("/networks/prune?filters={}", query(&json!({"until": [until]})))).await {
+        Ok(v) => removed.networks = count(&v["NetworksDeleted"]),
+        Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning networks"),
+    }
+    removed.volumes = remove_volumes(daemon, unused_for).await;
+    for image in images {
+        // By each tag (the last one removes the image; an id with several tags would need force),
+        // or by id when untagged. A conflict (a container made from it meanwhile) keeps it.
+        let names: Vec<&str> =
+            if image.tags.is_empty() { vec![image.id.as_str()] } else { image.tags.iter().map(String::as_str).collect() };
+        let mut all = true;
+        for name in names {
+            let path = format!("/images/{}", encode(name));
+            if let Err(e) = daemon_info::call(&daemon.addr, daemon.tls, "DELETE", &path, MAX_DF_ANSWER).await {
+                tracing::debug!(pod = daemon.pod, image = name, error = %e, "image not removed");
+                all = false;
+                break;
+            }
+        }
+        removed.images += u32::from(all);
+    }
+    if let Some(keep) = keep_cache {
+        match post(daemon, &format!("/build/prune?keep-storage={keep}")).await {
+            Ok(v) => removed.build_cache_bytes = v["SpaceReclaimed"].as_u64().unwrap_or(0),
+            Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning the build cache"),
+        }
+    }
+    removed
+}
+
+/// Deletes anonymous volumes no container uses, created more than `unused_for` ago.
+async fn remove_volumes(daemon: &Daemon<'_>, unused_for: Duration) -> u32 {
+    let path = format!("/volumes?filters={}", query(&json!({"dangling": ["true"]})));
+    let list = match get(daemon, &path).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(pod = daemon.pod, error = %e, "listing volumes");
+            return 0;
+        }
+    };
+    let cutoff = Timestamp::now().as_second() - i64::try_from(unused_for.as_secs()).unwrap_or(i64::MAX);
+    let mut removed = 0;
+    for volume in list["Volumes"].as_array().into_iter().flatten() {
+        let name = volume["Name"].as_str().unwrap_or_default();
+        let created = volume["CreatedAt"].as_str().and_then(|t| t.parse::<Timestamp>().ok()).map(|t| t.as_second());
+        if !prune::anonymous_volume(name, volume["Labels"].as_object()) || created.is_none_or(|c| c > cutoff) {
+            continue;
+        }
+        match daemon_info::call(&daemon.addr, daemon.tls, "DELETE", &format!("/volumes/{}", encode(name)), MAX_DF_ANSWER).await {
+            Ok(_) => removed += 1,
+            Err(e) => tracing::debug!(pod = daemon.pod, volume = name, error = %e, "volume not removed"),
+        }
+    }
+    removed
+}
+
+/// Containers running, but those labelled [`KEEP_LABEL`].
+async fn running_containers(daemon: &Daemon<'_>) -> Result<u32, String> {
+    let list = get(daemon, "/containers/json").await?;
+    let kept = |c: &Value| c["Labels"].as_object().is_some_and(|l| l.contains_key(KEEP_LABEL));
+    Ok(u32::try_from(list.as_array().into_iter().flatten().filter(|c| !kept(c)).count()).unwrap_or(u32::MAX))
+}
+
+/// The image references of containers created between `since` and `until` (unix seconds),
+/// from the daemon's events (it keeps the last few hundred in memory).
+async fn containers_created(daemon: &Daemon<'_>, since: i64, until: i64) -> Result<Vec<String>, String> {
+    let filters = json!({"type": ["container"], "event": ["create"]});
+    let path = format!("/events?since={since}&until={until}&filters={}", query(&filters));
+    let body = daemon_info::call(&daemon.addr, daemon.tls, "GET", &path, MAX_DF_ANSWER).await?;
+    let stream = serde_json::Deserializer::from_str(&body).into_iter::<Value>();
+    let mut used = Vec::new();
+    for event in stream {
+        let event = event.map_err(|e| format!("an event is not JSON: {e}"))?;
+        let image = event["Actor"]["Attributes"]["image"].as_str().or_else(|| event["from"].as_str());
+        used.extend(image.map(str::to_string));
+    }
+    Ok(used)
+}
+
+async fn get(daemon: &Daemon<'_>, path: &str) -> Result<Value, String> {
+    let body = daemon_info::call(&daemon.addr, daemon.tls, "GET", path, MAX_DF_ANSWER).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{path}: not JSON: {e}"))
+}
+
+async fn post(daemon: &Daemon<'_>, path: &str) -> Result<Value, String> {
+    let body = daemon_info::call(&daemon.addr, daemon.tls, "POST", path, MAX_DF_ANSWER).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{}: not JSON: {e}", path.split('?').next().unwrap_or(path)))
+}
+
+fn count(list: &Value) -> u32 {
+    u32::try_from(list.as_array().map_or(0, Vec::len)).unwrap_or(u32::MAX)
+}
+
+/// JSON for a query parameter.
+fn query(value: &Value) -> String {
+    encode(&value.to_string())
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_encoded() {
+        assert_eq!(query(&json!({"until": ["30s"]})), "%7B%22until%22%3A%5B%2230s%22%5D%7D");
+        assert_eq!(encode("team/app:1"), "team%2Fapp%3A1");
+        assert_eq!(encode("sha256:ab"), "sha256%3Aab");
+    }
+}
