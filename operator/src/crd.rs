@@ -85,6 +85,7 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     "self.mode != 'Sidecar' || !(self.storage.retainOnDelete || self.storage.ephemeral || (has(self.storage.storageClassName) && !has(self.volumePool)))")
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
+#[x_kube(validation = pool_size_rule())]
 #[x_kube(validation = kube::core::Rule::new("self.mode != 'Sidecar' || !self.egress.restricted")
     .message("egress.restricted needs mode: Pool (a sidecar daemon shares its job pod's network: restrict the job's pods)").field_path(".egress"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
@@ -218,7 +219,6 @@ impl Default for TlsSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("!(self.ephemeral && has(self.storageClassName))")
     .message("storage.storageClassName and storage.ephemeral are mutually exclusive").field_path(".storageClassName"))]
-#[x_kube(validation = storage_size_rule())]
 #[x_kube(validation = kube::core::Rule::new(
     "(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')")
     .message("storage.storageClassName cannot be changed on an existing DindDaemon: its volumes exist in their class").field_path(".storageClassName"))]
@@ -231,7 +231,12 @@ pub struct StorageSpec {
     /// Size of each daemon's volume (a quantity such as 20Gi; default 20Gi). Images, build
     /// cache and containers all live here. With `ephemeral`, the emptyDir's `sizeLimit`
     /// (default 20Gi too): a daemon that writes more is evicted by the kubelet (its cache is
-    /// lost) before it fills the node's disk and gets other pods evicted.
+    /// lost) before it fills the node's disk and gets other pods evicted. Raised on an existing
+    /// DindDaemon, each daemon's claim is raised to it and the storage driver expands the volume
+    /// in place (the daemon keeps running and keeps its cache; `Progressing` says
+    /// `VolumeExpanding` until done), where the StorageClass sets `allowVolumeExpansion`;
+    /// where it does not, `Degraded` says `VolumeNotExpandable`. Volumes never shrink: a size
+    /// below the one the volumes were made with is `Degraded` too (set it back to undo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
@@ -323,17 +328,17 @@ pub struct DaemonSpec {
     pub config: Option<BTreeMap<String, Value>>,
 }
 
-/// `storage.size` may not change: the StatefulSet's volume claim templates are immutable. (An
-/// absent size is the default, so adding the default size explicitly is no change.) An
-/// emptyDir's size limit may: it is part of the pod template.
-fn storage_size_rule() -> kube::core::Rule {
-    let size = |s: &str| format!("(has({s}.size) ? quantity({s}.size) : quantity('{DEFAULT_STORAGE_SIZE}'))");
-    kube::core::Rule::new(format!("self.ephemeral || {}.compareTo({}) == 0", size("self"), size("oldSelf")))
-        .message(
-            "storage.size cannot be changed on an existing DindDaemon (the StatefulSet's volume claim templates are immutable): \
-             delete and re-create it, with storage.retainOnDelete to keep the volumes",
-        )
-        .field_path(".size")
+/// A sidecar volume pool's claims are made once, at `storage.size`: it may not change while
+/// there is a pool (pool DindDaemons grow their claims instead: `controller::volumes`).
+fn pool_size_rule() -> kube::core::Rule {
+    let size = |s: &str| format!("(has({s}.storage.size) ? quantity({s}.storage.size) : quantity('{DEFAULT_STORAGE_SIZE}'))");
+    kube::core::Rule::new(format!(
+        "self.mode != 'Sidecar' || !has(self.volumePool) || {}.compareTo({}) == 0",
+        size("self"),
+        size("oldSelf")
+    ))
+    .message("storage.size cannot change on a DindDaemon with a volumePool: its volumes are made once; delete and re-create it")
+    .field_path(".storage.size")
 }
 
 /// The CEL rule of `daemon.extraArgs`: the contract's owned flags (`dind_contract`), the same

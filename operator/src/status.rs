@@ -33,9 +33,21 @@ pub struct Observed<'a> {
     pub apply_error: Option<(&'static str, String)>,
     /// Why the StatefulSet cannot create daemon pods (see [`pods_refused`]).
     pub pods_refused: Option<String>,
+    /// A raised `storage.size` not yet in effect (see `controller::volumes`).
+    pub growth: Option<Growth>,
     /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
     /// daemon is ready only once it answers *and* is routed: Ready means a client can connect.
     pub routed: Vec<String>,
+}
+
+/// Volumes asked to grow (`storage.size` raised) that have not yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// The apiserver refused to expand a claim (its StorageClass does not allow it): `Degraded`,
+    /// reason `VolumeNotExpandable`.
+    Refused(String),
+    /// Claims raised, volumes not yet as large: `Progressing`, reason `VolumeExpanding`.
+    Waiting(String),
 }
 
 /// A daemon that restarted counts as failing until it has run this long without a restart:
@@ -165,6 +177,8 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     };
     let progressing = if !rolled_out {
         condition(PROGRESSING, true, "RollingOut", "the StatefulSet is rolling out the current spec".into(), generation, &now)
+    } else if let Some(Growth::Waiting(message)) = &observed.growth {
+        condition(PROGRESSING, true, "VolumeExpanding", message.clone(), generation, &now)
     } else if !all_ready && desired > 0 {
         condition(PROGRESSING, true, "Starting", format!("waiting for {} daemon(s)", desired - ready_replicas), generation, &now)
     } else {
@@ -173,6 +187,8 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     let failures: Vec<String> = observed.pods.iter().filter_map(|p| pod_failure(p, &now)).collect();
     let degraded = if let Some((reason, error)) = &observed.apply_error {
         condition(DEGRADED, true, reason, format!("the spec cannot be applied: {error}"), generation, &now)
+    } else if let Some(Growth::Refused(message)) = &observed.growth {
+        condition(DEGRADED, true, "VolumeNotExpandable", message.clone(), generation, &now)
     } else if let Some(refusal) = &observed.pods_refused {
         condition(DEGRADED, true, "PodsRefused", refusal.clone(), generation, &now)
     } else if let Some((pod, claim)) = observed.intruders.first() {
@@ -579,6 +595,24 @@ mod tests {
         let restarted = Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), disks, ..Default::default() };
         let st = compute(&d, &restarted, at(2));
         assert_eq!(st.endpoints[1].disk.as_ref().unwrap().last_prune.as_ref(), Some(&prune));
+    }
+
+    #[test]
+    fn volumes_that_cannot_grow_degrade_and_growing_ones_progress() {
+        let d = dd(1);
+        let pods = [pod("ci-0", true)];
+        let s = sts(1, 1);
+        let seen = |growth| Observed { statefulset: Some(&s), pods: &pods, routed: vec!["ci-0".into()], growth, ..Default::default() };
+        let st = compute(&d, &seen(Some(Growth::Refused("docker-ci-0: forbidden".into()))), at(1));
+        let degraded = get(&st, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "VolumeNotExpandable"));
+        assert!(degraded.message.contains("docker-ci-0: forbidden"));
+        assert_eq!(get(&st, READY).status, "True", "the daemon keeps serving on its old volume");
+        let st = compute(&d, &seen(Some(Growth::Waiting("docker-ci-0 has 1Gi of 2Gi".into()))), at(1));
+        let progressing = get(&st, PROGRESSING);
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "VolumeExpanding"));
+        assert_eq!(get(&st, DEGRADED).status, "False");
+        assert_eq!(get(&compute(&d, &seen(None), at(1)), PROGRESSING).status, "False");
     }
 
     #[test]

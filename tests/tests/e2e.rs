@@ -801,7 +801,7 @@ docker image inspect drop/big >/dev/null 2>&1 && echo "big-still-there" || echo 
 kill -0 $build 2>/dev/null && echo "build-running-at-prune" || echo "build-over-at-prune"
 wait $build || true
 cat /tmp/slow/log | tail -3
-docker run --rm built/out sha256sum -c /sum
+docker run --rm built/out busybox sha256sum -c /sum
 "#;
 
 #[tokio::test]
@@ -910,6 +910,22 @@ async fn e2e_pruning_keeps_what_the_policy_keeps_and_never_breaks_a_build() {
             .await?;
             eprintln!("Pruned events: {events}");
             ensure!(events.contains("past the high-water mark of 50%"), "{events}");
+            // The image's layer lived on as build cache: freed only once that was trimmed too.
+            let last = eventually("status shows the high-water prune", Duration::from_secs(60), || {
+                let api = api.clone();
+                async move {
+                    let st = api.get("full").await?.status.unwrap_or_default();
+                    Ok(st
+                        .endpoints
+                        .first()
+                        .and_then(|e| e.disk.as_ref())
+                        .and_then(|d| d.last_prune.clone())
+                        .filter(|l| l.reason == "HighWater"))
+                }
+            })
+            .await?;
+            eprintln!("status lastPrune: {last:?}");
+            ensure!(last.freed_bytes > 500_000_000 && last.removed.contains("build cache"), "the 600 MB were not freed: {last:?}");
             Ok(())
         })
         .await

@@ -132,16 +132,15 @@ async fn names_that_cannot_name_every_owned_object_are_refused() {
     .await;
 }
 
-/// Measured before: `storage.size` 20Gi → 30Gi was accepted (generation 2) and never applied
-/// (volume claim templates are immutable), with no condition and no event. Changes that cannot
-/// be applied in place are refused at update, naming the field; the rest still go through.
+/// Changes that cannot be applied in place are refused at update, naming the field; the rest
+/// still go through. `storage.size` grows a pool DindDaemon's claims (`operator_reconcile`), but
+/// a sidecar volume pool's claims are made once.
 #[tokio::test]
 async fn storage_changes_that_cannot_apply_in_place_are_refused_on_update() {
     with_namespace("immutable", |client: Client, ns: String| async move {
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         create(&client, &ns, "ci", json!({"storage": {"size": "20Gi"}})).await?;
         let refused = [
-            (json!({"storage": {"size": "30Gi"}}), "spec.storage.size"),
             (json!({"storage": {"storageClassName": "fast"}}), "spec.storage.storageClassName"),
             (json!({"storage": {"size": null, "ephemeral": true}}), "spec.storage.ephemeral"),
         ];
@@ -154,6 +153,13 @@ async fn storage_changes_that_cannot_apply_in_place_are_refused_on_update() {
         // The same size written differently, and fields that can change, are accepted.
         let same = json!({"spec": {"replicas": 2, "storage": {"size": "20480Mi", "retainOnDelete": true}}});
         api.patch("ci", &PatchParams::default(), &Patch::Merge(&same)).await.context("an equal quantity and mutable fields")?;
+        let grown = json!({"spec": {"storage": {"size": "30Gi"}}});
+        api.patch("ci", &PatchParams::default(), &Patch::Merge(&grown)).await.context("a larger volume")?;
+        create(&client, &ns, "pool", json!({"mode": "Sidecar", "volumePool": {"size": 1}, "storage": {"size": "5Gi"}})).await?;
+        match api.patch("pool", &PatchParams::default(), &Patch::Merge(&grown)).await {
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("spec.storage.size") && s.message.contains("volumePool") => {}
+            other => anyhow::bail!("a volume pool's size: wanted 422 naming spec.storage.size, got {other:?}"),
+        }
         // An emptyDir's size limit is part of the pod template: it may change.
         create(&client, &ns, "scratch", json!({"storage": {"ephemeral": true}})).await?;
         let bigger = json!({"spec": {"storage": {"size": "40Gi"}}});

@@ -445,6 +445,101 @@ async fn daemons_have_a_bounded_disk_and_default_requests() {
     .await;
 }
 
+/// Measured before: `storage.size` could not change at all (the StatefulSet's claim templates
+/// are immutable, so the CRD refused it). Now a raise grows each daemon's claim where the
+/// StorageClass allows expansion, leaving the StatefulSet (so the pods and their caches) as
+/// they are; where it does not, `Degraded/VolumeNotExpandable` names the claim, and setting the
+/// size back clears it.
+#[tokio::test]
+async fn a_raised_storage_size_grows_the_claims_where_the_class_allows_it() {
+    with_namespace("grow", |client: Client, ns: String| async move {
+        let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+        let (expandable, fixed) = (format!("{ns}-expandable"), format!("{ns}-fixed"));
+        for (name, allow) in [(&expandable, true), (&fixed, false)] {
+            let class = json!({"metadata": {"name": name}, "provisioner": "kubernetes.io/host-path",
+                "volumeBindingMode": "Immediate", "allowVolumeExpansion": allow});
+            classes.create(&PostParams::default(), &serde_json::from_value(class)?).await?;
+        }
+        let outcome = async {
+            let _op = Operator::start(&ns, &[])?;
+            // A build-cache target in bytes: a percentage of the size would change with it, and
+            // so would the daemons' configuration (one rolling restart to apply it).
+            for (name, class) in [("grow", &expandable), ("stuck", &fixed)] {
+                let spec = json!({"nodeSelector": no_node(), "storage": {"size": "1Gi", "storageClassName": class}, "cache": {"buildCacheKeep": "512Mi"}});
+                create(&client, &ns, name, spec).await?;
+            }
+            let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            for claim in ["docker-grow-0", "docker-stuck-0"] {
+                eventually(&format!("{claim} bound"), WAIT, || {
+                    let claims = claims.clone();
+                    async move {
+                        let c = claims.get_opt(claim).await?;
+                        Ok(c.and_then(|c| c.status).and_then(|s| s.phase).filter(|p| p == "Bound").map(|_| ()))
+                    }
+                })
+                .await?;
+            }
+            let sts_before = owned_objects(&client, &ns, "grow").await?;
+            let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
+            let raise = |size: &str| json!({"spec": {"storage": {"size": size}}});
+            for name in ["grow", "stuck"] {
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&raise("2Gi"))).await?;
+            }
+            let requested = |claim: &'static str| {
+                let claims = claims.clone();
+                async move {
+                    let c = claims.get(claim).await?;
+                    Ok::<_, anyhow::Error>(
+                        c.spec.and_then(|s| s.resources).and_then(|r| r.requests).and_then(|r| r.get("storage").cloned()).map(|q| q.0),
+                    )
+                }
+            };
+            eventually("docker-grow-0 raised to 2Gi", WAIT, || async { Ok(requested("docker-grow-0").await?.filter(|q| q == "2Gi")) })
+                .await?;
+            let progressing = condition(&client, &ns, "grow", "Progressing/VolumeExpanding", WAIT, |c| {
+                c.type_ == "Progressing" && c.reason == "VolumeExpanding"
+            })
+            .await?;
+            ensure!(progressing.message.contains("docker-grow-0"), "{progressing:?}");
+            let sts_after = owned_objects(&client, &ns, "grow").await?;
+            let template = sts_after.spec.as_ref().and_then(|s| s.volume_claim_templates.as_ref()).and_then(|t| t.first()).cloned();
+            let template_size = template.and_then(|t| t.spec?.resources?.requests?.get("storage").cloned()).map(|q| q.0);
+            ensure!(template_size.as_deref() == Some("1Gi"), "the claim template (immutable) changed: {template_size:?}");
+            ensure!(
+                sts_after.metadata.generation == sts_before.metadata.generation,
+                "the StatefulSet changed ({:?} -> {:?}): its pods would restart",
+                sts_before.metadata.generation,
+                sts_after.metadata.generation
+            );
+
+            let degraded = condition(&client, &ns, "stuck", "Degraded/VolumeNotExpandable", WAIT, |c| {
+                c.type_ == "Degraded" && c.reason == "VolumeNotExpandable"
+            })
+            .await?;
+            ensure!(degraded.message.contains("docker-stuck-0") && degraded.message.contains("allowVolumeExpansion"), "{degraded:?}");
+            ensure!(requested("docker-stuck-0").await?.as_deref() == Some("1Gi"), "the fixed claim changed");
+            api.patch("stuck", &PatchParams::default(), &Patch::Merge(&raise("1Gi"))).await?;
+            condition(&client, &ns, "stuck", "Degraded cleared by the size set back", WAIT, |c| {
+                c.type_ == "Degraded" && c.status == "False"
+            })
+            .await?;
+            api.patch("stuck", &PatchParams::default(), &Patch::Merge(&raise("512Mi"))).await?;
+            let shrink = condition(&client, &ns, "stuck", "Degraded for a shrink", WAIT, |c| {
+                c.type_ == "Degraded" && c.reason == "VolumeNotExpandable"
+            })
+            .await?;
+            ensure!(shrink.message.contains("do not shrink"), "{shrink:?}");
+            Ok(())
+        }
+        .await;
+        for name in [&expandable, &fixed] {
+            let _ = classes.delete(name, &DeleteParams::default()).await;
+        }
+        outcome
+    })
+    .await;
+}
+
 /// Measured before: in a namespace whose Pod Security Admission level is `baseline`, the
 /// StatefulSet's daemon pods were refused and the DindDaemon just never became ready (the
 /// refusal only in the StatefulSet's events). Now it is `Degraded/PodsRefused` with the

@@ -26,7 +26,7 @@ use kube::{Resource, ResourceExt};
 pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
 pub use sidecar::{Sidecar, sidecar, sidecar_docker_host};
-pub use statefulset::CAPABILITIES;
+pub use statefulset::{CAPABILITIES, claim_size, keep_claim_size};
 
 use crate::crd::DindDaemon;
 use crate::error::{Error, Result};

@@ -286,3 +286,23 @@ fn certs_digest(pem: &str) -> String {
     }
     format!("{hash:016x}")
 }
+
+/// The size of a StatefulSet's volume claim template (`storage.size` when it was made).
+pub fn claim_size(sts: &StatefulSet) -> Option<&str> {
+    let template =
+        sts.spec.as_ref()?.volume_claim_templates.as_ref()?.iter().find(|c| c.metadata.name.as_deref() == Some(CLAIM_TEMPLATE))?;
+    Some(template.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage")?.0.as_str())
+}
+
+/// Keeps the claim template's size of the StatefulSet that exists (`existing`): the apiserver
+/// refuses any change to volume claim templates, so a raised `storage.size` grows the claims
+/// themselves (`controller::volumes`), never the template.
+pub fn keep_claim_size(sts: &mut StatefulSet, existing: Option<&str>) {
+    let Some(existing) = existing else { return };
+    let templates = sts.spec.as_mut().and_then(|s| s.volume_claim_templates.as_mut());
+    for template in templates.into_iter().flatten().filter(|c| c.metadata.name.as_deref() == Some(CLAIM_TEMPLATE)) {
+        if let Some(requests) = template.spec.as_mut().and_then(|s| s.resources.as_mut()).and_then(|r| r.requests.as_mut()) {
+            requests.insert("storage".into(), Quantity(existing.to_string()));
+        }
+    }
+}

@@ -197,6 +197,24 @@ impl Removed {
     }
 }
 
+/// How much build cache to keep after the rest is pruned: the target (`cache.buildCacheKeep`);
+/// past the high-water mark no more than fits under 90% of the mark beside everything else
+/// (0: every record no build holds). None: no target and under the mark.
+pub fn build_cache_keep(now: &DiskUsage, why: Why, target: Option<u64>, volume: Option<u64>, high_water_percent: i32) -> Option<u64> {
+    let room = match (why, volume) {
+        (Why::HighWater, Some(volume)) => {
+            let mark = u128::from(volume) * u128::try_from(high_water_percent).unwrap_or(0) / 100 * 9 / 10;
+            let rest = u128::from(now.used_bytes().saturating_sub(now.build_cache_bytes));
+            Some(u64::try_from(mark.saturating_sub(rest)).unwrap_or(u64::MAX))
+        }
+        _ => None,
+    };
+    match (target, room) {
+        (Some(t), Some(r)) => Some(t.min(r)),
+        (t, r) => t.or(r),
+    }
+}
+
 /// Bytes freed between two looks at the disk (never negative: a build may have added).
 pub fn freed(before: &DiskUsage, after: &DiskUsage) -> u64 {
     before.used_bytes().saturating_sub(after.used_bytes())
@@ -302,6 +320,20 @@ mod tests {
         assert!(anonymous_volume("x", Some(&labels)));
         assert!(!anonymous_volume("pgdata", None));
         assert!(!anonymous_volume(&"g".repeat(64), Some(&Map::new())));
+    }
+
+    #[test]
+    fn past_the_high_water_mark_the_build_cache_makes_room() {
+        let gib = 1u64 << 30;
+        // 10Gi volume, mark 80% (8Gi; aim 7.2Gi): 5Gi of images, 4Gi of build cache.
+        let now = DiskUsage { images_bytes: 5 * gib, build_cache_bytes: 4 * gib, ..Default::default() };
+        let room = (8 * gib) * 9 / 10 - 5 * gib;
+        assert_eq!(build_cache_keep(&now, Why::HighWater, Some(3 * gib), Some(10 * gib), 80), Some(room));
+        assert_eq!(build_cache_keep(&now, Why::HighWater, Some(gib), Some(10 * gib), 80), Some(gib), "the target when smaller");
+        assert_eq!(build_cache_keep(&now, Why::Idle, Some(3 * gib), Some(10 * gib), 80), Some(3 * gib), "idle: the target");
+        assert_eq!(build_cache_keep(&now, Why::Idle, None, Some(10 * gib), 80), None);
+        let full = DiskUsage { images_bytes: 9 * gib, build_cache_bytes: gib, ..Default::default() };
+        assert_eq!(build_cache_keep(&full, Why::HighWater, None, Some(10 * gib), 80), Some(0), "images alone past the mark: all of it");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod observe;
 mod pool;
 mod prune;
 mod reconcile;
+mod volumes;
 mod watches;
 
 use std::sync::Arc;

@@ -72,8 +72,8 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
             .into_iter()
             .cloned()
             .collect();
-    let keep_cache = cache::build_cache_keep_bytes(&dd.spec).filter(|keep| usage.build_cache_bytes > *keep);
-    let removed = match tokio::time::timeout(PRUNE_TIMEOUT, remove(daemon, unused_for, &doomed, keep_cache)).await {
+    let plan = Plan { unused_for, images: &doomed, why, cache_keep: cache::build_cache_keep_bytes(&dd.spec), spec: &dd.spec };
+    let removed = match tokio::time::timeout(PRUNE_TIMEOUT, remove(daemon, &plan)).await {
         Ok(removed) => removed,
         Err(_) => {
             tracing::warn!(pod = daemon.pod, "prune timed out after {}s", PRUNE_TIMEOUT.as_secs());
@@ -94,7 +94,7 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
     let freed = prune::freed(&usage, &after);
     let summary = removed.summary();
     memory.last = Some(LastPrune {
-        time: Timestamp::now().to_string(),
+        time: Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         freed_bytes: i64::try_from(freed).unwrap_or(i64::MAX),
         reason: why.as_str().into(),
         removed: summary.clone(),
@@ -109,10 +109,22 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
     after
 }
 
-/// Removes what the policy lets go. Each step on its own: one refused does not stop the rest.
-async fn remove(daemon: &Daemon<'_>, unused_for: Duration, images: &[cache::Image], keep_cache: Option<u64>) -> Removed {
+/// What one prune may remove.
+struct Plan<'a> {
+    unused_for: Duration,
+    images: &'a [cache::Image],
+    why: Why,
+    /// The build-cache target (`cache.buildCacheKeep`), if there is one.
+    cache_keep: Option<u64>,
+    spec: &'a crate::crd::DindDaemonSpec,
+}
+
+/// Removes what the policy lets go, then trims the build cache: a deleted image's layers stay
+/// on as build-cache records of the builds that made them, so only this frees their bytes.
+/// Each step on its own: one refused does not stop the rest.
+async fn remove(daemon: &Daemon<'_>, plan: &Plan<'_>) -> Removed {
     let mut removed = Removed::default();
-    let until = format!("{}s", unused_for.as_secs().max(1));
+    let until = format!("{}s", plan.unused_for.as_secs().max(1));
     let containers = json!({"until": [until], "label!": [KEEP_LABEL]});
     match post(daemon, &format!("/containers/prune?filters={}", query(&containers))).await {
         Ok(v) => removed.containers = count(&v["ContainersDeleted"]),
@@ -122,8 +134,8 @@ async fn remove(daemon: &Daemon<'_>, unused_for: Duration, images: &[cache::Imag
         Ok(v) => removed.networks = count(&v["NetworksDeleted"]),
         Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning networks"),
     }
-    removed.volumes = remove_volumes(daemon, unused_for).await;
-    for image in images {
+    removed.volumes = remove_volumes(daemon, plan.unused_for).await;
+    for image in plan.images {
         // By each tag (the last one removes the image; an id with several tags would need force),
         // or by id when untagged. A conflict (a container made from it meanwhile) keeps it.
         let names: Vec<&str> =
@@ -139,8 +151,22 @@ async fn remove(daemon: &Daemon<'_>, unused_for: Duration, images: &[cache::Imag
         }
         removed.images += u32::from(all);
     }
-    if let Some(keep) = keep_cache {
-        match post(daemon, &format!("/build/prune?keep-storage={keep}")).await {
+    let now = match daemon_info::disk_usage_at(&daemon.addr, daemon.tls).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(pod = daemon.pod, error = %e, "daemon did not tell its disk usage while pruning");
+            return removed;
+        }
+    };
+    let keep = prune::build_cache_keep(&now, plan.why, plan.cache_keep, cache::volume_bytes(plan.spec), plan.spec.cache.high_water_percent);
+    if let Some(keep) = keep.filter(|keep| now.build_cache_bytes > *keep) {
+        // `all`: any record not in use, least recently used first, as dockerd's own collector
+        // does with its keep-storage rule; records a running build holds are never removed.
+        // The limit under each name an API version reads: `keep-storage` before 1.48 (Docker
+        // 28.0), `reserved-space` and `max-used-space` from it on, which ignores
+        // `keep-storage` (then nothing would be kept).
+        let path = format!("/build/prune?all=true&keep-storage={keep}&reserved-space={keep}&max-used-space={keep}");
+        match post(daemon, &path).await {
             Ok(v) => removed.build_cache_bytes = v["SpaceReclaimed"].as_u64().unwrap_or(0),
             Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning the build cache"),
         }

@@ -6,7 +6,8 @@
 //! 3. **build** (pure: `build::build`);
 //! 4. **apply or skip**: skipped when the same objects were applied before and nobody has
 //!    touched them since; an apply the apiserver refuses becomes a condition and an event;
-//! 5. **observe** the daemons (`observe`);
+//! 5. **observe** the daemons (`observe`), and grow their volumes if `storage.size` was
+//!    raised (`volumes`);
 //! 6. **status** (pure: `status::compute`) and events for its transitions.
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tracing::warn;
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
-use super::{Context, claims, observe, pool};
+use super::{Context, claims, observe, pool, volumes};
 use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::build;
 use crate::crd::{DaemonMode, DindDaemon};
@@ -126,8 +127,10 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     };
     prune(ctx);
 
-    // 5. Observe.
+    // 5. Observe (and grow the volumes when storage.size was raised).
     let seen_daemons = observe::daemons(ctx, dd, &ns, &names, &key, applied_sts, certs.as_ref()).await;
+    let template = seen_daemons.statefulset.as_ref().and_then(build::claim_size);
+    let growth = volumes::grow(ctx, dd, &ns, &names, template).await?;
 
     // 6. Status and events.
     let observed = Observed {
@@ -139,6 +142,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         prunes: seen_daemons.prunes,
         apply_error: apply_error.as_ref().map(|e| (e.reason(), e.to_string())),
         pods_refused: seen_daemons.pods_refused.clone(),
+        growth,
         routed: seen_daemons.routed,
     };
     let look_again = seen_daemons.look_again;
@@ -208,6 +212,9 @@ async fn certify_build_apply(
         let certs = plan.as_ref().map(|p| p.bundle.clone());
 
         let mut owned = build::build(dd, &ctx.defaults, certs.as_ref())?;
+        // The claim template stays as the StatefulSet was made (a raised size grows the claims).
+        let existing = ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
+        build::keep_claim_size(&mut owned.statefulset, existing.as_deref().and_then(build::claim_size));
         if owned.disruption_budget.is_none() && seen.contains_key(&applied::key("PodDisruptionBudget", &names.disruption_budget)) {
             owned.disruption_budget = Some(build::disruption_budget(dd)?);
         }

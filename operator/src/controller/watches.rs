@@ -146,7 +146,20 @@ fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
 /// detection read. The pod template is most of its size.
 pub fn slim_statefulset(sts: &mut StatefulSet) {
     slim_meta(&mut sts.metadata);
-    sts.spec = None;
+    // Of the spec only the claim templates' sizes: they cannot change (see `build::keep_claim_size`).
+    let claims = sts.spec.take().and_then(|s| s.volume_claim_templates).map(|templates| {
+        templates
+            .into_iter()
+            .map(|c| k8s_openapi::api::core::v1::PersistentVolumeClaim {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta { name: c.metadata.name, ..Default::default() },
+                spec: c
+                    .spec
+                    .map(|s| k8s_openapi::api::core::v1::PersistentVolumeClaimSpec { resources: s.resources, ..Default::default() }),
+                ..Default::default()
+            })
+            .collect()
+    });
+    sts.spec = claims.map(|c| k8s_openapi::api::apps::v1::StatefulSetSpec { volume_claim_templates: Some(c), ..Default::default() });
     if let Some(status) = sts.status.as_mut() {
         // Not the revision hashes or collision count: they change nothing status reports.
         *status = k8s_openapi::api::apps::v1::StatefulSetStatus {
