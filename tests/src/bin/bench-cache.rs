@@ -3,9 +3,12 @@
 //! on the test dockerd, mutual TLS), filled with images and build cache, is asked `/system/df`
 //! 50 times in a row as the operator asks it (`daemon_info::disk_usage`, a new TLS connection
 //! each time); prints the answer's size, the time per ask and the operator's CPU time for the
-//! 50 (its own process time, from /proc/self/stat). Needs the test dockerd and the images.
+//! 50 (its own process time, from /proc/self/stat). Then the same for a whole look with pruning
+//! on (`spec.cache.prune`: also the container-create events since the last look and the running
+//! containers), and the time to prune GIB GiB of unused build cache (`/build/prune` as the
+//! operator sends it). Needs the test dockerd and the images.
 //!
-//!   cargo run --release -p dind-tests --bin bench-cache [-- BUILDS]
+//!   cargo run --release -p dind-tests --bin bench-cache [-- BUILDS [GIB]]
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +77,58 @@ async fn main() -> anyhow::Result<()> {
         "operator CPU for them: {} ms ({:.2}% of one core over the minute); requests: {asks} per minute, status writes at most {asks}",
         cpu * 10,
         cpu as f64 * 10.0 / 60_000.0 * 100.0
+    );
+
+    // A whole look with pruning on: df, then the events since the last look and the running
+    // containers (what `controller::prune::after_look` asks before it decides).
+    let (cpu0, t0) = (cpu_ticks()?, Instant::now());
+    let mut times = Vec::new();
+    for _ in 0..asks {
+        let t = Instant::now();
+        daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let events = format!("/events?since={}&until={now}&filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D", now - 60);
+        daemon_info::call(&addr, tls, "GET", &events, daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
+        daemon_info::call(&addr, tls, "GET", "/containers/json", daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
+        times.push(t.elapsed());
+    }
+    let (cpu, wall) = (cpu_ticks()? - cpu0, t0.elapsed());
+    times.sort();
+    println!(
+        "{asks} looks with pruning on (df + events + running containers, 3 requests each): median {:.1} ms, max {:.1} ms, {:.2} s in all; \
+         operator CPU {} ms ({:.2}% of one core over the minute)",
+        times[asks / 2].as_secs_f64() * 1e3,
+        times[asks - 1].as_secs_f64() * 1e3,
+        wall.as_secs_f64(),
+        cpu * 10,
+        cpu as f64 * 10.0 / 60_000.0 * 100.0
+    );
+
+    // GIB GiB of build cache no image holds (their images removed), then one prune.
+    let gib: u64 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let fill = format!(
+        "set -e; mkdir -p /tmp/g && cd /tmp/g; for i in $(seq {gib}); do \
+         printf 'FROM local/base\\nRUN echo %s > /n && head -c 1073741824 /dev/zero > /g\\n' $i > Dockerfile; \
+         DOCKER_BUILDKIT=1 docker build -q -t big-$i . >/dev/null; docker rmi big-$i >/dev/null; done"
+    );
+    let t = Instant::now();
+    c.exec(&["sh", "-c", &fill]).context("filling the build cache")?;
+    let before = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+    println!("build cache filled with {:.2} GiB in {:.1} s", before.build_cache_bytes as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let answer = daemon_info::call(&addr, tls, "POST", "/build/prune?all=true&keep-storage=0&reserved-space=0&max-used-space=0", daemon_info::MAX_DF_ANSWER)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let took = t.elapsed();
+    let reclaimed = serde_json::from_str::<serde_json::Value>(&answer)?["SpaceReclaimed"].as_u64().unwrap_or(0);
+    let after = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+    println!(
+        "prune: {:.2} GiB reclaimed in {:.2} s ({:.2} GiB/s); build cache {:.2} GiB -> {:.3} GiB",
+        reclaimed as f64 / (1u64 << 30) as f64,
+        took.as_secs_f64(),
+        reclaimed as f64 / (1u64 << 30) as f64 / took.as_secs_f64(),
+        before.build_cache_bytes as f64 / (1u64 << 30) as f64,
+        after.build_cache_bytes as f64 / (1u64 << 30) as f64
     );
     drop(c);
     drop(volume);
