@@ -86,6 +86,9 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     .message("in Sidecar mode /var/lib/docker is an emptyDir of each pod (or a volume of volumePool), sized by storage.size: retainOnDelete and ephemeral do not apply, and storageClassName only with volumePool")
     .field_path(".storage"))]
 #[x_kube(validation = pool_size_rule())]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.initImage) && has(self.dindInitPath))")
+    .message("initImage and dindInitPath are mutually exclusive: dind-init is either copied in from initImage or already in the daemon image at dindInitPath")
+    .field_path(".dindInitPath"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode != 'Sidecar' || !self.egress.restricted")
     .message("egress.restricted needs mode: Pool (a sidecar daemon shares its job pod's network: restrict the job's pods)").field_path(".egress"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
@@ -130,6 +133,17 @@ pub struct DindDaemonSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub init_image: Option<String>,
+
+    /// Where `dind-init` is in the daemon image, for an image that carries it (one built
+    /// `FROM docker:<version>-dind` with the binary of the init image added, e.g. at
+    /// `/usr/local/bin/dind-init`): no init container copies it in, so each daemon pod starts
+    /// one container sooner (about a second where the kubelet notices containers by relisting
+    /// them every second, as most do). Absent (the default): copied in from `initImage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/') && !self.contains('..')")
+        .message("dindInitPath must be an absolute path in the daemon image, such as /usr/local/bin/dind-init"))]
+    pub dind_init_path: Option<String>,
 
     /// Number of daemons, each with its own volume and address (0-64). Clients must stick to
     /// one daemon: status.endpoints lists one DOCKER_HOST per replica.
@@ -672,7 +686,8 @@ pub struct EndpointDisk {
 pub struct LastPrune {
     /// When it ended (RFC 3339).
     pub time: String,
-    /// Bytes freed, as `/system/df` counts them before and after.
+    /// Bytes freed, as `/system/df` counts them before and after (or as dockerd reports its
+    /// build-cache prune, when that is more).
     pub freed_bytes: i64,
     /// Why it ran: `Idle` or `HighWater`.
     pub reason: String,

@@ -910,22 +910,22 @@ async fn e2e_pruning_keeps_what_the_policy_keeps_and_never_breaks_a_build() {
             .await?;
             eprintln!("Pruned events: {events}");
             ensure!(events.contains("past the high-water mark of 50%"), "{events}");
-            // The image's layer lived on as build cache: freed only once that was trimmed too.
-            let last = eventually("status shows the high-water prune", Duration::from_secs(60), || {
-                let api = api.clone();
-                async move {
-                    let st = api.get("full").await?.status.unwrap_or_default();
-                    Ok(st
-                        .endpoints
-                        .first()
-                        .and_then(|e| e.disk.as_ref())
-                        .and_then(|d| d.last_prune.clone())
-                        .filter(|l| l.reason == "HighWater"))
-                }
+            // The image's layer lived on as build cache: the disk is back under the mark only
+            // once that was trimmed too (dockerd 20.10's df shows such records late, so this
+            // may take a second prune).
+            let df = eventually("images and build cache back under the 512Mi mark", Duration::from_secs(90), || async {
+                let text = exec("busy", "docker system df --format '{{.Type}}={{.Size}}'".to_string()).await?;
+                let used: f64 = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("Images=").or_else(|| l.strip_prefix("Build Cache=")))
+                    .filter_map(|size| df_bytes(size.trim()))
+                    .sum();
+                Ok((used < 400e6).then_some(text))
             })
             .await?;
+            eprintln!("after the high-water prunes:\n{df}");
+            let last = api.get("full").await?.status.and_then(|s| s.endpoints.first()?.disk.clone()?.last_prune).context("no lastPrune")?;
             eprintln!("status lastPrune: {last:?}");
-            ensure!(last.freed_bytes > 500_000_000 && last.removed.contains("build cache"), "the 600 MB were not freed: {last:?}");
             Ok(())
         })
         .await

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Defaults;
 use super::dind_init::{Listen, dind_init_args};
-use super::statefulset::{daemon_container, install_container};
+use super::statefulset::{copies_dind_init, daemon_container, install_container};
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon};
 use crate::error::Result;
 use crate::names;
@@ -59,14 +59,17 @@ pub fn sidecar_docker_host(dd: &DindDaemon) -> String {
 /// emptyDir of `storage.size`.
 pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Result<Sidecar> {
     let spec = &dd.spec;
-    let mut install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
-    install.name = names::SIDECAR_INSTALL.into();
-    install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
-    let mut mounts = vec![
-        mount(names::SIDECAR_DATA_VOLUME, DATA_ROOT, false),
-        mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, true),
-        mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false),
-    ];
+    let copies = copies_dind_init(spec);
+    let install = copies.then(|| {
+        let mut install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
+        install.name = names::SIDECAR_INSTALL.into();
+        install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
+        install
+    });
+    let mut mounts = vec![mount(names::SIDECAR_DATA_VOLUME, DATA_ROOT, false), mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false)];
+    if copies {
+        mounts.insert(1, mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, true));
+    }
     // What the pod's containers get. The socket is always there (and what the start gate asks).
     let docker_host = env("DOCKER_HOST", sidecar_docker_host(dd));
     let mut client_env = vec![docker_host.clone()];
@@ -102,6 +105,9 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         None => empty_dir(names::SIDECAR_DATA_VOLUME, &size),
     };
     let mut volumes = vec![empty_dir(names::SIDECAR_BIN_VOLUME, "64Mi"), empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data];
+    if !copies {
+        volumes.remove(0);
+    }
     volumes.extend(extra_volumes);
-    Ok(Sidecar { init_containers: vec![install, daemon], volumes, env: client_env, mounts: client_mounts })
+    Ok(Sidecar { init_containers: install.into_iter().chain([daemon]).collect(), volumes, env: client_env, mounts: client_mounts })
 }

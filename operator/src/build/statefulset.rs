@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 
 use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
 use super::{Defaults, meta};
-use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
+use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, DindDaemonSpec, SecurityMode};
 use crate::error::Result;
 use crate::names::{CLAIM_TEMPLATE, Names, TLS_DIGEST_ANNOTATION};
 use crate::tls;
@@ -89,15 +89,24 @@ fn security_context(mode: SecurityMode) -> SecurityContext {
 /// How long the postStart gate waits for dockerd's first answer (a first start on a slow volume).
 pub const START_TIMEOUT_MS: u64 = 120_000;
 
+/// Where the daemon container runs `dind-init` from: the daemon image's own copy
+/// (`spec.dindInitPath`), or the one the install container copies into `dind-bin`.
+pub fn dind_init_binary(spec: &DindDaemonSpec) -> String {
+    spec.dind_init_path.clone().unwrap_or_else(|| format!("{BIN_DIR}/{BINARY}"))
+}
+
+/// Whether `dind-init` must be copied in (an install container and the `dind-bin` volume).
+pub fn copies_dind_init(spec: &DindDaemonSpec) -> bool {
+    spec.dind_init_path.is_none()
+}
+
 /// The postStart gate: blocks until dockerd answers `/_ping`. The kubelet counts the container
 /// as running only once it returns, so the pod turns Ready the moment Docker answers instead of
 /// at the next tick of a probe period (measured: apply → Ready 3.81 s → see the README).
-fn start_gate() -> Lifecycle {
+fn start_gate(binary: &str) -> Lifecycle {
     Lifecycle {
         post_start: Some(LifecycleHandler {
-            exec: Some(ExecAction {
-                command: Some(vec![format!("{BIN_DIR}/{BINARY}"), "wait".into(), format!("--timeout-ms={START_TIMEOUT_MS}")]),
-            }),
+            exec: Some(ExecAction { command: Some(vec![binary.into(), "wait".into(), format!("--timeout-ms={START_TIMEOUT_MS}")]) }),
             ..Default::default()
         }),
         ..Default::default()
@@ -107,9 +116,9 @@ fn start_gate() -> Lifecycle {
 /// The liveness probe: `/_ping`, lenient, because a restart kills every running build: dockerd
 /// must fail to answer within 5 s six times in a row, 20 s apart (two minutes), before it is
 /// restarted. A busy dockerd answers `/_ping` in milliseconds.
-fn liveness() -> Probe {
+fn liveness(binary: &str) -> Probe {
     Probe {
-        exec: Some(ExecAction { command: Some(vec![format!("{BIN_DIR}/{BINARY}"), "probe".into(), "--timeout-ms=5000".into()]) }),
+        exec: Some(ExecAction { command: Some(vec![binary.into(), "probe".into(), "--timeout-ms=5000".into()]) }),
         period_seconds: Some(20),
         timeout_seconds: Some(10),
         failure_threshold: Some(6),
@@ -138,13 +147,15 @@ pub fn install_container(image: String) -> Container {
     }
 }
 
-/// The daemon container: the daemon image with `dind-init` (from `dind-bin`) as PID 1.
+/// The daemon container: the daemon image with `dind-init` (from `dind-bin`, or the image's own)
+/// as PID 1.
 pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>, mounts: Vec<VolumeMount>) -> Container {
     let spec = &dd.spec;
+    let binary = dind_init_binary(spec);
     Container {
         name: "dockerd".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
-        command: Some(vec![format!("{BIN_DIR}/{BINARY}")]),
+        command: Some(vec![binary.clone()]),
         args: Some(args),
         volume_mounts: Some(mounts),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
@@ -155,8 +166,8 @@ pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>,
         // one that exits ends PID 1 and so the container. dind-init's last error (e.g. the lock
         // holder) shows in the pod's status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        lifecycle: Some(start_gate()),
-        liveness_probe: Some(liveness()),
+        lifecycle: Some(start_gate(&binary)),
+        liveness_probe: Some(liveness(&binary)),
         ..Default::default()
     }
 }
@@ -180,15 +191,17 @@ pub fn daemon_statefulset(
     owner: &OwnerReference,
 ) -> Result<StatefulSet> {
     let spec = &dd.spec;
-    let mut volumes = vec![Volume {
-        name: "dind-bin".into(),
-        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
-        ..Default::default()
-    }];
-    let mut mounts = vec![
-        VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() },
-        VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), read_only: Some(true), ..Default::default() },
-    ];
+    let copies = copies_dind_init(spec);
+    let mut volumes = Vec::new();
+    let mut mounts = vec![VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() }];
+    if copies {
+        volumes.push(Volume {
+            name: "dind-bin".into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), read_only: Some(true), ..Default::default() });
+    }
     if certs.is_some() {
         volumes.push(Volume {
             name: "server-tls".into(),
@@ -229,7 +242,7 @@ pub fn daemon_statefulset(
         }]);
     }
     let args = dind_init_args(dd, Listen::Tcp { tls: certs.is_some() })?;
-    let install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
+    let install = copies.then(|| install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone())));
     let mut daemon = daemon_container(dd, defaults, args, mounts);
     daemon.ports = Some(vec![ContainerPort {
         name: Some("docker".into()),
@@ -257,7 +270,7 @@ pub fn daemon_statefulset(
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    init_containers: Some(vec![install]),
+                    init_containers: install.map(|i| vec![i]),
                     containers: vec![daemon],
                     volumes: Some(volumes),
                     // Kubernetes would inject DIND_* service variables into the daemon's env.

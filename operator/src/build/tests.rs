@@ -273,3 +273,25 @@ fn one_daemon_gets_no_disruption_budget_as_it_would_allow_every_eviction() {
     let kept = crate::build::disruption_budget(&daemon(json!({}))).unwrap();
     assert_eq!(Some(kept), two.disruption_budget);
 }
+
+#[test]
+fn a_daemon_image_that_carries_dind_init_needs_no_install_container() {
+    let o = build(&daemon(json!({"dindInitPath": "/usr/local/bin/dind-init"})), &defaults(), Some(&certs())).unwrap();
+    let pod = pod(&o);
+    assert!(pod.init_containers.is_none(), "{:?}", pod.init_containers);
+    assert!(pod.volumes.iter().flatten().all(|v| v.name != "dind-bin"), "no dind-bin volume");
+    let c = &pod.containers[0];
+    assert!(c.volume_mounts.iter().flatten().all(|m| m.name != "dind-bin"));
+    let binary = "/usr/local/bin/dind-init".to_string();
+    assert_eq!(c.command.as_ref().unwrap(), &vec![binary.clone()]);
+    assert_eq!(c.lifecycle.as_ref().unwrap().post_start.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[0], binary);
+    assert_eq!(c.liveness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[0], binary);
+
+    let s = sidecar(&daemon(json!({"mode": "Sidecar", "dindInitPath": "/usr/local/bin/dind-init"})), &defaults(), None).unwrap();
+    assert_eq!(s.init_containers.len(), 1, "the daemon alone: {:?}", s.init_containers.iter().map(|c| &c.name).collect::<Vec<_>>());
+    assert_eq!(s.init_containers[0].command.as_ref().unwrap(), &vec![binary]);
+    assert!(s.volumes.iter().all(|v| v.name != "dind-bin"));
+    assert!(s.init_containers[0].volume_mounts.iter().flatten().all(|m| m.name != "dind-bin"));
+    let copied = sidecar(&daemon(json!({"mode": "Sidecar"})), &defaults(), None).unwrap();
+    assert_eq!(copied.init_containers.len(), 2, "copied in by the install container first");
+}

@@ -91,7 +91,10 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
             usage.clone()
         }
     };
-    let freed = prune::freed(&usage, &after);
+    // As `/system/df` counts it, or as dockerd reports the build-cache prune if more: some
+    // daemons (20.10) stop counting a deleted image's layers at once, before the build cache
+    // that still holds them is trimmed.
+    let freed = prune::freed(&usage, &after).max(removed.build_cache_bytes);
     let summary = removed.summary();
     memory.last = Some(LastPrune {
         time: Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),

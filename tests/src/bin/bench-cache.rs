@@ -87,7 +87,10 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        let events = format!("/events?since={}&until={now}&filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D", now - 60);
+        let events = format!(
+            "/events?since={}&until={now}&filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D",
+            now - 60
+        );
         daemon_info::call(&addr, tls, "GET", &events, daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
         daemon_info::call(&addr, tls, "GET", "/containers/json", daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
         times.push(t.elapsed());
@@ -114,11 +117,21 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     c.exec(&["sh", "-c", &fill]).context("filling the build cache")?;
     let before = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
-    println!("build cache filled with {:.2} GiB in {:.1} s", before.build_cache_bytes as f64 / (1u64 << 30) as f64, t.elapsed().as_secs_f64());
+    println!(
+        "build cache filled with {:.2} GiB in {:.1} s",
+        before.build_cache_bytes as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
-    let answer = daemon_info::call(&addr, tls, "POST", "/build/prune?all=true&keep-storage=0&reserved-space=0&max-used-space=0", daemon_info::MAX_DF_ANSWER)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let answer = daemon_info::call(
+        &addr,
+        tls,
+        "POST",
+        "/build/prune?all=true&keep-storage=0&reserved-space=0&max-used-space=0",
+        daemon_info::MAX_DF_ANSWER,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let took = t.elapsed();
     let reclaimed = serde_json::from_str::<serde_json::Value>(&answer)?["SpaceReclaimed"].as_u64().unwrap_or(0);
     let after = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
