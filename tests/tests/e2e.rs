@@ -515,49 +515,59 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
     require_node();
     with_namespace("e2e-sidecar", |client, ns| async move {
         with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
-            kubectl_apply(
-                &builds,
-                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: job}\nspec: {mode: Sidecar, storage: {size: 2Gi}}\n",
-            )
-            .await?;
-            wait_ready(&builds, "job").await?;
-            let job = json!({
-                "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "build"},
-                "spec": {"backoffLimit": 0, "template": {
-                    "metadata": {"labels": {"dind.dev/sidecar": "job"}},
-                    "spec": {"restartPolicy": "Never",
-                        "containers": [{"name": "runner", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
-                            "workingDir": "/home/runner/_work", "command": ["/bin/sh", "-c", SIDECAR_JOB_SCRIPT],
-                            "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}]}],
-                        "volumes": [{"name": "work", "emptyDir": {}}]}}}
-            });
-            let started = Instant::now();
-            kubectl_apply(&builds, &job.to_string()).await?;
-            kubectl(&["wait", "-n", &builds, "--for=condition=Complete", "job/build", "--timeout=300s"])
-                .await
-                .context("the Job did not complete")?;
-            let took = started.elapsed();
-            let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
-            let pod =
-                pods.list(&ListParams::default().labels("job-name=build")).await?.items.into_iter().next().context("the Job's pod")?;
-            let name = pod.name_any();
-            let log = kubectl(&["logs", "-n", &builds, &name, "-c", "runner"]).await?;
-            for want in ["first docker version: server", "build-ok", "bind mount: from-the-workspace", "image: from-the-workspace built"] {
-                ensure!(log.contains(want), "{want:?} missing from the runner's log:\n{log}");
+            // The daemon image's dind-init copied in by the install container (the default), and
+            // the test image's own (`dindInitPath`): no install container.
+            for (daemon, extra) in [("job", ""), ("lean", ", dindInitPath: /usr/local/bin/dind-init")] {
+                let manifest = format!("apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {{name: {daemon}}}\nspec: {{mode: Sidecar, storage: {{size: 2Gi}}{extra}}}\n");
+                kubectl_apply(&builds, &manifest).await?;
+                wait_ready(&builds, daemon).await?;
+                let job_name = format!("build-{daemon}");
+                let job = json!({
+                    "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": job_name},
+                    "spec": {"backoffLimit": 0, "template": {
+                        "metadata": {"labels": {"dind.dev/sidecar": daemon}},
+                        "spec": {"restartPolicy": "Never",
+                            "containers": [{"name": "runner", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                                "workingDir": "/home/runner/_work", "command": ["/bin/sh", "-c", SIDECAR_JOB_SCRIPT],
+                                "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}]}],
+                            "volumes": [{"name": "work", "emptyDir": {}}]}}}
+                });
+                let started = Instant::now();
+                kubectl_apply(&builds, &job.to_string()).await?;
+                kubectl(&["wait", "-n", &builds, "--for=condition=Complete", &format!("job/{job_name}"), "--timeout=300s"])
+                    .await
+                    .with_context(|| format!("the Job {job_name} did not complete"))?;
+                let took = started.elapsed();
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
+                let pod = pods
+                    .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                    .await?
+                    .items
+                    .into_iter()
+                    .next()
+                    .context("the Job's pod")?;
+                let name = pod.name_any();
+                let log = kubectl(&["logs", "-n", &builds, &name, "-c", "runner"]).await?;
+                for want in ["first docker version: server", "build-ok", "bind mount: from-the-workspace", "image: from-the-workspace built"] {
+                    ensure!(log.contains(want), "{want:?} missing from the runner's log ({daemon}):\n{log}");
+                }
+                ensure!(!log.contains("Cannot connect"), "{log}");
+                let inits: Vec<String> = pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
+                let want_inits = if extra.is_empty() { vec!["dind-install", "dind-daemon"] } else { vec!["dind-daemon"] };
+                ensure!(inits == want_inits, "{daemon}: init containers {inits:?}");
+                // The sidecar stopped cleanly once the runner ended: dockerd exited 0.
+                let sidecar = pods
+                    .get(&name)
+                    .await?
+                    .status
+                    .and_then(|s| s.init_container_statuses)
+                    .and_then(|cs| cs.into_iter().find(|c| c.name == "dind-daemon"))
+                    .context("the sidecar's status")?;
+                let terminated = sidecar.state.and_then(|s| s.terminated).context("the sidecar is not terminated")?;
+                let daemon_log = kubectl(&["logs", "-n", &builds, &name, "-c", "dind-daemon"]).await.unwrap_or_default();
+                ensure!(terminated.exit_code == 0, "the sidecar of {daemon} exited {}:\n{daemon_log}", terminated.exit_code);
+                eprintln!("sidecar Job ({daemon}) completed in {took:?}; sidecar exit code 0");
             }
-            ensure!(!log.contains("Cannot connect"), "{log}");
-            // The sidecar stopped cleanly once the runner ended: dockerd exited 0.
-            let sidecar = pods
-                .get(&name)
-                .await?
-                .status
-                .and_then(|s| s.init_container_statuses)
-                .and_then(|cs| cs.into_iter().find(|c| c.name == "dind-daemon"))
-                .context("the sidecar's status")?;
-            let terminated = sidecar.state.and_then(|s| s.terminated).context("the sidecar is not terminated")?;
-            let daemon_log = kubectl(&["logs", "-n", &builds, &name, "-c", "dind-daemon"]).await.unwrap_or_default();
-            ensure!(terminated.exit_code == 0, "the sidecar exited {}:\n{daemon_log}", terminated.exit_code);
-            eprintln!("sidecar Job completed in {took:?}; sidecar exit code 0");
 
             // On TCP too (spec.sidecar.tcp): mutual TLS on localhost with the pod's own
             // certificates; a client without them is refused.
