@@ -295,3 +295,18 @@ fn a_daemon_image_that_carries_dind_init_needs_no_install_container() {
     let copied = sidecar(&daemon(json!({"mode": "Sidecar"})), &defaults(), None).unwrap();
     assert_eq!(copied.init_containers.len(), 2, "copied in by the install container first");
 }
+
+#[test]
+fn the_claim_template_keeps_the_size_the_statefulset_was_made_with() {
+    let made = build(&daemon(json!({"storage": {"size": "1Gi"}})), &defaults(), None).unwrap().statefulset;
+    assert_eq!(claim_size(&made), Some("1Gi"));
+    let mut raised = build(&daemon(json!({"storage": {"size": "2Gi"}})), &defaults(), None).unwrap().statefulset;
+    assert_eq!(claim_size(&raised), Some("2Gi"));
+    keep_claim_size(&mut raised, claim_size(&made));
+    assert_eq!(claim_size(&raised), Some("1Gi"), "templates are immutable: the claims grow instead");
+    let mut fresh = raised.clone();
+    keep_claim_size(&mut fresh, None);
+    assert_eq!(claim_size(&fresh), Some("1Gi"), "no StatefulSet yet: as built");
+    let ephemeral = build(&daemon(json!({"storage": {"ephemeral": true}})), &defaults(), None).unwrap().statefulset;
+    assert_eq!(claim_size(&ephemeral), None);
+}

@@ -200,7 +200,15 @@ async fn ask_daemons(
                 known => match daemon_info::disk_usage(&ip, dd.spec.port, tls).await {
                     Ok(usage) => {
                         let daemon = prune::Daemon { pod: &name, uid: &uid, addr: format!("{ip}:{}", dd.spec.port), tls };
-                        let usage = prune::after_look(ctx, dd, &daemon, usage).await;
+                        // Bounded as a whole: a slow daemon must not hold the reconcile past its deadline.
+                        let usage =
+                            match tokio::time::timeout(prune::LOOK_TIMEOUT, prune::after_look(ctx, dd, &daemon, usage.clone())).await {
+                                Ok(now) => now,
+                                Err(_) => {
+                                    tracing::warn!(pod = %name, "pruning took longer than {}s; stopped", prune::LOOK_TIMEOUT.as_secs());
+                                    usage
+                                }
+                            };
                         ctx.metrics.record_disk(ns, &names.daemon, &name, &usage);
                         ctx.memory.remember_disk(&uid, usage.clone());
                         Some(usage)

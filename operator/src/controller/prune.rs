@@ -26,8 +26,14 @@ pub struct Daemon<'a> {
 }
 
 /// A whole prune may take this long (deleting many images takes a while); past it the rest
-/// waits for the next look.
-const PRUNE_TIMEOUT: Duration = Duration::from_secs(45);
+/// waits for the next look. With the requests before it ([`CALL_TIMEOUT`] each) and the disk
+/// looks around it, a reconcile stays well inside its deadline (`RECONCILE_TIMEOUT`, 60 s).
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(25);
+/// All of [`after_look`] may take this long (after the disk look, at most 10 s, before it).
+pub const LOOK_TIMEOUT: Duration = Duration::from_secs(35);
+/// One request to a daemon may take this long (`/events` answers once the daemon's clock
+/// reaches `until`: a daemon whose clock runs behind the operator's would hold it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The label that keeps a container from pruning and from counting as work.
 pub const KEEP_LABEL: &str = "dind.dev/keep";
 
@@ -146,7 +152,7 @@ async fn remove(daemon: &Daemon<'_>, plan: &Plan<'_>) -> Removed {
         let mut all = true;
         for name in names {
             let path = format!("/images/{}", encode(name));
-            if let Err(e) = daemon_info::call(&daemon.addr, daemon.tls, "DELETE", &path, MAX_DF_ANSWER).await {
+            if let Err(e) = call(daemon, "DELETE", &path).await {
                 tracing::debug!(pod = daemon.pod, image = name, error = %e, "image not removed");
                 all = false;
                 break;
@@ -195,7 +201,7 @@ async fn remove_volumes(daemon: &Daemon<'_>, unused_for: Duration) -> u32 {
         if !prune::anonymous_volume(name, volume["Labels"].as_object()) || created.is_none_or(|c| c > cutoff) {
             continue;
         }
-        match daemon_info::call(&daemon.addr, daemon.tls, "DELETE", &format!("/volumes/{}", encode(name)), MAX_DF_ANSWER).await {
+        match call(daemon, "DELETE", &format!("/volumes/{}", encode(name))).await {
             Ok(_) => removed += 1,
             Err(e) => tracing::debug!(pod = daemon.pod, volume = name, error = %e, "volume not removed"),
         }
@@ -215,7 +221,7 @@ async fn running_containers(daemon: &Daemon<'_>) -> Result<u32, String> {
 async fn containers_created(daemon: &Daemon<'_>, since: i64, until: i64) -> Result<Vec<String>, String> {
     let filters = json!({"type": ["container"], "event": ["create"]});
     let path = format!("/events?since={since}&until={until}&filters={}", query(&filters));
-    let body = daemon_info::call(&daemon.addr, daemon.tls, "GET", &path, MAX_DF_ANSWER).await?;
+    let body = call(daemon, "GET", &path).await?;
     let stream = serde_json::Deserializer::from_str(&body).into_iter::<Value>();
     let mut used = Vec::new();
     for event in stream {
@@ -226,13 +232,20 @@ async fn containers_created(daemon: &Daemon<'_>, since: i64, until: i64) -> Resu
     Ok(used)
 }
 
+/// One request, bounded by [`CALL_TIMEOUT`]; the answer's body.
+async fn call(daemon: &Daemon<'_>, method: &str, path: &str) -> Result<String, String> {
+    let request = daemon_info::call(&daemon.addr, daemon.tls, method, path, MAX_DF_ANSWER);
+    let what = path.split('?').next().unwrap_or(path);
+    tokio::time::timeout(CALL_TIMEOUT, request).await.map_err(|_| format!("{method} {what}: no answer in {}s", CALL_TIMEOUT.as_secs()))?
+}
+
 async fn get(daemon: &Daemon<'_>, path: &str) -> Result<Value, String> {
-    let body = daemon_info::call(&daemon.addr, daemon.tls, "GET", path, MAX_DF_ANSWER).await?;
-    serde_json::from_str(&body).map_err(|e| format!("{path}: not JSON: {e}"))
+    let body = call(daemon, "GET", path).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{}: not JSON: {e}", path.split('?').next().unwrap_or(path)))
 }
 
 async fn post(daemon: &Daemon<'_>, path: &str) -> Result<Value, String> {
-    let body = daemon_info::call(&daemon.addr, daemon.tls, "POST", path, MAX_DF_ANSWER).await?;
+    let body = call(daemon, "POST", path).await?;
     serde_json::from_str(&body).map_err(|e| format!("{}: not JSON: {e}", path.split('?').next().unwrap_or(path)))
 }
 

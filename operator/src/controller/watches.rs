@@ -359,6 +359,26 @@ mod tests {
     }
 
     #[test]
+    fn slim_statefulsets_keep_status_and_the_claim_template_sizes_only() {
+        let mut sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "ci", "annotations": {"a": "b"}},
+            "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [{"name": "dockerd", "image": "docker:dind"}]}},
+                     "volumeClaimTemplates": [{"metadata": {"name": "docker", "labels": {"x": "y"}},
+                        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}}]},
+            "status": {"replicas": 2, "readyReplicas": 1, "currentRevision": "r1"}
+        }))
+        .unwrap();
+        slim_statefulset(&mut sts);
+        assert_eq!(crate::build::claim_size(&sts), Some("1Gi"));
+        let spec = sts.spec.as_ref().unwrap();
+        assert!(spec.template.spec.is_none() && spec.replicas.is_none(), "the pod template is dropped");
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        assert!(claim.metadata.labels.is_none() && claim.spec.as_ref().unwrap().storage_class_name.is_none());
+        let status = sts.status.as_ref().unwrap();
+        assert_eq!((status.replicas, status.ready_replicas, status.current_revision.as_deref()), (2, Some(1), None));
+    }
+
+    #[test]
     fn slim_pods_keep_what_status_reads() {
         let mut pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "ci-0", "labels": {"dind.dev/daemon": "ci", "controller-revision-hash": "ci-5d8"}, "annotations": {"big": "x"}},
