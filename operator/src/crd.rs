@@ -171,7 +171,7 @@ pub struct DindDaemonSpec {
     pub egress: EgressSpec,
 
     /// The image and build cache on the daemon's volume: how much build cache dockerd keeps,
-    /// and when the disk counts as under pressure.
+    /// what is pruned once unused (and when), and when the disk counts as under pressure.
     #[serde(default)]
     pub cache: CacheSpec,
 
