@@ -41,7 +41,7 @@ pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Re
 /// [`disk_usage`] of the daemon at `addr` (host:port).
 pub async fn disk_usage_at(addr: &str, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
     let body =
-        tokio::time::timeout(DF_TIMEOUT, get_bounded(addr, tls, DF_PATH, MAX_DF_ANSWER)).await.map_err(|_| "timed out".to_string())??;
+        tokio::time::timeout(DF_TIMEOUT, call(addr, tls, "GET", DF_PATH, MAX_DF_ANSWER)).await.map_err(|_| "timed out".to_string())??;
     crate::cache::parse_df(&body)
 }
 
@@ -69,14 +69,10 @@ async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(reader: R, out: &mut Vec<
     Ok(())
 }
 
-/// One `GET path` to a daemon at `addr` (host:port); the body of a 200 answer of at most
+/// One `GET path` to a daemon at `addr` (host:port); the body of a 2xx answer of at most
 /// [`MAX_ANSWER`] bytes.
 pub async fn get(addr: &str, tls: Option<(&Bundle, &str)>, path: &str) -> Result<String, String> {
-    get_bounded(addr, tls, path, MAX_ANSWER).await
-}
-
-async fn get_bounded(addr: &str, tls: Option<(&Bundle, &str)>, path: &str, max: u64) -> Result<String, String> {
-    call(addr, tls, "GET", path, max).await
+    call(addr, tls, "GET", path, MAX_ANSWER).await
 }
 
 /// One request without a body to a daemon at `addr` (host:port): the body of a 2xx answer of

@@ -127,6 +127,13 @@ async fn run_pod(client: &Client, ns: &str, pod: &str, manifest: &str) -> anyhow
     Ok((logs, ran))
 }
 
+/// The pod of Job `job`.
+async fn job_pod(client: &Client, ns: &str, job: &str) -> anyhow::Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await?;
+    list.items.into_iter().next().with_context(|| format!("the pod of Job {job}"))
+}
+
 fn cached_steps(log: &str) -> usize {
     log.lines().filter(|l| l.contains("Using cache") || l.contains("CACHED")).count()
 }
@@ -539,13 +546,7 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
                     .with_context(|| format!("the Job {job_name} did not complete"))?;
                 let took = started.elapsed();
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
-                let pod = pods
-                    .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-                    .await?
-                    .items
-                    .into_iter()
-                    .next()
-                    .context("the Job's pod")?;
+                let pod = job_pod(&client, &builds, &job_name).await?;
                 let name = pod.name_any();
                 let log = kubectl(&["logs", "-n", &builds, &name, "-c", "runner"]).await?;
                 for want in ["first docker version: server", "build-ok", "bind mount: from-the-workspace", "image: from-the-workspace built"] {
@@ -638,13 +639,7 @@ async fn e2e_sidecar_jobs_of_a_pipeline_get_a_warm_volume() {
                 });
                 kubectl_apply(&builds, &job.to_string()).await?;
                 kubectl(&["wait", "-n", &builds, "--for=condition=Complete", &format!("job/{run}"), "--timeout=300s"]).await?;
-                let pod = Api::<Pod>::namespaced(client.clone(), &builds)
-                    .list(&ListParams::default().labels(&format!("job-name={run}")))
-                    .await?
-                    .items
-                    .into_iter()
-                    .next()
-                    .context("the Job's pod")?;
+                let pod = job_pod(&client, &builds, run).await?;
                 let lease = pod.annotations().get("dind.dev/volume-lease").cloned().unwrap_or_default();
                 ensure!(lease.starts_with("job-cache-0/"), "{run} Job got no pool volume: {lease:?}");
                 logs.push(kubectl(&["logs", "-n", &builds, &pod.name_any(), "-c", "build"]).await?);

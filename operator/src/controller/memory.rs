@@ -133,6 +133,11 @@ impl Memory {
         self.pruning.lock().ok().and_then(|m| m.get(pod_uid).cloned()).unwrap_or_default()
     }
 
+    /// A pod's last prune alone (status reads it every reconcile; the image-use map stays).
+    pub fn last_prune(&self, pod_uid: &str) -> Option<LastPrune> {
+        self.pruning.lock().ok()?.get(pod_uid)?.last.clone()
+    }
+
     pub fn remember_pruning(&self, pod_uid: &str, pruning: Pruning) {
         if let Ok(mut m) = self.pruning.lock() {
             m.insert(pod_uid.to_string(), pruning);

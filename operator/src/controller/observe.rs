@@ -98,7 +98,7 @@ pub async fn daemons(
             look_again = Some(look_again.map_or(REFUSAL_RECHECK, |l| l.min(REFUSAL_RECHECK)));
         }
     }
-    let prunes = pods.iter().filter_map(|p| Some((p.name_any(), ctx.memory.pruning(p.uid().as_deref()?).last?))).collect();
+    let prunes = pods.iter().filter_map(|p| Some((p.name_any(), ctx.memory.last_prune(p.uid().as_deref()?)?))).collect();
     Seen { statefulset, pods, intruders, drivers, disks, prunes, routed, look_again, pods_refused }
 }
 

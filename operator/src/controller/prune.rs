@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::Context;
 use super::events::publish;
+use super::memory::Pruning;
 use crate::cache::prune::{self, Removed, Why};
 use crate::cache::{self, DiskUsage};
 use crate::crd::{DindDaemon, LastPrune};
@@ -46,6 +47,21 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
     }
     let Some(unused_for) = prune::parse_duration(&policy.unused_for) else { return usage };
     let mut memory = ctx.memory.pruning(daemon.uid);
+    let after = note_and_prune(ctx, dd, daemon, &usage, unused_for, &mut memory).await;
+    ctx.memory.remember_pruning(daemon.uid, memory);
+    after.unwrap_or(usage)
+}
+
+/// The steps of [`after_look`] on what pruning remembers of the pod (`memory`, updated): the
+/// disk usage after a prune that removed something, else None.
+async fn note_and_prune(
+    ctx: &Context,
+    dd: &DindDaemon,
+    daemon: &Daemon<'_>,
+    usage: &DiskUsage,
+    unused_for: Duration,
+    memory: &mut Pruning,
+) -> Option<DiskUsage> {
     let now_unix = Timestamp::now().as_second();
     // The first look reads the last minute (the daemon's events are kept in memory only).
     let since = memory.events_until.unwrap_or(now_unix - 60);
@@ -55,26 +71,21 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
             memory.events_until = Some(now_unix);
         }
         Err(e) => {
-            // Without the events a `docker run --rm` could go unseen: no image pruning this
-            // time (the rest of the look stands).
+            // Without the events a `docker run --rm` could go unseen: no pruning this time
+            // (the disk figures of the look stand).
             tracing::debug!(pod = daemon.pod, error = %e, "daemon did not tell its events");
-            ctx.memory.remember_pruning(daemon.uid, memory);
-            return usage;
+            return None;
         }
     }
     let why = match running_containers(daemon).await {
-        Ok(running) => prune::due(&usage, running, cache::volume_bytes(&dd.spec), dd.spec.cache.high_water_percent),
+        Ok(running) => prune::due(usage, running, cache::volume_bytes(&dd.spec), dd.spec.cache.high_water_percent),
         Err(e) => {
             tracing::debug!(pod = daemon.pod, error = %e, "daemon did not list its containers");
             None
         }
-    };
-    let Some(why) = why else {
-        ctx.memory.remember_pruning(daemon.uid, memory);
-        return usage;
-    };
+    }?;
     let doomed: Vec<cache::Image> =
-        prune::images_to_delete(&usage.image_list, &memory.uses, &policy.keep_images, unused_for, Instant::now())
+        prune::images_to_delete(&usage.image_list, &memory.uses, &dd.spec.cache.prune.keep_images, unused_for, Instant::now())
             .into_iter()
             .cloned()
             .collect();
@@ -87,8 +98,7 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
         }
     };
     if !removed.any() {
-        ctx.memory.remember_pruning(daemon.uid, memory);
-        return usage;
+        return None;
     }
     let after = match daemon_info::disk_usage_at(&daemon.addr, daemon.tls).await {
         Ok(after) => after,
@@ -100,7 +110,7 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
     // As `/system/df` counts it, or as dockerd reports the build-cache prune if more: some
     // daemons (20.10) stop counting a deleted image's layers at once, before the build cache
     // that still holds them is trimmed.
-    let freed = prune::freed(&usage, &after).max(removed.build_cache_bytes);
+    let freed = prune::freed(usage, &after).max(removed.build_cache_bytes);
     let summary = removed.summary();
     memory.last = Some(LastPrune {
         time: Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
@@ -108,14 +118,13 @@ pub async fn after_look(ctx: &Context, dd: &DindDaemon, daemon: &Daemon<'_>, usa
         reason: why.as_str().into(),
         removed: summary.clone(),
     });
-    ctx.memory.remember_pruning(daemon.uid, memory);
     ctx.metrics.record_prune(freed);
     let when = match why {
         Why::Idle => "idle".to_string(),
         Why::HighWater => format!("past the high-water mark of {}%", dd.spec.cache.high_water_percent),
     };
     publish(ctx, dd, EventType::Normal, "Pruned", format!("{}: freed {} ({when}): {summary}", daemon.pod, cache::human(freed))).await;
-    after
+    Some(after)
 }
 
 /// What one prune may remove.

@@ -21,7 +21,7 @@ use crate::status::Growth;
 pub async fn grow(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, template: Option<&str>) -> Result<Option<Growth>> {
     let spec = &dd.spec;
     let size = spec.storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE);
-    let (Some(wanted), Some(template)) = (cache::quantity_bytes(size), template.and_then(cache::quantity_bytes)) else { return Ok(None) };
+    let (Some(wanted), Some(template)) = (cache::volume_bytes(spec), template.and_then(cache::quantity_bytes)) else { return Ok(None) };
     if spec.storage.ephemeral || wanted == template {
         return Ok(None);
     }
