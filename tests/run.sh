@@ -13,6 +13,17 @@ log() { echo ">> [run $(date +%T) +$((SECONDS - t0))s] $*" >&2; }
 
 tests/setup-machine.sh
 
+# Disk: a cold build of the workspace takes ~11 GiB, images and volumes ~3 GiB more, and the
+# node's kubelet taints the node (every pod Pending) when its filesystem drops below 1% free.
+free_gib=$(($(df --output=avail -k "$root" | tail -n1) / 1024 / 1024))
+log "${free_gib} GiB free on the filesystem of $root"
+if ((free_gib < 8)); then
+  log "too little disk for a run (need ~16 GiB free, 8 at the least); free some and retry"
+  exit 1
+elif ((free_gib < 16)); then
+  log "warning: less than 16 GiB free; a cold run may fill the disk and the node get tainted"
+fi
+
 cleanup() {
   local rc=$?
   log "stopping everything the run started"

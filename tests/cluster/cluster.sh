@@ -36,6 +36,9 @@ down() {
   done
   if ip link show "$link" >/dev/null 2>&1; then ip link del "$link"; fi
   rm -rf "$state"
+  # The controller-manager's host-path provisioner keeps its volumes here; a volume retained
+  # (or not yet deleted) when the cluster stops would stay on the disk for good.
+  rm -rf /tmp/hostpath_pv
   log "stopped"
 }
 

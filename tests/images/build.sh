@@ -122,6 +122,11 @@ tar -C "$d" -c . | docker import \
   -c 'EXPOSE 2376' - dind-daemon:test >/dev/null
 log "built dind-daemon:test"
 
+# Each build re-tags; the images it replaced would pile up in the test dockerd (a few hundred
+# MB a build) until the disk fills and the node's kubelet taints it with disk pressure.
+docker image prune -f >/dev/null
+log "removed the images this build replaced"
+
 if $load_containerd; then
   for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test dind-client:test dind-pause:test; do
     docker save "$image" | ctr -n k8s.io images import --all-platforms - >/dev/null

@@ -140,6 +140,8 @@ pub async fn dump_namespace(ns: &str) {
         vec!["get", kinds, "-o", "wide", "--ignore-not-found"],
         vec!["get", "events", "--sort-by=.lastTimestamp"],
         vec!["get", "dinddaemons", "-o", "yaml", "--ignore-not-found"],
+        // A node tainted by the kubelet (disk or memory pressure) leaves every pod Pending.
+        vec!["get", "nodes", "-o", "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key"],
     ] {
         let out = tokio::process::Command::new(&kubectl).arg("--kubeconfig").arg(&kubeconfig).args(["-n", ns]).args(&args).output().await;
         match out {
