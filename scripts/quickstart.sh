@@ -22,7 +22,7 @@ tests/setup-machine.sh
 step "starting a Docker daemon to build images with"
 eval "$(tests/docker/dockerd.sh up)"
 export DOCKER_HOST
-step "building images: dind-operator, dind-init, a stand-in daemon image (no registry here)"
+step "building images: dind-operator, dind-init, a stand-in of the daemon image dind-daemon (no registry here)"
 tests/images/build.sh
 step "starting the local cluster (first run builds Kubernetes from source: ~10-15 min)"
 tests/cluster/cluster.sh up
@@ -30,7 +30,7 @@ eval "$(tests/cluster/cluster.sh env)"
 
 step "helm install dind-operator"
 helm upgrade --install dind-operator charts/dind-operator -n dind-system --create-namespace \
-  --set daemon.image=dind-daemon:test --set image.pullPolicy=Never --wait --timeout 180s
+  --set image.pullPolicy=Never --wait --timeout 180s
 
 step "kubectl apply -f examples/dinddaemon.yaml"
 kubectl apply -f examples/dinddaemon.yaml

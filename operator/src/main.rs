@@ -70,6 +70,11 @@ struct RunArgs {
     /// Daemon image for DindDaemons that do not set spec.image.
     #[arg(long, env = "DEFAULT_IMAGE", default_value_t = format!("docker:{DEFAULT_DOCKER_VERSION}-dind"))]
     default_image: String,
+    /// Where the default image carries dind-init (an absolute path), for a default image built
+    /// with it (the chart's own daemon image is); empty: it does not, and an init container
+    /// copies dind-init into each daemon pod from the default init image.
+    #[arg(long, env = "DEFAULT_IMAGE_DIND_INIT_PATH", default_value = "", value_parser = absolute_or_empty)]
+    default_image_dind_init_path: String,
     /// dind-init image for DindDaemons that do not set spec.initImage.
     #[arg(long, env = "DEFAULT_INIT_IMAGE", default_value = concat!("dind-init:", env!("CARGO_PKG_VERSION")))]
     default_init_image: String,
@@ -175,11 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let source = webhook_source(&args.webhook, &args.lease_namespace);
         let handler = webhook::Handler {
             client: client.clone(),
-            defaults: Defaults {
-                image: args.default_image.clone(),
-                init_image: args.default_init_image.clone(),
-                operator_namespace: args.operator_namespace.clone(),
-            },
+            defaults: defaults(&args),
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
         };
@@ -224,7 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let settings = Settings {
-        defaults: Defaults { image: args.default_image, init_image: args.default_init_image, operator_namespace: args.operator_namespace },
+        defaults: defaults(&args),
         query_daemons: args.query_daemons,
         disk_every: std::time::Duration::from_secs(args.disk_interval_seconds),
         liveness,
@@ -248,6 +249,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhook.await.context("webhook task")?.context("webhook server")?;
     }
     Ok(())
+}
+
+/// What the platform team configured, for the build step and the webhook alike.
+fn defaults(args: &RunArgs) -> Defaults {
+    Defaults {
+        image: args.default_image.clone(),
+        image_dind_init_path: Some(args.default_image_dind_init_path.clone()).filter(|p| !p.is_empty()),
+        init_image: args.default_init_image.clone(),
+        operator_namespace: args.operator_namespace.clone(),
+    }
+}
+
+/// `--default-image-dind-init-path`: empty, or an absolute path.
+fn absolute_or_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() || (value.starts_with('/') && !value.contains("..")) {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{value:?} is not an absolute path in the daemon image (such as /usr/local/bin/dind-init), nor empty"))
+    }
 }
 
 fn webhook_source(args: &WebhookArgs, namespace: &str) -> webhook::Source {

@@ -7,8 +7,10 @@
 # Images (tag = the crate version):
 #   dind-init:VER      FROM scratch, the static dind-init (init/Dockerfile)
 #   dind-operator:VER  FROM scratch, the static operator, non-root (operator/Dockerfile)
-#   dind-daemon:test   stand-in for docker:<ver>-dind, made from this machine's Debian dockerd,
-#                      containerd, runc, iptables and docker CLI, with dind-init as entrypoint
+#   dind-daemon:test   stand-in for the project's daemon image (daemon/Dockerfile: docker:<ver>-dind
+#   dind-daemon:VER    with dind-init at /usr/local/bin/dind-init), made from this machine's
+#                      Debian dockerd, containerd, runc, iptables and docker CLI; the chart's
+#                      default daemon image is dind-daemon:VER
 #   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
 #   dind-client:test   busybox + today's clients (Docker CLI v29, buildx, compose, a Testcontainers
 #                      test) from tests/clients/build.sh: what build pods run
@@ -120,7 +122,8 @@ tar -C "$d" -c . | docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'ENTRYPOINT ["/usr/local/bin/dind-init"]' \
   -c 'EXPOSE 2376' - dind-daemon:test >/dev/null
-log "built dind-daemon:test"
+docker tag dind-daemon:test "dind-daemon:$version"
+log "built dind-daemon:test (and :$version)"
 
 # Each build re-tags; the images it replaced would pile up in the test dockerd (a few hundred
 # MB a build) until the disk fills and the node's kubelet taints it with disk pressure.
@@ -128,9 +131,9 @@ docker image prune -f >/dev/null
 log "removed the images this build replaced"
 
 if $load_containerd; then
-  for image in "dind-init:$version" "dind-operator:$version" dind-daemon:test dind-busybox:test dind-client:test dind-pause:test; do
-    docker save "$image" | ctr -n k8s.io images import --all-platforms - >/dev/null
-  done
+  # One archive: the daemon image's two tags share their layers.
+  docker save "dind-init:$version" "dind-operator:$version" dind-daemon:test "dind-daemon:$version" dind-busybox:test \
+    dind-client:test dind-pause:test | ctr -n k8s.io images import --all-platforms - >/dev/null
   log "loaded into containerd (k8s.io)"
 fi
-echo "dind-init:$version dind-operator:$version dind-daemon:test dind-busybox:test dind-client:test"
+echo "dind-init:$version dind-operator:$version dind-daemon:test dind-daemon:$version dind-busybox:test dind-client:test"

@@ -117,6 +117,30 @@ async fn the_default_init_image_sits_beside_the_operator_image() -> anyhow::Resu
     Ok(())
 }
 
+/// The chart's default daemon image is the project's, beside the operator image, and it runs
+/// dind-init from the image; an image of the platform team's own gets a copy unless they say
+/// where it carries the binary; a path that is not absolute is refused by the values' schema.
+#[tokio::test]
+async fn the_default_daemon_image_carries_dind_init_and_others_get_a_copy() -> anyhow::Result<()> {
+    let arg = |rendered: &str, flag: &str| rendered.lines().find_map(|l| l.trim().strip_prefix(flag).map(str::to_string));
+    let args = |rendered: &str| (arg(rendered, "- --default-image="), arg(rendered, "- --default-image-dind-init-path="));
+    let some = |a: &str, b: &str| (Some(a.to_string()), Some(b.to_string()));
+    let local = helm(&["template", "dind", CHART]).await?;
+    ensure!(args(&local) == some("dind-daemon:0.1.0", "/usr/local/bin/dind-init"), "{:?}", args(&local));
+    let moved =
+        helm(&["template", "dind", CHART, "--set", "image.repository=registry.example/team/dind-operator", "--set", "image.tag=1.2.3"])
+            .await?;
+    ensure!(args(&moved) == some("registry.example/team/dind-daemon:1.2.3", "/usr/local/bin/dind-init"), "{:?}", args(&moved));
+    let own = helm(&["template", "dind", CHART, "--set", "daemon.image=docker:29.0.0-dind"]).await?;
+    ensure!(args(&own) == some("docker:29.0.0-dind", ""), "{:?}", args(&own));
+    let built = helm(&["template", "dind", CHART, "--set", "daemon.image=mine:1", "--set", "daemon.dindInitPath=/bin/dind-init"]).await?;
+    ensure!(args(&built) == some("mine:1", "/bin/dind-init"), "{:?}", args(&built));
+    let refused = helm(&["template", "dind", CHART, "--set", "daemon.dindInitPath=bin/dind-init"]).await;
+    let message = format!("{:#}", refused.err().context("a relative dindInitPath was rendered")?);
+    ensure!(message.contains("dindInitPath"), "{message}");
+    Ok(())
+}
+
 /// Two operators must never write at once: replicas > 1 without leader election is refused by
 /// the schema, naming the field; and without election an upgrade stops the old operator before
 /// the new one starts (strategy Recreate), while with it a rolling update is safe (the new one

@@ -1,5 +1,5 @@
 //! The DindDaemon API on the real apiserver of the harness: the CRD, and the specs it refuses
-//! (OpenAPI and CEL, from `crd.rs` and the contract) with a message naming the field.
+//! (OpenAPI and CEL, from `crd/` and the contract) with a message naming the field.
 
 use anyhow::{Context as _, ensure};
 use dind_operator::crd::DindDaemon;

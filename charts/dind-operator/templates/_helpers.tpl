@@ -36,6 +36,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- has "*" .Values.watchNamespaces -}}
 {{- end -}}
 
+{{- /* The default daemon image: daemon.image, or the project's daemon image beside the operator
+image (same registry and path, same tag), which carries dind-init. */}}
+{{- define "dind-operator.daemonImage" -}}
+{{- if .Values.daemon.image -}}
+{{- .Values.daemon.image -}}
+{{- else -}}
+{{- $dir := dir .Values.image.repository -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if eq $dir "." -}}dind-daemon:{{ $tag }}{{- else -}}{{ $dir }}/dind-daemon:{{ $tag }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Where the default daemon image carries dind-init: daemon.dindInitPath, else the project's
+image's path when daemon.image is empty, else nothing (an init container copies it in). */}}
+{{- define "dind-operator.daemonDindInitPath" -}}
+{{- if .Values.daemon.dindInitPath -}}
+{{- .Values.daemon.dindInitPath -}}
+{{- else if not .Values.daemon.image -}}
+/usr/local/bin/dind-init
+{{- end -}}
+{{- end -}}
+
 {{- /* The default dind-init image: beside the operator image (same registry and path, same
 tag), so a registry that serves one serves both; daemon.initImage overrides it. */}}
 {{- define "dind-operator.initImage" -}}

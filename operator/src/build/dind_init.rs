@@ -1,7 +1,56 @@
-//! The operator's side of the contract with dind-init: its command-line arguments.
+//! The operator's side of the contract with dind-init: where a daemon pod gets the binary, and
+//! its command-line arguments.
 
-use crate::crd::DindDaemon;
+use dind_contract::{BIN_DIR, BINARY};
+
+use super::Defaults;
+use crate::crd::{DindDaemon, DindDaemonSpec};
 use crate::error::{Error, Result};
+
+/// Where a daemon pod gets `dind-init` from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DindInitSource {
+    /// The daemon image carries it at this path: no install container, no `dind-bin` volume.
+    InImage(String),
+    /// An install container copies it from this (FROM scratch) image into the `dind-bin` volume.
+    Copied(String),
+}
+
+impl DindInitSource {
+    /// The one place this is decided. In order: the spec's `dindInitPath`; the spec's
+    /// `initImage` (an explicit ask to copy); a spec with an image of its own gets a copy (its
+    /// image may lack the binary); else the default image, which carries it where the platform
+    /// team says so (`--default-image-dind-init-path`; the chart's own daemon image does), or
+    /// a copy from the default init image.
+    pub fn of(spec: &DindDaemonSpec, defaults: &Defaults) -> Self {
+        if let Some(path) = &spec.dind_init_path {
+            return Self::InImage(path.clone());
+        }
+        if spec.image.is_none()
+            && spec.init_image.is_none()
+            && let Some(path) = &defaults.image_dind_init_path
+        {
+            return Self::InImage(path.clone());
+        }
+        Self::Copied(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()))
+    }
+
+    /// The path the daemon container runs `dind-init` from.
+    pub fn binary(&self) -> String {
+        match self {
+            Self::InImage(path) => path.clone(),
+            Self::Copied(_) => format!("{BIN_DIR}/{BINARY}"),
+        }
+    }
+
+    /// The image the install container copies from; `None` when nothing is copied.
+    pub fn install_image(&self) -> Option<&str> {
+        match self {
+            Self::InImage(_) => None,
+            Self::Copied(image) => Some(image),
+        }
+    }
+}
 
 /// dockerd's grace for its containers; the pod's grace must exceed it so dockerd exits cleanly.
 pub const DOCKERD_SHUTDOWN_TIMEOUT: i64 = dind_contract::SHUTDOWN_TIMEOUT as i64;

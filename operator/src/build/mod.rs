@@ -23,7 +23,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
+pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_init_args};
 pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
 pub use sidecar::{Sidecar, sidecar, sidecar_docker_host};
 pub use statefulset::{CAPABILITIES, claim_size, keep_claim_size};
@@ -37,6 +37,8 @@ use crate::tls;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Defaults {
     pub image: String,
+    /// Where `image` carries `dind-init`; `None`: it does not, an init container copies it in.
+    pub image_dind_init_path: Option<String>,
     pub init_image: String,
     /// Where the operator's pods run (`POD_NAMESPACE`); `None` out of cluster.
     pub operator_namespace: Option<String>,

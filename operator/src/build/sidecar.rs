@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, EnvVar, Persis
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Defaults;
-use super::dind_init::{Listen, dind_init_args};
-use super::statefulset::{copies_dind_init, daemon_container, install_container};
+use super::dind_init::{DindInitSource, Listen, dind_init_args};
+use super::statefulset::{daemon_container, install_container};
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon};
 use crate::error::Result;
 use crate::names;
@@ -59,9 +59,10 @@ pub fn sidecar_docker_host(dd: &DindDaemon) -> String {
 /// emptyDir of `storage.size`.
 pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Result<Sidecar> {
     let spec = &dd.spec;
-    let copies = copies_dind_init(spec);
-    let install = copies.then(|| {
-        let mut install = install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()));
+    let install_image = DindInitSource::of(spec, defaults).install_image().map(str::to_string);
+    let copies = install_image.is_some();
+    let install = install_image.map(|image| {
+        let mut install = install_container(image);
         install.name = names::SIDECAR_INSTALL.into();
         install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
         install

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dind_contract::{BIN_DIR, BINARY, DATA_ROOT, SERVER_TLS_DIR};
+use dind_contract::{BIN_DIR, DATA_ROOT, SERVER_TLS_DIR};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, Lifecycle, LifecycleHandler,
@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
-use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, Listen, dind_init_args};
+use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_init_args};
 use super::{Defaults, meta};
-use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, DindDaemonSpec, SecurityMode};
+use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
 use crate::error::Result;
 use crate::names::{CLAIM_TEMPLATE, Names, TLS_DIGEST_ANNOTATION};
 use crate::tls;
@@ -89,17 +89,6 @@ fn security_context(mode: SecurityMode) -> SecurityContext {
 /// How long the postStart gate waits for dockerd's first answer (a first start on a slow volume).
 pub const START_TIMEOUT_MS: u64 = 120_000;
 
-/// Where the daemon container runs `dind-init` from: the daemon image's own copy
-/// (`spec.dindInitPath`), or the one the install container copies into `dind-bin`.
-pub fn dind_init_binary(spec: &DindDaemonSpec) -> String {
-    spec.dind_init_path.clone().unwrap_or_else(|| format!("{BIN_DIR}/{BINARY}"))
-}
-
-/// Whether `dind-init` must be copied in (an install container and the `dind-bin` volume).
-pub fn copies_dind_init(spec: &DindDaemonSpec) -> bool {
-    spec.dind_init_path.is_none()
-}
-
 /// The postStart gate: blocks until dockerd answers `/_ping`. The kubelet counts the container
 /// as running only once it returns, so the pod turns Ready the moment Docker answers instead of
 /// at the next tick of a probe period (measured: apply → Ready 3.81 s → see the README).
@@ -151,7 +140,7 @@ pub fn install_container(image: String) -> Container {
 /// as PID 1.
 pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>, mounts: Vec<VolumeMount>) -> Container {
     let spec = &dd.spec;
-    let binary = dind_init_binary(spec);
+    let binary = DindInitSource::of(spec, defaults).binary();
     Container {
         name: "dockerd".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
@@ -191,10 +180,10 @@ pub fn daemon_statefulset(
     owner: &OwnerReference,
 ) -> Result<StatefulSet> {
     let spec = &dd.spec;
-    let copies = copies_dind_init(spec);
+    let install_image = DindInitSource::of(spec, defaults).install_image().map(str::to_string);
     let mut volumes = Vec::new();
     let mut mounts = vec![VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() }];
-    if copies {
+    if install_image.is_some() {
         volumes.push(Volume {
             name: "dind-bin".into(),
             empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
@@ -242,7 +231,7 @@ pub fn daemon_statefulset(
         }]);
     }
     let args = dind_init_args(dd, Listen::Tcp { tls: certs.is_some() })?;
-    let install = copies.then(|| install_container(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone())));
+    let install = install_image.map(install_container);
     let mut daemon = daemon_container(dd, defaults, args, mounts);
     daemon.ports = Some(vec![ContainerPort {
         name: Some("docker".into()),

@@ -3,7 +3,7 @@ use crate::crd::{DindDaemonSpec, StorageDriver};
 use crate::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 fn daemon(spec: serde_json::Value) -> DindDaemon {
@@ -15,7 +15,12 @@ fn daemon(spec: serde_json::Value) -> DindDaemon {
 }
 
 fn defaults() -> Defaults {
-    Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into(), operator_namespace: Some("ops".into()) }
+    Defaults {
+        image: "docker:28.5.2-dind".into(),
+        image_dind_init_path: None,
+        init_image: "dind-init:test".into(),
+        operator_namespace: Some("ops".into()),
+    }
 }
 
 fn certs() -> tls::Bundle {
@@ -296,6 +301,33 @@ fn a_daemon_image_that_carries_dind_init_needs_no_install_container() {
     assert_eq!(copied.init_containers.len(), 2, "copied in by the install container first");
 }
 
+/// The platform team's default image carries dind-init (the chart's own daemon image does): a
+/// DindDaemon that leaves the image alone runs it from there; one that brings its own image, or
+/// asks for a copy from an init image, gets the install container; its own path always wins.
+#[test]
+fn the_default_image_runs_its_own_dind_init_and_any_other_image_gets_a_copy() {
+    let carried = Defaults { image_dind_init_path: Some("/usr/local/bin/dind-init".into()), ..defaults() };
+    let source = |spec: Value, defaults: &Defaults| DindInitSource::of(&daemon(spec).spec, defaults);
+    let in_image = |p: &str| DindInitSource::InImage(p.into());
+    let copied = |i: &str| DindInitSource::Copied(i.into());
+    assert_eq!(source(json!({}), &carried), in_image("/usr/local/bin/dind-init"));
+    assert_eq!(source(json!({}), &defaults()), copied("dind-init:test"), "a default image without it");
+    assert_eq!(source(json!({"image": "docker:29.0.0-dind"}), &carried), copied("dind-init:test"), "its own image");
+    assert_eq!(source(json!({"initImage": "mirror/dind-init:1"}), &carried), copied("mirror/dind-init:1"), "asked for a copy");
+    assert_eq!(source(json!({"image": "x", "dindInitPath": "/bin/dind-init"}), &defaults()), in_image("/bin/dind-init"));
+    assert_eq!(source(json!({"dindInitPath": "/bin/dind-init"}), &carried), in_image("/bin/dind-init"), "its own path wins");
+
+    // What gets built from it, pool and sidecar alike.
+    let pool = build(&daemon(json!({})), &carried, None).unwrap();
+    assert!(pod(&pool).init_containers.is_none());
+    assert_eq!(pod(&pool).containers[0].command.as_ref().unwrap(), &vec!["/usr/local/bin/dind-init".to_string()]);
+    assert_eq!(sidecar(&daemon(json!({"mode": "Sidecar"})), &carried, None).unwrap().init_containers.len(), 1);
+    let own = sidecar(&daemon(json!({"mode": "Sidecar", "image": "docker:29.0.0-dind"})), &carried, None).unwrap();
+    assert_eq!(own.init_containers.len(), 2);
+    assert_eq!(own.init_containers[0].image.as_deref(), Some("dind-init:test"));
+    assert_eq!(own.init_containers[1].command.as_ref().unwrap(), &vec![format!("{}/dind-init", dind_contract::BIN_DIR)]);
+}
+
 #[test]
 fn the_claim_template_keeps_the_size_the_statefulset_was_made_with() {
     let made = build(&daemon(json!({"storage": {"size": "1Gi"}})), &defaults(), None).unwrap().statefulset;
@@ -309,4 +341,18 @@ fn the_claim_template_keeps_the_size_the_statefulset_was_made_with() {
     assert_eq!(claim_size(&fresh), Some("1Gi"), "no StatefulSet yet: as built");
     let ephemeral = build(&daemon(json!({"storage": {"ephemeral": true}})), &defaults(), None).unwrap().statefulset;
     assert_eq!(claim_size(&ephemeral), None);
+}
+
+/// The project's daemon image (daemon/Dockerfile) is built on the Docker version the operator
+/// names as its default, and puts dind-init where the chart says it is.
+#[test]
+fn the_daemon_image_recipe_matches_the_defaults() {
+    let dockerfile = include_str!("../../../daemon/Dockerfile");
+    let version = format!("ARG DOCKER_VERSION={}\n", crate::crd::DEFAULT_DOCKER_VERSION);
+    assert!(dockerfile.contains(&version), "daemon/Dockerfile must say {version:?}");
+    let helpers = include_str!("../../../charts/dind-operator/templates/_helpers.tpl");
+    for path in ["COPY dind-init /usr/local/bin/dind-init", "ENTRYPOINT [\"/usr/local/bin/dind-init\"]"] {
+        assert!(dockerfile.contains(path), "daemon/Dockerfile: {path:?}");
+    }
+    assert!(helpers.contains("\n/usr/local/bin/dind-init\n"), "the chart's default dindInitPath moved");
 }

@@ -3,14 +3,7 @@ use crate::build::{Defaults, sidecar};
 use crate::crd::DindDaemon;
 
 fn parts() -> Sidecar {
-    let dd: DindDaemon = serde_json::from_value(json!({
-        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
-        "metadata": {"name": "job", "namespace": "ci", "uid": "u1"},
-        "spec": {"mode": "Sidecar", "storage": {"size": "5Gi"}, "resources": {"limits": {"memory": "2Gi"}}}
-    }))
-    .unwrap();
-    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into(), operator_namespace: None }, None)
-        .unwrap()
+    parts_of(json!({"mode": "Sidecar", "storage": {"size": "5Gi"}, "resources": {"limits": {"memory": "2Gi"}}}))
 }
 
 /// A pod shaped like an actions-runner-controller runner: a runner container with a work volume.
@@ -101,8 +94,12 @@ fn a_leased_volume_replaces_the_emptydir() {
         "spec": {"mode": "Sidecar", "volumePool": {"size": 2}}
     }))
     .unwrap();
-    let parts =
-        sidecar(&dd, &Defaults { image: "d".into(), init_image: "i".into(), operator_namespace: None }, Some("job-cache-1")).unwrap();
+    let parts = sidecar(
+        &dd,
+        &Defaults { image: "d".into(), image_dind_init_path: None, init_image: "i".into(), operator_namespace: None },
+        Some("job-cache-1"),
+    )
+    .unwrap();
     let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts).unwrap().patch);
     let data = out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "dind-data").unwrap().clone();
     assert_eq!(data["persistentVolumeClaim"]["claimName"], "job-cache-1");
@@ -115,8 +112,13 @@ fn parts_of(spec: Value) -> Sidecar {
         "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": spec
     }))
     .unwrap();
-    sidecar(&dd, &Defaults { image: "docker:28.5.2-dind".into(), init_image: "dind-init:test".into(), operator_namespace: None }, None)
-        .unwrap()
+    let defaults = Defaults {
+        image: "docker:28.5.2-dind".into(),
+        image_dind_init_path: None,
+        init_image: "dind-init:test".into(),
+        operator_namespace: None,
+    };
+    sidecar(&dd, &defaults, None).unwrap()
 }
 
 #[test]

@@ -81,22 +81,7 @@ async fn main() -> anyhow::Result<()> {
     let watch = format!("watchNamespaces={{{ns}}}");
     run_tool(
         "helm",
-        &[
-            "install",
-            "op",
-            CHART,
-            "-n",
-            &ns,
-            "--set",
-            &watch,
-            "--set",
-            "daemon.image=dind-daemon:test",
-            "--set",
-            "image.pullPolicy=Never",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
+        &["install", "op", CHART, "-n", &ns, "--set", &watch, "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
     )
     .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
