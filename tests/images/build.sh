@@ -4,6 +4,9 @@
 #   tests/images/build.sh                 # build, load into the Docker daemon at $DOCKER_HOST
 #   tests/images/build.sh --containerd    # also load into containerd's k8s.io namespace
 #
+# Afterwards it removes the daemon's dangling images (`docker image prune`), the ones earlier
+# builds replaced: meant for the test dockerd (tests/docker/dockerd.sh), which holds nothing else.
+#
 # Images (tag = the crate version):
 #   dind-init:VER      FROM scratch, the static dind-init (init/Dockerfile)
 #   dind-operator:VER  FROM scratch, the static operator, non-root (operator/Dockerfile)
