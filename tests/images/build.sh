@@ -4,8 +4,8 @@
 #   tests/images/build.sh                 # build, load into the Docker daemon at $DOCKER_HOST
 #   tests/images/build.sh --containerd    # also load into containerd's k8s.io namespace
 #
-# Afterwards it removes the daemon's dangling images (`docker image prune`), the ones earlier
-# builds replaced: meant for the test dockerd (tests/docker/dockerd.sh), which holds nothing else.
+# It removes the images its tags pointed at before, once they have no tag left: each build
+# re-tags, and the replaced images would pile up (a few hundred MB a build).
 #
 # Images (tag = the crate version):
 #   dind-init:VER      FROM scratch, the static dind-init (init/Dockerfile)
@@ -27,6 +27,10 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 log() { echo ">> [images $(date +%T)] $*" >&2; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+tags=("dind-init:$version" "dind-operator:$version" dind-daemon:test "dind-daemon:$version" dind-busybox:test
+      dind-client:test dind-pause:test)
+# What the tags point at now: what this build replaces.
+replaced="$(docker image inspect -f '{{.Id}}' "${tags[@]}" 2>/dev/null | sort -u || true)"
 
 # Static binaries: glibc static-pie (the machines have no musl Rust target).
 # dind-init with the release profile (small: LTO, one codegen unit); the operator with
@@ -128,15 +132,19 @@ tar -C "$d" -c . | docker import \
 docker tag dind-daemon:test "dind-daemon:$version"
 log "built dind-daemon:test (and :$version)"
 
-# Each build re-tags; the images it replaced would pile up in the test dockerd (a few hundred
-# MB a build) until the disk fills and the node's kubelet taints it with disk pressure.
-docker image prune -f >/dev/null
-log "removed the images this build replaced"
+# The images this build replaced, unless another tag still names them (left, they filled the
+# test dockerd's disk until the node's kubelet tainted it with disk pressure).
+removed=0
+for id in $replaced; do
+  if [[ -z "$(docker image inspect -f '{{join .RepoTags ""}}' "$id" 2>/dev/null)" ]] && docker rmi "$id" >/dev/null 2>&1; then
+    removed=$((removed + 1))
+  fi
+done
+log "removed $removed image(s) this build replaced"
 
 if $load_containerd; then
   # One archive: the daemon image's two tags share their layers.
-  docker save "dind-init:$version" "dind-operator:$version" dind-daemon:test "dind-daemon:$version" dind-busybox:test \
-    dind-client:test dind-pause:test | ctr -n k8s.io images import --all-platforms - >/dev/null
+  docker save "${tags[@]}" | ctr -n k8s.io images import --all-platforms - >/dev/null
   log "loaded into containerd (k8s.io)"
 fi
 echo "dind-init:$version dind-operator:$version dind-daemon:test dind-daemon:$version dind-busybox:test dind-client:test"
