@@ -59,10 +59,10 @@ pub fn sidecar_docker_host(dd: &DindDaemon) -> String {
 /// emptyDir of `storage.size`.
 pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Result<Sidecar> {
     let spec = &dd.spec;
-    let install_image = DindInitSource::of(spec, defaults).install_image().map(str::to_string);
-    let copies = install_image.is_some();
-    let install = install_image.map(|image| {
-        let mut install = install_container(image);
+    let dind_init = DindInitSource::of(spec, defaults);
+    let copies = dind_init.install_image().is_some();
+    let install = dind_init.install_image().map(|image| {
+        let mut install = install_container(image.to_string());
         install.name = names::SIDECAR_INSTALL.into();
         install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
         install
@@ -91,7 +91,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
             Listen::SidecarTcp { tls: true }
         }
     };
-    let mut daemon = daemon_container(dd, defaults, dind_init_args(dd, listen)?, mounts);
+    let mut daemon = daemon_container(dd, defaults, &dind_init, dind_init_args(dd, listen)?, mounts);
     daemon.name = names::SIDECAR_DAEMON.into();
     daemon.restart_policy = Some("Always".into());
     // `dind-init wait` (postStart) and `probe` (liveness) read the socket from here too.

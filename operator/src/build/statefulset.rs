@@ -138,9 +138,15 @@ pub fn install_container(image: String) -> Container {
 
 /// The daemon container: the daemon image with `dind-init` (from `dind-bin`, or the image's own)
 /// as PID 1.
-pub fn daemon_container(dd: &DindDaemon, defaults: &Defaults, args: Vec<String>, mounts: Vec<VolumeMount>) -> Container {
+pub fn daemon_container(
+    dd: &DindDaemon,
+    defaults: &Defaults,
+    dind_init: &DindInitSource,
+    args: Vec<String>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
     let spec = &dd.spec;
-    let binary = DindInitSource::of(spec, defaults).binary();
+    let binary = dind_init.binary();
     Container {
         name: "dockerd".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
@@ -180,7 +186,8 @@ pub fn daemon_statefulset(
     owner: &OwnerReference,
 ) -> Result<StatefulSet> {
     let spec = &dd.spec;
-    let install_image = DindInitSource::of(spec, defaults).install_image().map(str::to_string);
+    let dind_init = DindInitSource::of(spec, defaults);
+    let install_image = dind_init.install_image();
     let mut volumes = Vec::new();
     let mut mounts = vec![VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() }];
     if install_image.is_some() {
@@ -231,8 +238,8 @@ pub fn daemon_statefulset(
         }]);
     }
     let args = dind_init_args(dd, Listen::Tcp { tls: certs.is_some() })?;
-    let install = install_image.map(install_container);
-    let mut daemon = daemon_container(dd, defaults, args, mounts);
+    let install = install_image.map(|image| install_container(image.to_string()));
+    let mut daemon = daemon_container(dd, defaults, &dind_init, args, mounts);
     daemon.ports = Some(vec![ContainerPort {
         name: Some("docker".into()),
         container_port: spec.port,

@@ -94,12 +94,7 @@ fn a_leased_volume_replaces_the_emptydir() {
         "spec": {"mode": "Sidecar", "volumePool": {"size": 2}}
     }))
     .unwrap();
-    let parts = sidecar(
-        &dd,
-        &Defaults { image: "d".into(), image_dind_init_path: None, init_image: "i".into(), operator_namespace: None },
-        Some("job-cache-1"),
-    )
-    .unwrap();
+    let parts = sidecar(&dd, &defaults(), Some("job-cache-1")).unwrap();
     let out = apply(&runner_pod(), &plan(&runner_pod(), "job", &parts).unwrap().patch);
     let data = out["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "dind-data").unwrap().clone();
     assert_eq!(data["persistentVolumeClaim"]["claimName"], "job-cache-1");
@@ -112,13 +107,17 @@ fn parts_of(spec: Value) -> Sidecar {
         "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": spec
     }))
     .unwrap();
-    let defaults = Defaults {
+    sidecar(&dd, &defaults(), None).unwrap()
+}
+
+/// The operator's defaults in these tests: an image without dind-init, so it is copied in.
+fn defaults() -> Defaults {
+    Defaults {
         image: "docker:28.5.2-dind".into(),
         image_dind_init_path: None,
         init_image: "dind-init:test".into(),
         operator_namespace: None,
-    };
-    sidecar(&dd, &defaults, None).unwrap()
+    }
 }
 
 #[test]
