@@ -244,6 +244,8 @@ impl Operator {
             .env("RUST_LOG", std::env::var("DIND_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .args(["run", "--namespaces", namespace, "--http-addr", &http.to_string(), "--query-daemons=false"])
             .args(extra)
+            // The operator logs to stdout; a benchmark's stdout is for its figures.
+            .stdout(std::io::stderr())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Self { child, http })
