@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use base64::Engine as _;
+use kube::api::GetParams;
 use kube::{Api, Client};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -123,8 +124,7 @@ impl Handler {
         let pod = &request["object"];
         let Some(daemon) = pod["metadata"]["labels"][webhook.label()].as_str() else { return Ok(None) };
         let namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
-        let api: Api<DindDaemon> = Api::namespaced(self.client.clone(), namespace);
-        let dd = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(daemon)).await {
+        let dd = match tokio::time::timeout(READ_TIMEOUT, read_daemon(&self.client, namespace, daemon)).await {
             Ok(Ok(Some(dd))) => dd,
             Ok(Ok(None)) => {
                 return Err(format!(
@@ -174,6 +174,20 @@ impl Handler {
             tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
         }
         Ok(Some(plan.patch))
+    }
+}
+
+/// The DindDaemon a pod names, from the apiserver's watch cache (`resourceVersion=0`: no read of
+/// etcd, which under load costs the admission as much again as the rest of the call). A name the
+/// cache does not know is read once more from etcd, so a DindDaemon created a moment before its
+/// pods is never refused as missing; a spec changed a moment ago may still show its previous
+/// version for as long as the cache lags (milliseconds).
+async fn read_daemon(client: &Client, namespace: &str, name: &str) -> Result<Option<DindDaemon>, kube::Error> {
+    let api: Api<DindDaemon> = Api::namespaced(client.clone(), namespace);
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(dd) => Ok(Some(dd)),
+        Err(kube::Error::Api(e)) if e.code == 404 => api.get_opt(name).await,
+        Err(e) => Err(e),
     }
 }
 
