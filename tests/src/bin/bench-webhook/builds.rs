@@ -15,9 +15,10 @@ pub async fn cold_vs_warm(builds: &str) -> anyhow::Result<()> {
     // clients' own start, and the commonest CI build there is, a Go service compiled in a
     // `golang` stage and copied into a small image (the toolchain is this machine's Go, mounted
     // from the node at /opt/go and imported into the pod's daemon before the clock starts).
-    let mut all = vec![Pipeline { name: "tiny", workspace: None, dockerfile: TINY }];
+    let mut all = vec![Pipeline { name: "tiny", from_node: None, dockerfile: TINY }];
     if std::path::Path::new("/usr/local/go/bin/go").exists() {
-        all.push(Pipeline { name: "go", workspace: Some(("/usr/local/go", "/opt/go", "go")), dockerfile: GO_SERVICE });
+        let go = NodeImage { host: "/usr/local/go", in_pod: "/opt/go", image: "go" };
+        all.push(Pipeline { name: "go", from_node: Some(go), dockerfile: GO_SERVICE });
     } else {
         println!("go: skipped, this node has no Go at /usr/local/go");
     }
@@ -35,14 +36,21 @@ pub async fn cold_vs_warm(builds: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A build that part 4 runs cold and then warm: its Dockerfile (and the files beside it, made by
-/// a shell script in the pod) and, where its base image comes from the node, the host path that
-/// is mounted (host path, path in the pod: outside the directories of `local/base`) and imported
-/// into the pod's daemon as `local/<image>`.
+/// A build that part 4 runs cold and then warm: its Dockerfile and the files beside it (made by a
+/// shell script in the pod), and the base image it needs from the node, if any.
 struct Pipeline {
     name: &'static str,
-    workspace: Option<(&'static str, &'static str, &'static str)>,
+    from_node: Option<NodeImage>,
     dockerfile: &'static str,
+}
+
+/// A directory of the node mounted into the job pod (read-only) and imported into the pod's
+/// daemon as `local/<image>` before the clock starts (no registry here).
+struct NodeImage {
+    host: &'static str,
+    /// Where the pod sees it: outside the directories that make `local/base`.
+    in_pod: &'static str,
+    image: &'static str,
 }
 
 /// Part 4's tiny build: a COPY, an echo, three seconds of sleep and a shell loop.
@@ -78,10 +86,10 @@ async fn pipelines(builds: &str, p: &Pipeline) -> anyhow::Result<(f64, f64, f64,
     let mut script = String::from(
         "docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null\n",
     );
-    if let Some((_, path, image)) = p.workspace {
+    if let Some(NodeImage { in_pod, image, .. }) = &p.from_node {
         script += &format!(
-            "docker image inspect local/{image} >/dev/null 2>&1 || tar -C / -c bin lib lib64 tmp {} 2>/dev/null | docker import -c 'ENV PATH={path}/bin:/bin' - local/{image} >/dev/null\n",
-            path.trim_start_matches('/')
+            "docker image inspect local/{image} >/dev/null 2>&1 || tar -C / -c bin lib lib64 tmp {} 2>/dev/null | docker import -c 'ENV PATH={in_pod}/bin:/bin' - local/{image} >/dev/null\n",
+            in_pod.trim_start_matches('/')
         );
     }
     script += &format!("mkdir -p /work/app && cd /work/app\n{}\n", p.dockerfile);
@@ -100,10 +108,11 @@ echo "IMAGE $id""#;
         for run in ["cold", "warm"] {
             wait_for_free_volume(builds, &format!("{daemon}-cache-0")).await?;
             let name = format!("{daemon}-{run}");
-            let (mounts, volumes) = match p.workspace {
-                Some((host, path, _)) => {
-                    (json!([{"name": "host", "mountPath": path, "readOnly": true}]), json!([{"name": "host", "hostPath": {"path": host}}]))
-                }
+            let (mounts, volumes) = match &p.from_node {
+                Some(n) => (
+                    json!([{"name": "host", "mountPath": n.in_pod, "readOnly": true}]),
+                    json!([{"name": "host", "hostPath": {"path": n.host}}]),
+                ),
                 None => (json!([]), json!([])),
             };
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/sidecar": daemon}},
