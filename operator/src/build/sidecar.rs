@@ -60,8 +60,9 @@ pub fn sidecar_docker_host(dd: &DindDaemon) -> String {
 pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Result<Sidecar> {
     let spec = &dd.spec;
     let dind_init = DindInitSource::of(spec, defaults);
-    let copies = dind_init.install_image().is_some();
-    let install = dind_init.install_image().map(|image| {
+    let install_image = dind_init.install_image();
+    let copies = install_image.is_some();
+    let install = install_image.map(|image| {
         let mut install = install_container(image.to_string());
         install.name = names::SIDECAR_INSTALL.into();
         install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
