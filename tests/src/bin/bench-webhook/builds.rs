@@ -2,11 +2,10 @@
 //! pipeline on the volume pool, cold then warm, of a tiny Dockerfile and of a CI build.
 
 use anyhow::Context as _;
-use dind_tests::pods::CLIENT_IMAGE;
 use dind_tests::{kubectl_apply, run_tool};
 use serde_json::json;
 
-use crate::wait_for_free_volume;
+use crate::{run_to_success, sidecar_pod, wait_for_free_volume};
 
 /// Runs both builds in three pipelines each and prints their cold and warm times and ratios.
 pub async fn cold_vs_warm(builds: &str) -> anyhow::Result<()> {
@@ -108,23 +107,12 @@ echo "IMAGE $id""#;
         for run in ["cold", "warm"] {
             wait_for_free_volume(builds, &format!("{daemon}-cache-0")).await?;
             let name = format!("{daemon}-{run}");
-            let (mounts, volumes) = match &p.from_node {
-                Some(n) => (
-                    json!([{"name": "host", "mountPath": n.in_pod, "readOnly": true}]),
-                    json!([{"name": "host", "hostPath": {"path": n.host}}]),
-                ),
-                None => (json!([]), json!([])),
-            };
-            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/sidecar": daemon}},
-                "spec": {"restartPolicy": "Never", "volumes": volumes, "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
-                    "volumeMounts": mounts, "command": ["/bin/sh", "-ec", script]}]}});
-            kubectl_apply(builds, &pod.to_string()).await?;
-            run_tool(
-                "kubectl",
-                &["wait", "-n", builds, "--for=jsonpath={.status.phase}=Succeeded", &format!("pod/{name}"), "--timeout=600s"],
-            )
-            .await?;
-            let log = run_tool("kubectl", &["logs", "-n", builds, &name, "-c", "build"]).await?;
+            let mut pod = sidecar_pod(&name, &daemon, &script);
+            if let Some(n) = &p.from_node {
+                pod["spec"]["volumes"] = json!([{"name": "host", "hostPath": {"path": n.host}}]);
+                pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "host", "mountPath": n.in_pod, "readOnly": true}]);
+            }
+            let log = run_to_success(builds, &pod, &name, "600s").await?;
             let line = |prefix: &str| log.lines().find_map(|l| l.strip_prefix(prefix)).map(str::trim).context("no figure");
             let figure = |prefix: &str| -> anyhow::Result<f64> { Ok(line(prefix)?.parse()?) };
             times.push(figure("UP ")?);

@@ -129,15 +129,33 @@ async fn admission_latency(client: &Client) -> anyhow::Result<()> {
 /// `docker version`; seconds from its creation to that line.
 async fn first_docker_version(ns: &str, manifest: &Value, name: &str) -> anyhow::Result<f64> {
     let created = uptime()?;
-    kubectl_apply(ns, &manifest.to_string()).await?;
-    run_tool("kubectl", &["wait", "-n", ns, "--for=jsonpath={.status.phase}=Succeeded", &format!("pod/{name}"), "--timeout=180s"]).await?;
-    let log = run_tool("kubectl", &["logs", "-n", ns, name, "-c", "build"]).await?;
+    let log = run_to_success(ns, manifest, name, "180s").await?;
     let up: f64 = log.lines().find_map(|l| l.strip_prefix("UP ")).context("no UP line")?.trim().parse()?;
     if up - created > SLOW_START {
         explain_slow_start(ns, name, up - created).await;
     }
     run_tool("kubectl", &["delete", "pod", "-n", ns, name, "--wait=false"]).await?;
     Ok(up - created)
+}
+
+/// Creates pod `name` from `manifest`, waits up to `timeout` for it to succeed; the log of its
+/// `build` container. The caller deletes it.
+pub(crate) async fn run_to_success(ns: &str, manifest: &Value, name: &str, timeout: &str) -> anyhow::Result<String> {
+    kubectl_apply(ns, &manifest.to_string()).await?;
+    run_tool(
+        "kubectl",
+        &["wait", "-n", ns, "--for=jsonpath={.status.phase}=Succeeded", &format!("pod/{name}"), &format!("--timeout={timeout}")],
+    )
+    .await?;
+    run_tool("kubectl", &["logs", "-n", ns, name, "-c", "build"]).await
+}
+
+/// A pod with a daemon of its own (labelled for the Sidecar DindDaemon `daemon`), its one
+/// container `build` running `script` with today's clients.
+pub(crate) fn sidecar_pod(name: &str, daemon: &str, script: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/sidecar": daemon}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-ec", script]}]}})
 }
 
 /// A start this much slower than the usual 1-3 s is explained where it happens (a warm-pool start
@@ -231,24 +249,19 @@ async fn time_to_docker(client: &Client, runs: usize, parts: &str) -> anyhow::Re
         for d in ["job", "warm", "copy", "copywarm"] {
             run_tool("kubectl", &["wait", "-n", &builds, "--for=condition=Ready", &format!("dind/{d}"), "--timeout=60s"]).await?;
         }
-        let sidecar_pod = |name: &str, daemon: &str, script: String| {
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"dind.dev/sidecar": daemon}},
-                "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-ec", script]}]}})
-        };
         let (mut warm, mut empty, mut floor, mut probed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut copy_warm, mut copy_empty) = (Vec::new(), Vec::new());
         for i in 0..runs {
             wait_for_free_volume(&builds, "warm-cache-0").await?;
             let name = format!("warm-{i}");
-            warm.push(first_docker_version(&builds, &sidecar_pod(&name, "warm", format!("docker version >/dev/null; {report}")), &name).await?);
+            warm.push(first_docker_version(&builds, &sidecar_pod(&name, "warm", &format!("docker version >/dev/null; {report}")), &name).await?);
             let name = format!("sidecar-{i}");
-            empty.push(first_docker_version(&builds, &sidecar_pod(&name, "job", format!("docker version >/dev/null; {report}")), &name).await?);
+            empty.push(first_docker_version(&builds, &sidecar_pod(&name, "job", &format!("docker version >/dev/null; {report}")), &name).await?);
             wait_for_free_volume(&builds, "copywarm-cache-0").await?;
             let name = format!("copywarm-{i}");
-            copy_warm.push(first_docker_version(&builds, &sidecar_pod(&name, "copywarm", format!("docker version >/dev/null; {report}")), &name).await?);
+            copy_warm.push(first_docker_version(&builds, &sidecar_pod(&name, "copywarm", &format!("docker version >/dev/null; {report}")), &name).await?);
             let name = format!("copy-{i}");
-            copy_empty.push(first_docker_version(&builds, &sidecar_pod(&name, "copy", format!("docker version >/dev/null; {report}")), &name).await?);
+            copy_empty.push(first_docker_version(&builds, &sidecar_pod(&name, "copy", &format!("docker version >/dev/null; {report}")), &name).await?);
             let name = format!("floor-{i}");
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                 "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
@@ -257,7 +270,7 @@ async fn time_to_docker(client: &Client, runs: usize, parts: &str) -> anyhow::Re
             // The other start gate the kubelet offers: the same injected pod (from a dry run),
             // its postStart swapped for a startup probe asked every second.
             let name = format!("probed-{i}");
-            let pod = with_startup_probe(client, &builds, &sidecar_pod(&name, "job", format!("docker version >/dev/null; {report}"))).await?;
+            let pod = with_startup_probe(client, &builds, &sidecar_pod(&name, "job", &format!("docker version >/dev/null; {report}"))).await?;
             probed.push(first_docker_version(&builds, &pod, &name).await?);
             println!(
                 "run {i}: sidecar (warm pool volume) {:.2} s, sidecar (emptyDir) {:.2} s, dind-init copied in: warm {:.2} s, emptyDir {:.2} s; \
