@@ -71,6 +71,10 @@ pub mod client_pod {
     /// A writable emptyDir holding the Docker CLI configuration: `DOCKER_CONFIG`. buildx keeps
     /// its builders under it, so it must be writable by the pod's containers.
     pub const CONFIG_DIR: &str = "/dind/docker-config";
+    /// Where the injected init container mounts the Docker configurations the job's containers
+    /// bring in volumes (read-only, one directory each: `JOB_CONFIG_DIR/<n>`); `client-setup
+    /// --merge=FILE` merges each into [`CONFIG_DIR`]'s `config.json`.
+    pub const JOB_CONFIG_DIR: &str = "/dind/job-docker-config";
     /// The name of the Docker context `client-setup` creates and makes current.
     pub const CONTEXT: &str = "dind";
     /// `client-setup`'s subcommand name.

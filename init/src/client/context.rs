@@ -13,6 +13,11 @@
 //! are world-writable and `config.json` world-writable: the pod's containers may run as any user
 //! and the CLI writes there (buildx keeps its builders under `DOCKER_CONFIG/buildx`, `docker
 //! login` writes `config.json`). The emptyDir is the pod's own.
+//!
+//! The job's own configurations (`--merge`: registry credentials from a
+//! `kubernetes.io/dockerconfigjson` Secret at `~/.docker`, its own `DOCKER_CONFIG`) are merged
+//! in: every key but `currentContext`; maps (`auths`, `credHelpers`, `proxies`, `HttpHeaders`,
+//! ...) entry by entry, a later file winning an entry two files name; anything else as a whole.
 
 use std::fs;
 use std::io;
@@ -55,6 +60,41 @@ fn file(path: &Path, content: &str, mode: u32) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Merges the job's configuration at `path` into `config` (a missing file is skipped: an
+/// optional Secret; one that is not a JSON object is an error naming it).
+fn merge_file(config: &mut Value, path: &Path) -> io::Result<()> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "the job's Docker configuration is not there; nothing merged from it");
+            return Ok(());
+        }
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading the job's Docker configuration {}: {e}", path.display()))),
+    };
+    let theirs: Value = serde_json::from_slice(&bytes).ok().filter(Value::is_object).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a JSON object (a Docker config.json)", path.display()))
+    })?;
+    merge(config, &theirs);
+    Ok(())
+}
+
+/// Merges `theirs` into `config`: every key but `currentContext`, objects entry by entry.
+pub fn merge(config: &mut Value, theirs: &Value) {
+    for (key, value) in theirs.as_object().into_iter().flatten() {
+        if key == "currentContext" {
+            continue;
+        }
+        match (config.get_mut(key), value) {
+            (Some(Value::Object(have)), Value::Object(add)) => {
+                for (k, v) in add {
+                    have.insert(k.clone(), v.clone());
+                }
+            }
+            _ => config[key] = value.clone(),
+        }
+    }
+}
+
 /// Writes (or rewrites: an init container may run twice) the configuration.
 pub fn write(setup: &Setup) -> io::Result<()> {
     let root = &setup.config;
@@ -64,6 +104,9 @@ pub fn write(setup: &Setup) -> io::Result<()> {
     let mut config: Value = fs::read(&config_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| json!({}));
     if !config.is_object() {
         config = json!({});
+    }
+    for path in &setup.merge {
+        merge_file(&mut config, path)?;
     }
     config["currentContext"] = json!(setup.context);
     let id = context_id(&setup.context);
@@ -109,6 +152,7 @@ mod tests {
             context: "dind".into(),
             certs: Some(PathBuf::from("/dind/client-certs")),
             timeout: Duration::from_secs(1),
+            merge: vec![],
         };
         write(&setup).unwrap();
         write(&setup).unwrap(); // twice: a restarted init container
@@ -122,5 +166,36 @@ mod tests {
         assert_eq!(key, PathBuf::from("/dind/client-certs/key.pem"));
         let mode = fs::metadata(dir.path().join("config.json")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666);
+    }
+
+    #[test]
+    fn the_jobs_configurations_are_merged_and_the_context_stays_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = tempfile::tempdir().unwrap();
+        let a = job.path().join("a.json");
+        let b = job.path().join("b.json");
+        fs::write(&a, r#"{"auths": {"reg.a:5000": {"auth": "dTpw"}}, "credHelpers": {"ecr.x": "ecr-login"}, "currentContext": "theirs"}"#)
+            .unwrap();
+        fs::write(&b, r#"{"auths": {"reg.b": {"auth": "eDp5"}, "reg.a:5000": {"auth": "bmV3"}}, "credsStore": "pass"}"#).unwrap();
+        let mut setup = Setup {
+            host: "tcp://h:2376".into(),
+            config: dir.path().join("cfg"),
+            context: "dind".into(),
+            certs: None,
+            timeout: Duration::from_secs(1),
+            merge: vec![a, job.path().join("missing.json"), b],
+        };
+        write(&setup).unwrap();
+        let config: Value = serde_json::from_slice(&fs::read(dir.path().join("cfg/config.json")).unwrap()).unwrap();
+        assert_eq!(config["currentContext"], "dind");
+        assert_eq!(config["auths"]["reg.a:5000"]["auth"], "bmV3", "the later file wins an entry");
+        assert_eq!(config["auths"]["reg.b"]["auth"], "eDp5");
+        assert_eq!(config["credHelpers"]["ecr.x"], "ecr-login");
+        assert_eq!(config["credsStore"], "pass");
+        let bad = job.path().join("bad.json");
+        fs::write(&bad, "[1]").unwrap();
+        setup.merge = vec![bad];
+        let err = write(&setup).unwrap_err().to_string();
+        assert!(err.contains("bad.json") && err.contains("JSON object"), "{err}");
     }
 }

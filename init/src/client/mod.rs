@@ -23,6 +23,8 @@ pub struct Setup {
     /// The client certificates (ca.pem, cert.pem, key.pem); None: TLS is off.
     pub certs: Option<PathBuf>,
     pub timeout: Duration,
+    /// The job's own `config.json` files (mounted from its volumes), merged in, in order.
+    pub merge: Vec<PathBuf>,
 }
 
 /// Parses `client-setup`'s flags (`--name=value` or `--name value`), naming any bad one.
@@ -31,6 +33,7 @@ pub fn parse(args: &[String]) -> Result<Setup, String> {
     let mut config = None;
     let mut context = dind_contract::client_pod::CONTEXT.to_string();
     let mut certs = None;
+    let mut merge = Vec::new();
     let mut timeout = Duration::from_secs(u64::from(dind_contract::client_pod::WAIT_SECONDS));
     let mut i = 0;
     while i < args.len() {
@@ -58,6 +61,8 @@ pub fn parse(args: &[String]) -> Result<Setup, String> {
             "context" if !value.is_empty() && value != "default" => context = value,
             "context" => return Err(format!("--context: {value:?} cannot name a context")),
             "certs" => certs = Some(PathBuf::from(value)),
+            "merge" if value.starts_with('/') => merge.push(PathBuf::from(value)),
+            "merge" => return Err(format!("--merge: {value:?} must be an absolute path")),
             "timeout" => {
                 let secs = value.strip_suffix('s').unwrap_or(&value);
                 let secs: u64 = secs.parse().map_err(|_| format!("--timeout: {value:?} must be seconds, such as 120s"))?;
@@ -69,7 +74,7 @@ pub fn parse(args: &[String]) -> Result<Setup, String> {
             other => return Err(format!("--{other}: unknown flag of client-setup")),
         }
     }
-    Ok(Setup { host: host.ok_or("--host is required")?, config: config.ok_or("--config is required")?, context, certs, timeout })
+    Ok(Setup { host: host.ok_or("--host is required")?, config: config.ok_or("--config is required")?, context, certs, timeout, merge })
 }
 
 /// Writes the context, then waits for the daemon. The error is what the pod's events and
@@ -127,8 +132,11 @@ mod tests {
             "--timeout=120s",
             "--certs",
             "/dind/client-certs",
+            "--merge=/dind/job-docker-config/0/config.json",
+            "--merge=/dind/job-docker-config/1/c.json",
         ]))
         .unwrap();
+        assert_eq!(s.merge, [PathBuf::from("/dind/job-docker-config/0/config.json"), PathBuf::from("/dind/job-docker-config/1/c.json")]);
         assert_eq!(s.host, "tcp://ci-0.ci-daemons.b.svc:2376");
         assert_eq!(s.certs, Some(PathBuf::from("/dind/client-certs")));
         assert_eq!(s.timeout, Duration::from_secs(120));
@@ -143,6 +151,7 @@ mod tests {
             (vec!["--host=tcp://h:1", "--config=/c", "--timeout=2m"], "--timeout"),
             (vec!["--host=tcp://h:1", "--config=/c", "--context=default"], "--context"),
             (vec!["--host=tcp://h:1", "--config=/c", "--what=1"], "--what"),
+            (vec!["--host=tcp://h:1", "--config=/c", "--merge=rel/config.json"], "--merge"),
         ] {
             let err = parse(&args(&bad)).unwrap_err();
             assert!(err.contains(word), "{bad:?}: {err}");
@@ -162,6 +171,7 @@ mod tests {
             context: "dind".into(),
             certs: None,
             timeout: Duration::from_secs(1),
+            merge: vec![],
         };
         let started = Instant::now();
         let err = run(&setup).unwrap_err();
@@ -189,6 +199,7 @@ mod tests {
             context: "dind".into(),
             certs: None,
             timeout: Duration::from_secs(5),
+            merge: vec![],
         };
         run(&setup).unwrap();
         assert!(server.join().unwrap().starts_with("GET /_ping HTTP/1.1\r\n"));

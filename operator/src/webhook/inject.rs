@@ -25,12 +25,19 @@
 //! - in mode `context` (annotation `dind.dev/docker-env: context`) no `DOCKER_*` variable but
 //!   `DOCKER_CONFIG`: every CLI command, `docker buildx create` without arguments included, and
 //!   compose work; SDKs that read only the environment do not.
+//!
+//! # The job's own configuration
+//! Registry credentials a container brings in a volume (`~/.docker/config.json` from a
+//! `kubernetes.io/dockerconfigjson` Secret, or its own `DOCKER_CONFIG`) are merged into the
+//! pod's configuration by the init container, so `docker login` state, `docker push` and a
+//! private `FROM` keep working after injection (see [`super::job_config`]).
 
 use std::collections::BTreeSet;
 
 use dind_contract::client_pod;
 use serde_json::{Map, Value, json};
 
+use super::job_config::{self, Own, Source};
 use crate::crd::DindDaemon;
 use crate::names::{self, Names};
 use crate::sticky;
@@ -132,8 +139,9 @@ pub(super) fn opt_outs(pod: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// The injected init container: writes the Docker context, then waits for `/_ping`.
-fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32) -> Value {
+/// The injected init container: writes the Docker context (merging the configurations the
+/// job brings, `sources`), then waits for `/_ping`.
+fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32, sources: &[Source]) -> Value {
     let mut args = vec![
         client_pod::SUBCOMMAND.to_string(),
         format!("--host={docker_host}"),
@@ -145,6 +153,11 @@ fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32) -> Valu
     if target.tls {
         args.push(format!("--certs={}", client_pod::CERTS_DIR));
         mounts.push(json!({"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR, "readOnly": true}));
+    }
+    for (i, source) in sources.iter().enumerate() {
+        let (mount, file) = job_config::mount_of(i, source);
+        args.push(format!("--merge={file}"));
+        mounts.push(mount);
     }
     json!({
         "name": names::WAIT_CONTAINER,
@@ -175,12 +188,26 @@ fn env_for(target: &Target, mode: Mode, docker_host: &str) -> Vec<(&'static str,
     env
 }
 
-/// Adds what one container needs; false when it is left alone (it has its own DOCKER_HOST).
-fn inject_container(c: &mut Value, target: &Target, mode: Mode, docker_host: &str) -> Result<bool, Refusal> {
+/// Whether the webhook leaves container `c` alone: it is ours, opted out, or has its own
+/// DOCKER_HOST.
+fn left_alone(c: &Value, opt_out: &BTreeSet<String>) -> bool {
+    let cname = c["name"].as_str().unwrap_or_default();
+    cname == names::WAIT_CONTAINER
+        || opt_out.contains(cname)
+        || c["env"].as_array().into_iter().flatten().any(|e| e["name"].as_str() == Some("DOCKER_HOST"))
+}
+
+/// Adds what one container needs (it is not [`left_alone`]).
+fn inject_container(c: &mut Value, target: &Target, mode: Mode, docker_host: &str) -> Result<(), Refusal> {
     let cname = c["name"].as_str().unwrap_or_default().to_string();
-    let has = |c: &Value, list: &str, field: &str, v: &str| c[list].as_array().into_iter().flatten().any(|e| e[field].as_str() == Some(v));
-    if has(c, "env", "name", "DOCKER_HOST") {
-        return Ok(false);
+    let own = job_config::of(c).1;
+    if let (Own::Elsewhere(dir), Mode::Context) = (&own, mode) {
+        return Err(Refusal(format!(
+            "container {cname:?} sets DOCKER_CONFIG={dir}, which none of its volumes holds: in mode {}: context the daemon's \
+             Docker context must be in the configuration the CLI reads. Mount that configuration from a volume (it is merged \
+             into the pod's), or use mode env (the default)",
+            names::DOCKER_ENV_ANNOTATION
+        )));
     }
     let mut mounts = vec![(names::CONFIG_VOLUME, client_pod::CONFIG_DIR, false)];
     if target.tls {
@@ -205,9 +232,12 @@ fn inject_container(c: &mut Value, target: &Target, mode: Mode, docker_host: &st
     let env = obj.entry("env").or_insert_with(|| json!([]));
     let list = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
     for (name, value) in env_for(target, mode, docker_host) {
-        // A variable the container sets itself is its own choice (e.g. its own DOCKER_CONFIG).
-        if !list.iter().any(|e| e["name"].as_str() == Some(name)) {
-            list.push(json!({"name": name, "value": value}));
+        match list.iter_mut().find(|e| e["name"].as_str() == Some(name)) {
+            // Its own DOCKER_CONFIG in a volume: merged into ours by the init container.
+            Some(e) if name == "DOCKER_CONFIG" && own == Own::InVolume => *e = json!({"name": name, "value": value}),
+            // A variable the container sets itself is its own choice.
+            Some(_) => {}
+            None => list.push(json!({"name": name, "value": value})),
         }
     }
     let vm = obj.entry("volumeMounts").or_insert_with(|| json!([]));
@@ -221,7 +251,7 @@ fn inject_container(c: &mut Value, target: &Target, mode: Mode, docker_host: &st
             list.push(m);
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 fn ensure_volume(volumes: &mut Vec<Value>, want: Value) -> Result<(), Refusal> {
@@ -273,11 +303,20 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     }
     new["spec"]["volumes"] = Value::Array(volumes);
 
+    // The configurations the job's containers bring, merged by the wait container.
+    let mut inits = new["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+    let mut containers = new["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let mut sources: Vec<Source> = Vec::new();
+    for c in inits.iter().chain(containers.iter()).filter(|c| !left_alone(c, &opt_out)) {
+        if let Some(s) = job_config::of(c).0.filter(|s| !sources.contains(s)) {
+            sources.push(s);
+        }
+    }
+
     // The wait container, first of the init containers: containers that use Docker start
     // only once it answers.
-    let mut inits = new["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
     match inits.iter().find(|c| c["name"].as_str() == Some(names::WAIT_CONTAINER)) {
-        None => inits.insert(0, wait_container(target, &docker_host, wait_seconds)),
+        None => inits.insert(0, wait_container(target, &docker_host, wait_seconds, &sources)),
         Some(c) if c["args"][0].as_str() == Some(client_pod::SUBCOMMAND) => {}
         Some(_) => {
             return Err(Refusal(format!(
@@ -288,21 +327,14 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     }
 
     let mut injected = Vec::new();
-    for (field, list) in [("initContainers", &mut inits)] {
-        for c in list.iter_mut().filter(|c| c["name"].as_str() != Some(names::WAIT_CONTAINER)) {
-            let cname = c["name"].as_str().unwrap_or_default().to_string();
-            if !opt_out.contains(&cname) && inject_container(c, target, mode, &docker_host)? {
-                injected.push(format!("{field}/{cname}"));
-            }
-        }
+    for c in inits.iter_mut().filter(|c| !left_alone(c, &opt_out)) {
+        inject_container(c, target, mode, &docker_host)?;
+        injected.push(format!("initContainers/{}", c["name"].as_str().unwrap_or_default()));
     }
     new["spec"]["initContainers"] = Value::Array(inits);
-    let mut containers = new["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    for c in &mut containers {
-        let cname = c["name"].as_str().unwrap_or_default().to_string();
-        if !opt_out.contains(&cname) && inject_container(c, target, mode, &docker_host)? {
-            injected.push(cname);
-        }
+    for c in containers.iter_mut().filter(|c| !left_alone(c, &opt_out)) {
+        inject_container(c, target, mode, &docker_host)?;
+        injected.push(c["name"].as_str().unwrap_or_default().to_string());
     }
     new["spec"]["containers"] = Value::Array(containers);
 

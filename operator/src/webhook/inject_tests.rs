@@ -178,3 +178,49 @@ fn the_replica_is_chosen_among_ready_ones_by_the_sticky_key() {
     b["metadata"]["name"] = json!("other-pod");
     assert_eq!(plan(&a, &target(true), 120).unwrap().docker_host, plan(&b, &target(true), 120).unwrap().docker_host);
 }
+
+#[test]
+fn the_jobs_registry_credentials_are_merged_by_the_wait_container() {
+    let mut p = pod();
+    // A dockerconfigjson Secret at ~/.docker (items) in one container, by subPath in another.
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "regcred", "mountPath": "/root/.docker", "readOnly": true}]);
+    p["spec"]["containers"].as_array_mut().unwrap().push(json!({
+        "name": "push", "image": "y",
+        "volumeMounts": [{"name": "other", "mountPath": "/home/u/.docker/config.json", "subPath": ".dockerconfigjson"}]
+    }));
+    for mode in ["env", "context"] {
+        p["metadata"]["annotations"] = json!({"dind.dev/docker-env": mode});
+        let out = apply(&p, &plan(&p, &target(true), 120).unwrap().patch);
+        let wait = &out["spec"]["initContainers"][0];
+        let args = wait["args"].as_array().unwrap();
+        assert!(args.contains(&json!("--merge=/dind/job-docker-config/0/config.json")), "{mode}: {args:?}");
+        assert!(args.contains(&json!("--merge=/dind/job-docker-config/1/config.json")), "{mode}: {args:?}");
+        let mounts = wait["volumeMounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({"name": "regcred", "mountPath": "/dind/job-docker-config/0", "readOnly": true})));
+        assert!(mounts.contains(
+            &json!({"name": "other", "mountPath": "/dind/job-docker-config/1/config.json", "readOnly": true, "subPath": ".dockerconfigjson"})
+        ));
+        assert!(env_of(&out["spec"]["containers"][0]).contains(&("DOCKER_CONFIG".into(), "/dind/docker-config".into())));
+        // Injected once: nothing more the second time.
+        assert!(plan(&out, &target(true), 120).unwrap().patch.is_empty());
+    }
+}
+
+#[test]
+fn an_own_docker_config_in_a_volume_is_merged_and_one_elsewhere_is_kept_or_refused() {
+    let mut p = pod();
+    p["spec"]["containers"][0]["env"] = json!([{"name": "DOCKER_CONFIG", "value": "/cfg"}]);
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/cfg"}]);
+    let out = apply(&p, &plan(&p, &target(true), 120).unwrap().patch);
+    assert!(out["spec"]["initContainers"][0]["args"].as_array().unwrap().contains(&json!("--merge=/dind/job-docker-config/0/config.json")));
+    assert_eq!(env_of(&out["spec"]["containers"][0]).iter().filter(|(k, _)| k == "DOCKER_CONFIG").count(), 1);
+    assert!(env_of(&out["spec"]["containers"][0]).contains(&("DOCKER_CONFIG".into(), "/dind/docker-config".into())));
+
+    // Not in a volume: kept in mode env (DOCKER_HOST reaches the daemon), refused in mode context.
+    p["spec"]["containers"][0]["volumeMounts"] = json!([]);
+    let out = apply(&p, &plan(&p, &target(true), 120).unwrap().patch);
+    assert!(env_of(&out["spec"]["containers"][0]).contains(&("DOCKER_CONFIG".into(), "/cfg".into())));
+    p["metadata"]["annotations"] = json!({"dind.dev/docker-env": "context"});
+    let err = plan(&p, &target(true), 120).unwrap_err().0;
+    assert!(err.contains("\"build\"") && err.contains("DOCKER_CONFIG=/cfg") && err.contains("mode env"), "{err}");
+}

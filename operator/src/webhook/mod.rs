@@ -15,6 +15,7 @@
 
 pub mod certs;
 pub mod inject;
+pub mod job_config;
 pub mod keeper;
 pub mod lease;
 pub mod serve;
