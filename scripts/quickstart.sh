@@ -22,15 +22,15 @@ tests/setup-machine.sh
 step "starting a Docker daemon to build images with"
 eval "$(tests/docker/dockerd.sh up)"
 export DOCKER_HOST
-step "building images: dind-operator, dind-init, a stand-in of the daemon image dind-daemon (no registry here)"
+step "building images: dind-operator, dind-init, dind-daemon (Docker Engine built from Go modules)"
 tests/images/build.sh
-step "starting the local cluster (first run builds Kubernetes from source: ~10-15 min)"
+step "starting the local cluster and its registry, pushing the images (first run builds Kubernetes from source: ~10-15 min)"
 tests/cluster/cluster.sh up
 eval "$(tests/cluster/cluster.sh env)"
 
-step "helm install dind-operator"
+step "helm install dind-operator (images pulled by tag from the registry at $DIND_REGISTRY)"
 helm upgrade --install dind-operator charts/dind-operator -n dind-system --create-namespace \
-  --set image.pullPolicy=Never --wait --timeout 180s
+  --set image.repository="$DIND_REGISTRY/dind-operator" --wait --timeout 180s
 
 step "kubectl apply -f examples/dinddaemon.yaml"
 kubectl apply -f examples/dinddaemon.yaml

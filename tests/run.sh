@@ -35,12 +35,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The Go builds (Kubernetes, today's Docker clients; cached in ~/.cache/dind-operator) download
+# The Go builds (Kubernetes, today's Docker clients, the engine, node runtime and registry;
+# cached in ~/.cache/dind-operator) download
 # and compile while Rust is linted and built: on a cold machine they overlap instead of queueing.
 log "building the Go tools in the background (cached)"
 go_log="$(mktemp)"
 # Its own process group (setsid), so that an interrupted run stops the go builds under it too.
-setsid bash -c 'tests/cluster/build.sh && tests/clients/build.sh' >"$go_log" 2>&1 &
+setsid bash -c 'tests/cluster/build.sh && tests/clients/build.sh && tests/engine/build.sh' >"$go_log" 2>&1 &
 go_pid=$!
 wait_go() {
   if ! wait "$go_pid"; then

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(docker.io containerd runc iptables containernetworking-plugins conntrack socat
-          iproute2 busybox-static openssl curl ca-certificates)
+          iproute2 busybox-static openssl curl ca-certificates
+          libseccomp-dev pkg-config gcc libc6-dev apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

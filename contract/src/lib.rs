@@ -20,6 +20,8 @@ pub const BIN_DIR: &str = "/dind/bin";
 pub const BINARY: &str = "dind-init";
 /// Where the server TLS Secret is mounted in the daemon container (`--tls-dir`'s default).
 pub const SERVER_TLS_DIR: &str = "/certs/server";
+/// Where dockerd looks for a registry's CA: `REGISTRY_CERTS_DIR/HOST[:PORT]/ca.crt`.
+pub const REGISTRY_CERTS_DIR: &str = "/etc/docker/certs.d";
 /// dockerd's data root: the daemon's volume is mounted here.
 pub const DATA_ROOT: &str = "/var/lib/docker";
 /// dockerd's exec root.

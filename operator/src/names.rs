@@ -43,6 +43,8 @@ pub const DOCKER_HOST_ANNOTATION: &str = "dind.dev/docker-host";
 pub const WAIT_CONTAINER: &str = "dind-wait";
 /// The injected volumes: the client Secret, and the writable Docker configuration.
 pub const CERTS_VOLUME: &str = "dind-client-certs";
+/// The daemon's registry CAs (`spec.daemon.registryCAs`), pool and sidecar alike.
+pub const REGISTRY_CAS_VOLUME: &str = "dind-registry-cas";
 pub const CONFIG_VOLUME: &str = "dind-docker-config";
 /// Pod label that asks for a daemon of its own (a `Sidecar`-mode DindDaemon's name).
 pub const SIDECAR_LABEL: &str = "dind.dev/sidecar";

@@ -3,7 +3,8 @@
 # this machine, started from the binaries tests/cluster/build.sh makes.
 #
 #   tests/cluster/cluster.sh up      # build if needed, start, wait for /readyz, write kubeconfig;
-#                                    # then the node (tests/cluster/node.sh) unless DIND_NODE=0
+#                                    # then the registry (tests/registry/registry.sh) and the
+#                                    # node (tests/cluster/node.sh) unless DIND_NODE=0
 #   tests/cluster/cluster.sh down    # stop every process it started, remove its state
 #   tests/cluster/cluster.sh env     # print `export KUBECONFIG=...` lines for a shell
 #
@@ -30,6 +31,7 @@ down() {
   [[ -d $state ]] || return 0
   # The node first: its pods must go while containerd can still stop them.
   "$here/node.sh" down || true
+  "$here/../registry/registry.sh" down || true
   # Then the control plane, in reverse start order.
   for name in $(ls -t "$state/pids" 2>/dev/null); do
     stop_pid "$name"
@@ -63,6 +65,8 @@ up() {
   bin="$("$here/build.sh" | tail -n 1)"
   mkdir -p "$state"/{pids,logs,etcd}
   echo "$bin" >"$state/bin"
+  # The node's containerd 2 and runc, and the registry (tests/engine/build.sh).
+  "$here/../engine/build.sh" | tail -n 1 >"$state/engine"
   if ! ip link show "$link" >/dev/null 2>&1; then
     # A dummy link where the kernel has one; else a bridge without ports, which holds an
     # address just as well (some VM kernels are built without the dummy driver).
@@ -128,6 +132,7 @@ up() {
   # The node (kubelet, containerd, CNI, kube-proxy, CoreDNS) unless DIND_NODE=0.
   if [[ ${DIND_NODE:-1} == 1 ]]; then
     [[ -n ${DOCKER_HOST:-} ]] || { log "the node loads images built by a Docker daemon: start tests/docker/dockerd.sh first"; return 1; }
+    "$here/../registry/registry.sh" up >/dev/null
     "$here/node.sh" up
   fi
 }
@@ -135,6 +140,9 @@ up() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  env) echo "export KUBECONFIG=$state/kubeconfig PATH=$(cat "$state/bin"):\$PATH" ;;
+  env)
+    echo "export KUBECONFIG=$state/kubeconfig PATH=$(cat "$state/bin"):\$PATH"
+    [[ -f $state/registry/host ]] && echo "export DIND_REGISTRY=$(cat "$state/registry/host")"
+    ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
 esac

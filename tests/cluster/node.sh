@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test cluster's node: containerd (Debian's, CRI), CNI bridge networking, kubelet,
+# The test cluster's node: containerd 2 (CRI, with runc; both built from Go modules by
+# tests/engine/build.sh, as clusters run them), CNI bridge networking, kubelet,
 # kube-proxy and CoreDNS, joined to the control plane of cluster.sh. cluster.sh runs it
 # (`up` after the control plane, `down` before it); it is not meant to be run alone.
 #
@@ -21,6 +22,11 @@ lib=/var/lib/dind-node
 run=/run/dind-node
 sock="$run/containerd.sock"
 export CONTAINERD_ADDRESS="$sock" CONTAINERD_NAMESPACE=k8s.io
+# containerd 2, its shim, runc and ctr (tests/engine/build.sh; cluster.sh records where).
+if [[ -f $state/engine ]]; then
+  engine="$(cat "$state/engine")"
+  export PATH="$engine/node:$PATH"
+fi
 
 containerd_config() {
   mkdir -p "$state/node/cni" "$lib" "$run"
@@ -38,28 +44,47 @@ containerd_config() {
   ]
 }
 EOF
+  # The harness registry and its mirror (tests/registry/registry.sh): their CA is trusted
+  # (certs.d layout: HOST:PORT/hosts.toml), and the kubelet pulls with the node's credentials
+  # (a config.json in its root directory, as nodes with registry credentials have).
+  mkdir -p "$state/node/certs.d" "$lib/kubelet"
+  local r
+  for r in "$state/registry/host" "$state/registry/mirror"; do
+    [[ -f $r ]] || continue
+    mkdir -p "$state/node/certs.d/$(cat "$r")"
+    printf 'server = "https://%s"\n[host."https://%s"]\n  capabilities = ["pull", "resolve"]\n  ca = "%s"\n' \
+      "$(cat "$r")" "$(cat "$r")" "$state/registry/ca.crt" >"$state/node/certs.d/$(cat "$r")/hosts.toml"
+  done
+  if [[ -f $state/registry/docker-config/config.json ]]; then
+    cp "$state/registry/docker-config/config.json" "$lib/kubelet/config.json"
+  fi
   cat >"$state/node/containerd.toml" <<EOF
-version = 2
+version = 3
 root = "$lib/containerd"
 state = "$run/containerd"
 [grpc]
   address = "$sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "dind-pause:test"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = 'dind-pause:test'
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = '$state/node/certs.d'
+[plugins.'io.containerd.cri.v1.runtime']
   enable_unprivileged_ports = true
   # kubelet asks for oom_score_adj -998 for sandboxes; lowering it needs CAP_SYS_RESOURCE,
   # which these VMs' bounding set lacks (runc init then dies: "can't get final child's PID").
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = '$engine/runc'
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$state/node/cni"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['/usr/lib/cni']
+    conf_dir = '$state/node/cni'
 EOF
 }
 
@@ -166,6 +191,7 @@ up() {
   local t0=$SECONDS
   bin="$(cat "$state/bin")"
   mkdir -p "$state/node"
+  engine="$(cat "$state/engine")"
   containerd_config
   node_certs
   kubelet_config
@@ -173,12 +199,15 @@ up() {
   proxy_config
 
   log "starting containerd"
-  start containerd containerd --config "$state/node/containerd.toml"
+  start containerd "$engine/node/containerd" --config "$state/node/containerd.toml"
   wait_for containerd 60 ctr version
   touch "$state/node.up"
 
-  log "loading images into containerd"
+  log "loading test images into containerd, pushing the project's to the registry"
   "$here/../images/build.sh" --containerd >/dev/null
+  local version
+  version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../../Cargo.toml" | head -n1)"
+  "$here/../registry/registry.sh" push "dind-operator:$version" "dind-init:$version" "dind-daemon:$version"
 
   log "starting kubelet, kube-proxy and CoreDNS"
   start kubelet "$bin/kubelet" --config "$state/node/kubelet.yaml" --kubeconfig "$state/node/kubelet.kubeconfig" \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A Docker daemon for the tests, apart from any other on the machine: its own data root,
-# exec root, socket, pid file and bridge.
+# exec root, socket, pid file and bridge. It is the engine the chart ships (dockerd
+# DEFAULT_DOCKER_VERSION with its own containerd and runc, built by tests/engine/build.sh), not
+# the machine's: images are built and dind-init's container tests run on what users run.
 #
 #   tests/docker/dockerd.sh up     # start; prints `export DOCKER_HOST=...`
 #   tests/docker/dockerd.sh down   # stop it and every container it ran
@@ -37,7 +39,10 @@ up() {
     ip addr add "$bridge_cidr" dev "$bridge"
     ip link set "$bridge" up
   fi
-  setsid dockerd --data-root "$data" --exec-root "$state/exec" --pidfile "$state/dockerd.pid.dockerd" \
+  local engine
+  engine="$("$(dirname "${BASH_SOURCE[0]}")/../engine/build.sh" | tail -n1)"
+  # dockerd starts its containerd, and containerd its shim and runc, from PATH.
+  PATH="$engine:$PATH:/usr/local/sbin:/usr/sbin:/sbin" setsid "$engine/dockerd" --data-root "$data" --exec-root "$state/exec" --pidfile "$state/dockerd.pid.dockerd" \
     -H "unix://$sock" --bridge "$bridge" --storage-driver overlay2 --log-level warn \
     >"$state/dockerd.log" 2>&1 </dev/null &
   echo $! >"$state/dockerd.pid"

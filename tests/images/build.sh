@@ -11,9 +11,11 @@
 #   dind-init:VER      FROM scratch, the static dind-init (init/Dockerfile)
 #   dind-operator:VER  FROM scratch, the static operator, non-root (operator/Dockerfile)
 #   dind-daemon:test   stand-in for the project's daemon image (daemon/Dockerfile: docker:<ver>-dind
-#   dind-daemon:VER    with dind-init at /usr/local/bin/dind-init), made from this machine's
-#                      Debian dockerd, containerd, runc, iptables and docker CLI; the chart's
-#                      default daemon image is dind-daemon:VER
+#   dind-daemon:VER    with dind-init at /usr/local/bin/dind-init), with docker:<ver>-dind's engine:
+#                      dockerd and docker-proxy of DEFAULT_DOCKER_VERSION and the containerd and
+#                      runc that release pins (tests/engine/build.sh, from Go modules), and this
+#                      machine's iptables, tini (docker-init) and docker CLI; the chart's default
+#                      daemon image is dind-daemon:VER
 #   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
 #   dind-client:test   busybox + today's clients (Docker CLI v29, buildx, compose, a Testcontainers
 #                      test) from tests/clients/build.sh: what build pods run
@@ -99,11 +101,15 @@ tar -C "$bb" -c . | docker import \
   -c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]' - dind-pause:test >/dev/null
 log "built dind-pause:test"
 
-# The stand-in daemon image: what docker:<ver>-dind holds, from Debian's packages.
+# The stand-in daemon image: what docker:<ver>-dind holds, its engine built from Go modules
+# (where docker:<ver>-dind has them: /usr/local/bin).
+engine="$(tests/engine/build.sh | tail -n 1)"
 d="$work/daemon"
 cp -a "$bb" "$d"
-for b in /usr/sbin/dockerd /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/runc \
-         /usr/sbin/docker-proxy /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi; do
+for b in dockerd docker-proxy containerd containerd-shim-runc-v2 runc; do
+  install -D -m 0755 "$engine/$b" "$d/usr/local/bin/$b"
+done
+for b in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi; do
   add_binary "$d" "$b"
 done
 [[ -e /usr/bin/docker-init ]] && add_binary "$d" "$(readlink -f /usr/bin/docker-init)" /usr/bin/docker-init

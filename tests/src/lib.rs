@@ -36,6 +36,22 @@ pub fn chart_policy_only_in(ns: &str) -> String {
     format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
 }
 
+/// The harness registry's `HOST:PORT` (tests/registry/registry.sh), when it runs.
+pub fn registry() -> Option<String> {
+    std::fs::read_to_string(cluster_dir().join("registry/host")).ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+}
+
+/// The chart's `--set` values for the operator image, as a user sets them: pulled by tag
+/// (`IfNotPresent`) from the harness registry, where tests/cluster/node.sh pushed the project's
+/// images (the operator's, and beside it the daemon and dind-init images the chart derives from
+/// it). Without a registry (no node), the local image that is never pulled.
+pub fn chart_image_sets() -> Vec<String> {
+    match registry() {
+        Some(host) => vec![format!("image.repository={host}/dind-operator"), "image.pullPolicy=IfNotPresent".into()],
+        None => vec!["image.pullPolicy=Never".into()],
+    }
+}
+
 /// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG").map_or_else(|| cluster_dir().join("kubeconfig"), PathBuf::from)

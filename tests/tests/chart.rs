@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use dind_tests::{CHART, Operator, chart_policy_only_in, eventually, kubeconfig_path, run_tool, suffix, with_namespace};
+use dind_tests::{CHART, Operator, chart_image_sets, chart_policy_only_in, eventually, kubeconfig_path, run_tool, suffix, with_namespace};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -212,7 +212,13 @@ async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_man
 async fn install_then_uninstall_leaves_only_the_crd() {
     with_namespace("helm-install", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
-        helm(&["install", &release, CHART, "-n", &ns, "--set", "image.pullPolicy=Never", "--set", &chart_policy_only_in(&ns)]).await?;
+        let policy = chart_policy_only_in(&ns);
+        let mut args = vec!["install", &release, CHART, "-n", &ns, "--set", &policy];
+        let images = chart_image_sets();
+        for set in &images {
+            args.extend(["--set", set.as_str()]);
+        }
+        helm(&args).await?;
         let full = format!("{release}-dind-operator");
         let deploy = Api::<Deployment>::namespaced(client.clone(), &ns).get(&full).await?;
         let pod = deploy.spec.context("spec")?.template.spec.context("pod spec")?;

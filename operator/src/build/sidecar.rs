@@ -92,6 +92,10 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
             Listen::SidecarTcp { tls: true }
         }
     };
+    if let Some((volume, mount)) = super::statefulset::registry_cas(dd) {
+        extra_volumes.push(volume);
+        mounts.push(mount);
+    }
     let mut daemon = daemon_container(dd, defaults, &dind_init, dind_init_args(dd, listen)?, mounts);
     daemon.name = names::SIDECAR_DAEMON.into();
     daemon.restart_policy = Some("Always".into());

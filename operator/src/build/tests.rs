@@ -356,3 +356,40 @@ fn the_daemon_image_recipe_matches_the_defaults() {
     }
     assert!(helpers.contains("\n/usr/local/bin/dind-init\n"), "the chart's default dindInitPath moved");
 }
+
+#[test]
+fn registry_cas_are_mounted_where_dockerd_looks_in_pool_and_sidecar_daemons() {
+    let spec = json!({"daemon": {"registryCAs": [
+        {"registry": "registry.corp.example:5000", "configMap": "corp-ca"},
+        {"registry": "10.0.0.1", "configMap": "lab", "key": "root.pem"}
+    ]}});
+    let dd = daemon(spec.clone());
+    let pod = pod(&build(&dd, &defaults(), Some(&certs())).unwrap());
+    let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "dind-registry-cas").unwrap();
+    let sources = volume.projected.unwrap().sources.unwrap();
+    let items: Vec<_> = sources
+        .iter()
+        .map(|s| {
+            let cm = s.config_map.as_ref().unwrap();
+            let item = &cm.items.as_ref().unwrap()[0];
+            (cm.name.as_str(), item.key.as_str(), item.path.as_str())
+        })
+        .collect();
+    assert_eq!(items, [("corp-ca", "ca.crt", "registry.corp.example:5000/ca.crt"), ("lab", "root.pem", "10.0.0.1/ca.crt")]);
+    let mount = pod.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "dind-registry-cas").unwrap().clone();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/docker/certs.d", Some(true)));
+
+    let mut sidecar_spec = spec;
+    sidecar_spec["mode"] = json!("Sidecar");
+    let parts = sidecar(&daemon(sidecar_spec), &defaults(), None).unwrap();
+    assert!(parts.volumes.iter().any(|v| v.name == "dind-registry-cas"));
+    let d = parts.init_containers.last().unwrap();
+    assert!(d.volume_mounts.as_ref().unwrap().iter().any(|m| m.name == "dind-registry-cas" && m.mount_path == "/etc/docker/certs.d"));
+    // None asked, none mounted.
+    assert!(pod_has_no_registry_cas(&daemon(json!({}))));
+}
+
+fn pod_has_no_registry_cas(dd: &DindDaemon) -> bool {
+    let pod = pod(&build(dd, &defaults(), Some(&certs())).unwrap());
+    pod.volumes.unwrap_or_default().iter().all(|v| v.name != "dind-registry-cas")
+}

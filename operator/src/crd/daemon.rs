@@ -87,6 +87,27 @@ impl StorageDriver {
     }
 }
 
+/// A private registry's certificate authority, from a ConfigMap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCa {
+    /// The registry as image names spell it: `host` or `host:port` (e.g.
+    /// `registry.corp.example:5000`), no scheme, no path.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$"))]
+    pub registry: String,
+    /// Name of the ConfigMap (in the DindDaemon's namespace) holding the CA certificate, PEM.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// The ConfigMap's key holding it. Default `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
 /// dockerd settings. The operator owns the listening address, TLS and data root.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -109,6 +130,15 @@ pub struct DaemonSpec {
         inner(length(max = 512), regex(pattern = r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[0-9]{1,3})?$"))
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Certificate authorities of private registries that the daemon trusts (a corporate
+    /// registry's own CA), so `docker pull`/`push`/`FROM` reach them with TLS verified. Each is
+    /// mounted read-only as `/etc/docker/certs.d/REGISTRY/ca.crt`, where dockerd looks for a
+    /// registry's CA. The ConfigMap must exist in the DindDaemon's namespace (the daemon pod
+    /// does not start until it does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "registryCAs")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["registry"]))]
+    pub registry_cas: Vec<RegistryCa>,
 
     /// Storage driver. Default: chosen by dind-init from the volume's filesystem (overlay2 on
     /// ext4/xfs). vfs works anywhere but copies every layer.

@@ -79,11 +79,12 @@ async fn main() -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
     let watch = format!("watchNamespaces={{{ns}}}");
-    run_tool(
-        "helm",
-        &["install", "op", CHART, "-n", &ns, "--set", &watch, "--set", "image.pullPolicy=Never", "--wait", "--timeout", "180s"],
-    )
-    .await?;
+    let images = dind_tests::chart_image_sets();
+    let mut args = vec!["install", "op", CHART, "-n", &ns, "--set", &watch, "--wait", "--timeout", "180s"];
+    for set in &images {
+        args.extend(["--set", set.as_str()]);
+    }
+    run_tool("helm", &args).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     let mut totals = Vec::new();

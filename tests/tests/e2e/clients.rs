@@ -51,6 +51,10 @@ async fn e2e_a_labelled_pod_gets_docker_for_todays_clients() {
             // The example: one label, then docker build and run with the v29 CLI.
             let (log, _) = run_pod(&client, &builds, "build", &injected_build_pod("build", "ci")).await?;
             ensure!(log.contains("client 29.") && log.contains("one\ntwo\nthree"), "example build pod:\n{log}");
+            // The daemon is the engine the chart ships (one source of truth: bump it, and the
+            // harness builds that engine).
+            let engine = format!("daemon {}", dind_operator::crd::DEFAULT_DOCKER_VERSION);
+            ensure!(log.contains(&engine), "example build pod: {engine:?} missing:\n{log}");
             ensure!(!log.contains("Cannot connect"), "{log}");
 
             // Today's clients, one after the other.

@@ -9,6 +9,7 @@
 mod cache;
 mod clients;
 mod pool;
+mod registry;
 mod sidecar;
 
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use dind_operator::crd::DindDaemon;
 use dind_tests::pods::{CLIENT_IMAGE, hand_wired_build_pod, injected_build_pod};
-use dind_tests::{cluster_dir, eventually, kubectl_apply, run_tool, with_namespace};
+use dind_tests::{chart_image_sets, cluster_dir, eventually, kubectl_apply, run_tool, suffix, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -54,26 +55,12 @@ async fn install_operator_watching(client: &Client, ns: &str, watched: &str) -> 
 
 /// Installs the operator from the chart into `ns`, watching `watched`, with more `--set`s.
 async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &[&str]) -> anyhow::Result<()> {
-    // The chart's default daemon image (dind-daemon:<version>, which tests/images/build.sh
-    // tags on the stand-in) and its dind-init.
+    // The chart's images from the harness registry, pulled by tag: the operator's, and the
+    // default daemon image (REGISTRY/dind-daemon:<version>) and dind-init beside it.
     let watch = format!("watchNamespaces={{{watched}}}");
-    let mut args = vec![
-        "install",
-        "op",
-        CHART,
-        "-n",
-        ns,
-        "--set",
-        &watch,
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "logFormat=text",
-        "--wait",
-        "--timeout",
-        "180s",
-    ];
-    for set in sets {
+    let images = chart_image_sets();
+    let mut args = vec!["install", "op", CHART, "-n", ns, "--set", &watch, "--set", "logFormat=text", "--wait", "--timeout", "180s"];
+    for set in images.iter().map(String::as_str).chain(sets.iter().copied()) {
         args.extend(["--set", set]);
     }
     run_tool("helm", &args).await?;
@@ -157,8 +144,10 @@ async fn container_id(client: &Client, ns: &str, pod: &str) -> anyhow::Result<St
     Ok(id.trim_start_matches("containerd://").to_string())
 }
 
+/// The node's `ctr` (containerd 2's, from tests/engine/build.sh, as cluster.sh recorded it).
 fn ctr(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("ctr")
+    let engine = std::fs::read_to_string(cluster_dir().join("engine")).context("the node's engine directory")?;
+    let out = std::process::Command::new(std::path::Path::new(engine.trim()).join("node/ctr"))
         .env("CONTAINERD_ADDRESS", "/run/dind-node/containerd.sock")
         .env("CONTAINERD_NAMESPACE", "k8s.io")
         .args(args)

@@ -198,10 +198,12 @@ async fn time_to_docker(client: &Client, runs: usize, parts: &str) -> anyhow::Re
     namespace(client, &builds, json!({"dind.dev/injection": "enabled"})).await?;
     let result = async {
         let watch = format!("watchNamespaces={{{builds}}}");
-        // The chart's default daemon image (tests/images/build.sh tags the stand-in with it).
-        let set = ["--set", &watch, "--set", "image.pullPolicy=Never"];
-        let mut args = vec!["install", "op", CHART, "-n", &ns, "--wait", "--timeout", "180s"];
-        args.extend(set);
+        // The chart's images, pulled by tag from the harness registry.
+        let images = dind_tests::chart_image_sets();
+        let mut args = vec!["install", "op", CHART, "-n", &ns, "--wait", "--timeout", "180s", "--set", &watch];
+        for set in &images {
+            args.extend(["--set", set.as_str()]);
+        }
         run_tool("helm", &args).await?;
         kubectl_apply(&builds, "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: ci}\nspec: {storage: {size: 1Gi}}\n")
             .await?;

@@ -1,0 +1,113 @@
+//! A real registry (tests/registry/registry.sh: TLS from its own CA, htpasswd): the credentials a
+//! job brings survive injection, a daemon trusts a private registry's CA (`registryCAs`), and a
+//! registry mirror a DindDaemon sets serves its pulls.
+
+use super::*;
+
+/// What each build pod does against the registry `$R` (credentials from the job's own config).
+const REGISTRY_SCRIPT: &str = r#"set -e
+docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null
+echo "step: docker push"; docker tag local/base "$R/team/base:$T"; docker push -q "$R/team/base:$T" >/dev/null && echo pushed
+docker rmi "$R/team/base:$T" >/dev/null
+echo "step: a private FROM"; mkdir -p /tmp/app && cd /tmp/app
+printf 'FROM %s/team/base:%s\nRUN echo built > /built.txt\n' "$R" "$T" > Dockerfile
+docker build -q -t "app:$T" . >/dev/null && echo from-private
+echo "step: buildx build --push"; docker buildx build -q --push -t "$R/team/app:$T" . >/dev/null && echo buildx-pushed
+echo "step: compose pull"; printf 'services:\n  app:\n    image: %s/team/app:%s\n' "$R" "$T" > compose.yaml
+docker compose pull -q && echo compose-pulled
+echo "step: docker login"; docker logout "$R" >/dev/null
+if docker pull -q "$R/team/base:$T" >/dev/null 2>&1; then echo "pulled without credentials"; exit 1; fi
+echo "$PASSWORD" | docker login -u ci --password-stdin "$R" >/dev/null && docker pull -q "$R/team/base:$T" >/dev/null && echo login-pull
+if [ -n "$MIRRORED" ]; then
+  echo "step: a registry mirror"; docker tag local/base "$R/library/$MIRRORED"; docker push -q "$R/library/$MIRRORED" >/dev/null
+  docker pull -q "$MIRRORED" >/dev/null && echo mirror-pull
+fi
+echo "registry done"
+"#;
+
+fn read(path: &str) -> anyhow::Result<String> {
+    let p = cluster_dir().join("registry").join(path);
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("{} (is the harness registry up?)", p.display()))?.trim().to_string())
+}
+
+/// A build pod labelled for `ci` whose container `build` gets the job's credentials from Secret
+/// `regcred` as `how` says, runs [`REGISTRY_SCRIPT`] with `env`, in docker-env `mode`.
+fn registry_pod(name: &str, mode: &str, how: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let mut env: Vec<_> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    let (mount, volume) = match how {
+        // The usual: the dockerconfigjson Secret's key as ~/.docker/config.json (items).
+        "home-items" => (
+            json!({"name": "regcred", "mountPath": "/root/.docker", "readOnly": true}),
+            json!({"name": "regcred", "secret": {"secretName": "regcred", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}),
+        ),
+        // The key by subPath, straight at ~/.docker/config.json.
+        "home-subpath" => (
+            json!({"name": "regcred", "mountPath": "/root/.docker/config.json", "subPath": ".dockerconfigjson", "readOnly": true}),
+            json!({"name": "regcred", "secret": {"secretName": "regcred"}}),
+        ),
+        // The job's own DOCKER_CONFIG, a directory from the Secret.
+        _ => {
+            env.push(json!({"name": "DOCKER_CONFIG", "value": "/job-docker"}));
+            (
+                json!({"name": "regcred", "mountPath": "/job-docker", "readOnly": true}),
+                json!({"name": "regcred", "secret": {"secretName": "regcred", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}),
+            )
+        }
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"dind.dev/inject": "ci"}, "annotations": {"dind.dev/docker-env": mode}},
+        "spec": {"restartPolicy": "Never", "volumes": [volume], "containers": [{
+            "name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never", "env": env, "volumeMounts": [mount],
+            "command": ["/bin/sh", "-c", REGISTRY_SCRIPT]}]},
+    })
+}
+
+#[tokio::test]
+async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry_ca_and_mirror() {
+    require_node();
+    let registry = read("host").unwrap();
+    let mirror = read("mirror").unwrap();
+    let ca = read("ca.crt").unwrap();
+    let password = read("password").unwrap();
+    let config = read("docker-config/config.json").unwrap();
+    with_namespace("e2e-registry", |client, ns| async move {
+        with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
+            // The registry's CA as a platform team ships it, and the job's credentials as a
+            // kubernetes.io/dockerconfigjson Secret.
+            let ca_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca"}, "data": {"ca.crt": ca}});
+            kubectl_apply(&builds, &ca_map.to_string()).await?;
+            let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+                "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": config}});
+            kubectl_apply(&builds, &secret.to_string()).await?;
+            let daemon = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "ci"},
+                "spec": {"storage": {"size": "2Gi"}, "daemon": {
+                    "registryCAs": [{"registry": registry, "configMap": "registry-ca"}, {"registry": mirror, "configMap": "registry-ca"}],
+                    "registryMirrors": [format!("https://{mirror}")]}}});
+            kubectl_apply(&builds, &daemon.to_string()).await?;
+            wait_ready(&builds, "ci").await?;
+
+            let tag = suffix();
+            let mirrored = format!("mirrored-{tag}:1");
+            for (i, (mode, how)) in [("env", "home-items"), ("context", "home-subpath"), ("env", "own-docker-config")].iter().enumerate() {
+                let name = format!("registry-{i}");
+                let mut env = vec![("R", registry.clone()), ("T", format!("{tag}-{i}")), ("PASSWORD", password.clone())];
+                if i == 0 {
+                    env.push(("MIRRORED", mirrored.clone()));
+                }
+                let (log, ran) = run_pod(&client, &builds, &name, &registry_pod(&name, mode, how, &env).to_string()).await?;
+                let mirror_step = if i == 0 { "mirror-pull" } else { "registry done" };
+                for want in ["pushed", "from-private", "buildx-pushed", "compose-pulled", "login-pull", mirror_step, "registry done"] {
+                    ensure!(log.contains(want), "{name} ({mode}, credentials {how}): {want:?} missing:\n{log}");
+                }
+                eprintln!("{name} ({mode}, credentials {how}): push, private FROM, buildx --push, compose pull, login in {ran:?}");
+            }
+            // The mirror saw the pull (its access log names the repository).
+            let mirror_log = read("mirror.log")?;
+            ensure!(mirror_log.contains(&format!("library/mirrored-{tag}")), "the mirror did not serve the pull:\n{mirror_log}");
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}
