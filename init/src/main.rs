@@ -26,19 +26,15 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use tracing::{error, info};
 
 use config::Command;
-use supervise::FORWARDED;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(dind_contract::client_pod::SUBCOMMAND) {
         return client_setup(&args[1..]);
     }
-    // 1. Signals first: from here on they queue for our signalfd instead of killing us.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    for sig in FORWARDED {
-        mask.add(*sig);
-    }
+    // 1. Signals first: from here on every asynchronous one queues for our signalfd instead of
+    // killing us (or being lost: PID 1 has no default actions), as in tini.
+    let mask = supervise::blocked();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
         eprintln!("dind-init: cannot block signals: {e}");
         return ExitCode::from(1);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -20,9 +20,30 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, LogTarget};
 use crate::probe;
 
-/// Signals handed on to dockerd. SIGCHLD is ours: it tells us to reap.
-pub const FORWARDED: &[Signal] =
-    &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+/// Signals PID 1 leaves unblocked, as tini and catatonit do: the synchronous ones (a fault of
+/// this very process, which must not queue) and the terminal's stop signals. Every other
+/// signal, real-time ones included, is blocked from the start and read from a signalfd:
+/// SIGCHLD tells us to reap, and all the rest is handed on to dockerd.
+pub const NOT_BLOCKED: &[Signal] = &[
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGABRT,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// The signals PID 1 blocks (and so reads from its signalfd): every asynchronous one.
+pub fn blocked() -> SigSet {
+    let mut mask = SigSet::all();
+    for sig in NOT_BLOCKED {
+        mask.remove(*sig);
+    }
+    mask
+}
 
 pub fn spawn_dockerd(cfg: &Config, args: &[String], path_prefix: Option<&Path>) -> io::Result<Pid> {
     let mut cmd = process::Command::new(&cfg.dockerd);
@@ -56,13 +77,15 @@ pub fn supervise(signals: &SignalFd, child: Pid, socket: &Path, started: Instant
         loop {
             match signals.read_signal() {
                 Ok(Some(info)) => {
-                    let Ok(sig) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else { continue };
-                    if sig == Signal::SIGCHLD {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    if signo == Signal::SIGCHLD as i32 {
                         continue;
                     }
-                    info!(signal = %sig, "forwarding to dockerd");
-                    if let Err(e) = kill(child, sig) {
-                        warn!(signal = %sig, error = %e, "could not forward");
+                    // Real-time signals have no `Signal` of their own: forwarded by number.
+                    let name = Signal::try_from(signo).map_or_else(|_| format!("signal {signo}"), |s| s.to_string());
+                    info!(signal = %name, "forwarding to dockerd");
+                    if let Err(e) = crate::sys::kill_raw(child.as_raw(), signo) {
+                        warn!(signal = %name, error = %e, "could not forward");
                     }
                 }
                 Ok(None) => break,
@@ -100,5 +123,51 @@ fn reap(child: Pid) -> Option<u8> {
                 return exit;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::pthread::{pthread_kill, pthread_self};
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+    #[test]
+    fn every_asynchronous_signal_is_blocked_and_faults_are_not() {
+        let mask = blocked();
+        for sig in Signal::iterator().filter(|s| !NOT_BLOCKED.contains(s) && *s != Signal::SIGKILL && *s != Signal::SIGSTOP) {
+            assert!(mask.contains(sig), "{sig} is not blocked");
+        }
+        for sig in NOT_BLOCKED {
+            assert!(!mask.contains(*sig), "{sig} is blocked: a fault would queue instead of stopping us");
+        }
+    }
+
+    #[test]
+    fn a_signal_the_old_list_lacked_reaches_dockerd() {
+        // SIGALRM was not among the 7 signals dind-init forwarded before (nor SIGPIPE, SIGURG,
+        // SIGPWR, real-time ones): PID 1 silently dropped them.
+        let mask = blocked();
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old)).unwrap();
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("trap 'exit 7' ALRM; touch {}; while :; do sleep 0.05; done", ready.display()))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // To this thread only: the test binary's other threads do not block it.
+        pthread_kill(pthread_self(), Signal::SIGALRM).unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let code = supervise(&signals, pid, &dir.path().join("no.sock"), Instant::now());
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        assert_eq!(code, 7, "the child did not get SIGALRM");
     }
 }

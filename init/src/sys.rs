@@ -20,3 +20,11 @@ pub fn close_fd(fd: i32) {
         libc::close(fd);
     }
 }
+
+/// Sends signal number `signo` to `pid`: kill(2) for any signal, real-time ones included (nix's
+/// `kill` takes only the signals it names).
+pub fn kill_raw(pid: i32, signo: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; it touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, signo) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

@@ -217,22 +217,24 @@ pub fn slim_pod(pod: &mut Pod) {
             phase: status.phase.take(),
             pod_ip: status.pod_ip.take(),
             conditions: status.conditions.take().map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
-            container_statuses: status.container_statuses.take().map(|cs| {
-                cs.into_iter()
-                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                        name: c.name,
-                        ready: c.ready,
-                        restart_count: c.restart_count,
-                        state: c.state,
-                        last_state: c.last_state,
-                        container_id: c.container_id,
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
+            container_statuses: status.container_statuses.take().map(|cs| cs.into_iter().map(slim_container_status).collect()),
+            // An install container that cannot pull its image holds the daemon back: status names it.
+            init_container_statuses: status.init_container_statuses.take().map(|cs| cs.into_iter().map(slim_container_status).collect()),
             ..Default::default()
         };
         *status = keep;
+    }
+}
+
+fn slim_container_status(c: k8s_openapi::api::core::v1::ContainerStatus) -> k8s_openapi::api::core::v1::ContainerStatus {
+    k8s_openapi::api::core::v1::ContainerStatus {
+        name: c.name,
+        ready: c.ready,
+        restart_count: c.restart_count,
+        state: c.state,
+        last_state: c.last_state,
+        container_id: c.container_id,
+        ..Default::default()
     }
 }
 
@@ -388,7 +390,9 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.1", "hostIP": "1.2.3.4",
                        "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
                        "containerStatuses": [{"name": "dockerd", "image": "docker:dind", "imageID": "sha", "ready": true, "restartCount": 2,
-                                              "state": {"running": {}}}]}
+                                              "state": {"running": {}}}],
+                       "initContainerStatuses": [{"name": "dind-install", "image": "dind-init", "imageID": "", "ready": false,
+                                                  "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "m"}}}]}
         }))
         .unwrap();
         slim_pod(&mut pod);
@@ -403,6 +407,8 @@ mod tests {
         assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
         let cs = &status.container_statuses.as_ref().unwrap()[0];
         assert_eq!((cs.ready, cs.restart_count, cs.image.as_str()), (true, 2, ""));
+        let init = &status.init_container_statuses.as_ref().unwrap()[0];
+        assert_eq!(init.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ErrImagePull"));
         assert_eq!(daemons_of_pod(pod).len(), 1, "slimming keeps what the trigger maps on");
     }
 

@@ -66,18 +66,30 @@ pub fn pod_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Waiting reasons that no amount of waiting fixes: the image cannot be pulled, or the
+/// container cannot be made.
+const IMAGE_OR_CONFIG: &[&str] =
+    &["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"];
+
 /// Why a daemon pod is failing, if it is: waiting in a crash loop or on an image, or
 /// restarted less than [`STABLE_AFTER`] ago; with dind-init's last words where there are some.
 fn pod_failure(pod: &Pod, now: &Time) -> Option<String> {
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let status = pod.status.as_ref()?;
+    // An init container (dind-init's install) that cannot start: the daemon waits behind it.
+    let init = status.init_container_statuses.iter().flatten().find_map(|cs| {
+        let w = cs.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.as_deref().filter(|r| IMAGE_OR_CONFIG.contains(r))?;
+        Some(format!("pod {} init container {} {reason}: {}", pod.name_any(), cs.name, w.message.clone().unwrap_or_default()))
+    });
+    if init.is_some() {
+        return init;
+    }
+    let statuses = status.container_statuses.as_ref()?;
     statuses.iter().find_map(|cs| {
         let state = cs.state.as_ref();
         let waiting = state.and_then(|s| s.waiting.as_ref()).and_then(|w| Some((w.reason.as_deref()?, w.message.clone())));
         let reason = match waiting {
-            Some((
-                reason @ ("CrashLoopBackOff" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "CreateContainerError"),
-                _,
-            )) => reason.to_string(),
+            Some((reason, _)) if reason == "CrashLoopBackOff" || IMAGE_OR_CONFIG.contains(&reason) => reason.to_string(),
             _ if cs.restart_count == 0 => return None,
             // Restarted: failing while it is down, and until it has stayed up for a while.
             _ => match state.and_then(|s| s.running.as_ref()) {

@@ -269,6 +269,23 @@ fn a_crash_loop_is_degraded_with_dind_inits_last_words() {
 }
 
 #[test]
+fn an_image_that_cannot_be_pulled_is_degraded_naming_it_in_the_daemon_or_its_install_container() {
+    let d = dd(1);
+    let s = sts(1, 1);
+    let message = "Back-off pulling image \"reg.example/dind-init:9\": not found";
+    for (field, name) in [("initContainerStatuses", "dind-install"), ("containerStatuses", "dockerd")] {
+        let mut pod = json!({"metadata": {"name": "ci-0"}, "status": {}});
+        pod["status"][field] = json!([{"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]);
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[pod], routed: all_routed(), ..Default::default() }, at(1));
+        let c = get(&st, DEGRADED);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DaemonFailing"), "{field}");
+        assert!(c.message.contains("ImagePullBackOff") && c.message.contains("reg.example/dind-init:9"), "{field}: {}", c.message);
+    }
+}
+
+#[test]
 fn a_stale_statefulset_is_progressing() {
     let d = dd(1);
     let s: StatefulSet = serde_json::from_value(json!({
