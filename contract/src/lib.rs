@@ -9,6 +9,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod args;
+
 /// dockerd's TCP port with mutual TLS (Docker's convention).
 pub const TLS_PORT: u16 = 2376;
 /// Docker's plaintext port: only with TLS off.

@@ -154,6 +154,8 @@ mod tests {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("ready");
+        // Reaped by `supervise` (waitpid), as dockerd is.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(format!("trap 'exit 7' ALRM; touch {}; while :; do sleep 0.05; done", ready.display()))

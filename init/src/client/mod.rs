@@ -11,6 +11,8 @@ mod ping;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use dind_contract::args::ClientSetup;
+
 /// `client-setup`'s settings (flags only: it is injected, never typed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Setup {
@@ -27,54 +29,17 @@ pub struct Setup {
     pub merge: Vec<PathBuf>,
 }
 
-/// Parses `client-setup`'s flags (`--name=value` or `--name value`), naming any bad one.
+/// Parses `client-setup`'s flags (the contract's [`ClientSetup`]), naming any bad one.
 pub fn parse(args: &[String]) -> Result<Setup, String> {
-    let mut host = None;
-    let mut config = None;
-    let mut context = dind_contract::client_pod::CONTEXT.to_string();
-    let mut certs = None;
-    let mut merge = Vec::new();
-    let mut timeout = Duration::from_secs(u64::from(dind_contract::client_pod::WAIT_SECONDS));
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
-        let Some(body) = arg.strip_prefix("--") else { return Err(format!("{arg}: unexpected argument")) };
-        let (name, value) = match body.split_once('=') {
-            Some((n, v)) => (n, v.to_string()),
-            None => {
-                let v = args.get(i).ok_or_else(|| format!("--{body}: needs a value"))?.clone();
-                i += 1;
-                (body, v)
-            }
-        };
-        match name {
-            "host" => {
-                let rest = value.strip_prefix("tcp://").ok_or_else(|| format!("--host: {value:?} must be tcp://HOST:PORT"))?;
-                let (h, p) = rest.rsplit_once(':').ok_or_else(|| format!("--host: {value:?} has no port"))?;
-                if h.is_empty() || p.parse::<u16>().is_err() {
-                    return Err(format!("--host: {value:?} must be tcp://HOST:PORT"));
-                }
-                host = Some(value);
-            }
-            "config" => config = Some(PathBuf::from(value)),
-            "context" if !value.is_empty() && value != "default" => context = value,
-            "context" => return Err(format!("--context: {value:?} cannot name a context")),
-            "certs" => certs = Some(PathBuf::from(value)),
-            "merge" if value.starts_with('/') => merge.push(PathBuf::from(value)),
-            "merge" => return Err(format!("--merge: {value:?} must be an absolute path")),
-            "timeout" => {
-                let secs = value.strip_suffix('s').unwrap_or(&value);
-                let secs: u64 = secs.parse().map_err(|_| format!("--timeout: {value:?} must be seconds, such as 120s"))?;
-                if !(1..=3600).contains(&secs) {
-                    return Err(format!("--timeout: {value:?} must be 1s to 3600s"));
-                }
-                timeout = Duration::from_secs(secs);
-            }
-            other => return Err(format!("--{other}: unknown flag of client-setup")),
-        }
-    }
-    Ok(Setup { host: host.ok_or("--host is required")?, config: config.ok_or("--config is required")?, context, certs, timeout, merge })
+    let c = ClientSetup::parse(args)?;
+    Ok(Setup {
+        host: c.host,
+        config: PathBuf::from(c.config),
+        context: c.context,
+        certs: c.certs.map(PathBuf::from),
+        timeout: Duration::from_secs(u64::from(c.timeout_secs)),
+        merge: c.merge.into_iter().map(PathBuf::from).collect(),
+    })
 }
 
 /// Writes the context, then waits for the daemon. The error is what the pod's events and

@@ -12,6 +12,8 @@
 //! dockerd directives dind-init owns (from `dind_contract`, which the operator's CRD uses too).
 
 mod checks;
+#[cfg(test)]
+mod contract_tests;
 mod settings;
 mod sources;
 

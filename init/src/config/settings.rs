@@ -1,5 +1,7 @@
 //! The table of dind-init's settings: each flag, its environment names and its help.
 
+use dind_contract::args::flag;
+
 /// One setting: its flag, its environment names (first wins after the flag), and its help.
 pub(super) struct Setting {
     pub flag: &'static str,
@@ -10,20 +12,20 @@ pub(super) struct Setting {
 
 pub(super) const SETTINGS: &[Setting] = &[
     Setting {
-        flag: "port",
+        flag: flag::PORT,
         env: &["PORT", "DIND_INIT_PORT"],
         repeatable: false,
         help: "TCP port of dockerd (default 2376, or 2375 with --tls=false)",
     },
     Setting {
-        flag: "tcp",
+        flag: flag::TCP,
         env: &["DIND_INIT_TCP"],
         repeatable: false,
         help: "listen on TCP: true (default) or false (only the unix socket, e.g. a sidecar)",
     },
-    Setting { flag: "tls", env: &["DIND_INIT_TLS"], repeatable: false, help: "mutual TLS on the TCP port: true (default) or false" },
+    Setting { flag: flag::TLS, env: &["DIND_INIT_TLS"], repeatable: false, help: "mutual TLS on the TCP port: true (default) or false" },
     Setting {
-        flag: "tls-dir",
+        flag: flag::TLS_DIR,
         env: &["DIND_INIT_TLS_DIR"],
         repeatable: false,
         help: "directory of ca.crt, tls.crt, tls.key (default /certs/server)",
@@ -35,33 +37,38 @@ pub(super) const SETTINGS: &[Setting] = &[
         help: "CA that client certificates must chain to (default TLS_DIR/ca.crt)",
     },
     Setting {
-        flag: "tls-generate",
+        flag: flag::TLS_GENERATE,
         env: &["DIND_INIT_TLS_GENERATE"],
         repeatable: false,
         help: "make a CA, a server certificate for localhost and a client certificate in DIR (DIR/server, DIR/client) unless there, and serve with them",
     },
     Setting { flag: "tls-cert", env: &["DIND_INIT_TLS_CERT"], repeatable: false, help: "server certificate (default TLS_DIR/tls.crt)" },
     Setting { flag: "tls-key", env: &["DIND_INIT_TLS_KEY"], repeatable: false, help: "server key (default TLS_DIR/tls.key)" },
-    Setting { flag: "mtu", env: &["DIND_INIT_MTU"], repeatable: false, help: "MTU of dockerd's networks, 576-9000 (default: eth0's)" },
+    Setting { flag: flag::MTU, env: &["DIND_INIT_MTU"], repeatable: false, help: "MTU of dockerd's networks, 576-9000 (default: eth0's)" },
     Setting {
-        flag: "storage-driver",
+        flag: flag::STORAGE_DRIVER,
         env: &["DIND_INIT_STORAGE_DRIVER"],
         repeatable: false,
         help: "overlay2, fuse-overlayfs, btrfs, zfs or vfs (default: from the filesystem)",
     },
     Setting {
-        flag: "registry-mirror",
+        flag: flag::REGISTRY_MIRROR,
         env: &["DIND_INIT_REGISTRY_MIRRORS"],
         repeatable: true,
         help: "registry mirror URL, http(s)://; repeat, or comma-separate in the env",
     },
     Setting {
-        flag: "insecure-registry",
+        flag: flag::INSECURE_REGISTRY,
         env: &["DIND_INIT_INSECURE_REGISTRIES"],
         repeatable: true,
         help: "registry host[:port] or CIDR reached without TLS checks; repeatable",
     },
-    Setting { flag: "daemon-config", env: &["DIND_INIT_DAEMON_CONFIG"], repeatable: false, help: "daemon.json passthrough, a JSON object" },
+    Setting {
+        flag: flag::DAEMON_CONFIG,
+        env: &["DIND_INIT_DAEMON_CONFIG"],
+        repeatable: false,
+        help: "daemon.json passthrough, a JSON object",
+    },
     Setting {
         flag: "data-root",
         env: &["DIND_INIT_DATA_ROOT"],
@@ -69,7 +76,12 @@ pub(super) const SETTINGS: &[Setting] = &[
         help: "dockerd's data root; back it with a volume (default /var/lib/docker)",
     },
     Setting { flag: "exec-root", env: &["DIND_INIT_EXEC_ROOT"], repeatable: false, help: "dockerd's exec root (default /var/run/docker)" },
-    Setting { flag: "socket", env: &["DIND_INIT_SOCKET"], repeatable: false, help: "dockerd's unix socket (default /var/run/docker.sock)" },
+    Setting {
+        flag: flag::SOCKET,
+        env: &["DIND_INIT_SOCKET"],
+        repeatable: false,
+        help: "dockerd's unix socket (default /var/run/docker.sock)",
+    },
     Setting {
         flag: "log",
         env: &["LOG", "DIND_INIT_LOG"],
@@ -79,13 +91,13 @@ pub(super) const SETTINGS: &[Setting] = &[
     Setting { flag: "iptables", env: &["DIND_INIT_IPTABLES"], repeatable: false, help: "iptables backend: auto (default), nft or legacy" },
     Setting { flag: "dockerd", env: &["DIND_INIT_DOCKERD"], repeatable: false, help: "dockerd binary (default: dockerd from PATH)" },
     Setting {
-        flag: "shutdown-timeout",
+        flag: flag::SHUTDOWN_TIMEOUT,
         env: &["DIND_INIT_SHUTDOWN_TIMEOUT"],
         repeatable: false,
         help: "seconds dockerd gives containers to stop, 1-3600 (default 15)",
     },
     Setting {
-        flag: "timeout-ms",
+        flag: flag::TIMEOUT_MS,
         env: &["DIND_INIT_PROBE_TIMEOUT_MS"],
         repeatable: false,
         help: "probe: give up after this many milliseconds (default 1000); wait: (default 120000)",

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use dind_contract::args::{flag, sub};
 use dind_contract::server_tls;
 use serde_json::Map;
 
@@ -13,9 +14,9 @@ use super::{Command, Config, ConfigError, Iptables, LogTarget, Raw, TlsFiles};
 /// Parses `args` (without the program name) and the environment into a command.
 pub fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Command, ConfigError> {
     let (sub, rest) = match args.first().map(String::as_str) {
-        Some("probe") => ("probe", &args[1..]),
-        Some("wait") => ("wait", &args[1..]),
-        Some("install") => ("install", &args[1..]),
+        Some(sub::PROBE) => ("probe", &args[1..]),
+        Some(sub::WAIT) => ("wait", &args[1..]),
+        Some(sub::INSTALL) => ("install", &args[1..]),
         Some("run") => ("run", &args[1..]),
         _ => ("run", args),
     };
@@ -90,11 +91,12 @@ pub fn parse(args: &[String], env: &BTreeMap<String, String>) -> Result<Command,
 
     match sub {
         "probe" | "wait" => {
-            only_flags(&flags, &["socket", "timeout-ms"], sub)?;
+            only_flags(&flags, &[flag::SOCKET, flag::TIMEOUT_MS], sub)?;
             no_positional(&positional, sub)?;
             let socket = one("socket").map_or_else(|| PathBuf::from(dind_contract::SOCKET), |r| PathBuf::from(r.value));
             // A probe is one question; a wait asks until dockerd answers (up to an hour).
-            let (max, default) = if sub == "wait" { (3_600_000, 120_000) } else { (60_000, 1000) };
+            let wait = sub == "wait";
+            let (max, default) = (dind_contract::args::Check::max_ms(wait), if wait { 120_000 } else { 1000 });
             let timeout_ms = match one("timeout-ms") {
                 Some(r) => parse_number(&r, 1, max)?,
                 None => default,

@@ -1,7 +1,7 @@
 //! The operator's side of the contract with dind-init: where a daemon pod gets the binary, and
 //! its command-line arguments.
 
-use dind_contract::{BIN_DIR, BINARY};
+use dind_contract::{BIN_DIR, BINARY, args};
 
 use super::Defaults;
 use crate::crd::{DindDaemon, DindDaemonSpec};
@@ -69,44 +69,45 @@ pub enum Listen {
 }
 
 /// dind-init's arguments for this spec: everything the daemon needs, as flags we own.
+/// `spec.port` as a TCP port (the CRD keeps it within 1-65535).
+fn port(p: i32) -> Result<u16> {
+    u16::try_from(p).ok().filter(|p| *p > 0).ok_or(Error::MissingField("spec.port within 1-65535"))
+}
+
 pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
     let spec = &dd.spec;
-    let mut args = vec![format!("--shutdown-timeout={DOCKERD_SHUTDOWN_TIMEOUT}")];
+    let mut run = args::Run { shutdown_timeout: Some(dind_contract::SHUTDOWN_TIMEOUT), ..Default::default() };
     match listen {
         Listen::Tcp { tls: true } => {
-            args.insert(0, format!("--port={}", spec.port));
-            args.push(format!("--tls-dir={}", dind_contract::SERVER_TLS_DIR));
+            run.port = Some(port(spec.port)?);
+            run.tls_dir = Some(dind_contract::SERVER_TLS_DIR.to_string());
         }
         Listen::Tcp { tls: false } => {
-            args.insert(0, format!("--port={}", spec.port));
-            args.push("--tls=false".to_string());
+            run.port = Some(port(spec.port)?);
+            run.tls = Some(false);
         }
         Listen::SocketOnly => {
-            args.push("--tcp=false".to_string());
-            args.push(format!("--socket={}", dind_contract::client_pod::SOCKET));
+            run.tcp = Some(false);
+            run.socket = Some(dind_contract::client_pod::SOCKET.to_string());
         }
         Listen::SidecarTcp { tls } => {
-            args.insert(0, format!("--port={}", spec.port));
-            args.push(format!("--socket={}", dind_contract::client_pod::SOCKET));
-            args.push(if tls { format!("--tls-generate={}", dind_contract::generated_tls::DIR) } else { "--tls=false".to_string() });
+            run.port = Some(port(spec.port)?);
+            run.socket = Some(dind_contract::client_pod::SOCKET.to_string());
+            if tls {
+                run.tls_generate = Some(dind_contract::generated_tls::DIR.to_string());
+            } else {
+                run.tls = Some(false);
+            }
         }
     }
-    if let Some(mtu) = spec.daemon.mtu {
-        args.push(format!("--mtu={mtu}"));
-    }
-    if let Some(driver) = spec.daemon.storage_driver {
-        args.push(format!("--storage-driver={}", driver.as_str()));
-    }
-    args.extend(spec.daemon.registry_mirrors.iter().map(|m| format!("--registry-mirror={m}")));
-    args.extend(spec.daemon.insecure_registries.iter().map(|r| format!("--insecure-registry={r}")));
+    run.mtu = spec.daemon.mtu.map(|m| u32::try_from(m).unwrap_or_default());
+    run.storage_driver = spec.daemon.storage_driver.map(|d| d.as_str().to_string());
+    run.registry_mirrors = spec.daemon.registry_mirrors.clone();
+    run.insecure_registries = spec.daemon.insecure_registries.clone();
     let config = crate::cache::daemon_config(spec);
     if !config.is_empty() {
-        let json = serde_json::to_string(&config).map_err(|source| Error::Serialize { what: "daemon.config", source })?;
-        args.push(format!("--daemon-config={json}"));
+        run.daemon_config = Some(serde_json::to_string(&config).map_err(|source| Error::Serialize { what: "daemon.config", source })?);
     }
-    if !spec.daemon.extra_args.is_empty() {
-        args.push("--".to_string());
-        args.extend(spec.daemon.extra_args.iter().cloned());
-    }
-    Ok(args)
+    run.dockerd_args = spec.daemon.extra_args.clone();
+    Ok(run.render())
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dind_contract::{BIN_DIR, DATA_ROOT, REGISTRY_CERTS_DIR, SERVER_TLS_DIR};
+use dind_contract::{BIN_DIR, DATA_ROOT, REGISTRY_CERTS_DIR, SERVER_TLS_DIR, args};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, Lifecycle,
@@ -87,6 +87,11 @@ fn security_context(mode: SecurityMode) -> SecurityContext {
     }
 }
 
+/// `binary` with `args`: an exec command.
+fn command(binary: &str, args: Vec<String>) -> Vec<String> {
+    std::iter::once(binary.to_string()).chain(args).collect()
+}
+
 /// How long the postStart gate waits for dockerd's first answer (a first start on a slow volume).
 pub const START_TIMEOUT_MS: u64 = 120_000;
 
@@ -96,7 +101,7 @@ pub const START_TIMEOUT_MS: u64 = 120_000;
 fn start_gate(binary: &str) -> Lifecycle {
     Lifecycle {
         post_start: Some(LifecycleHandler {
-            exec: Some(ExecAction { command: Some(vec![binary.into(), "wait".into(), format!("--timeout-ms={START_TIMEOUT_MS}")]) }),
+            exec: Some(ExecAction { command: Some(command(binary, args::Check { wait: true, timeout_ms: START_TIMEOUT_MS }.render())) }),
             ..Default::default()
         }),
         ..Default::default()
@@ -108,7 +113,7 @@ fn start_gate(binary: &str) -> Lifecycle {
 /// restarted. A busy dockerd answers `/_ping` in milliseconds.
 fn liveness(binary: &str) -> Probe {
     Probe {
-        exec: Some(ExecAction { command: Some(vec![binary.into(), "probe".into(), "--timeout-ms=5000".into()]) }),
+        exec: Some(ExecAction { command: Some(command(binary, args::Check { wait: false, timeout_ms: 5000 }.render())) }),
         period_seconds: Some(20),
         timeout_seconds: Some(10),
         failure_threshold: Some(6),
@@ -122,7 +127,7 @@ pub fn install_container(image: String) -> Container {
     Container {
         name: "install-dind-init".into(),
         image: Some(image),
-        command: Some(vec!["/dind-init".into(), "install".into(), BIN_DIR.into()]),
+        command: Some(command("/dind-init", args::Install { dir: BIN_DIR.into() }.render())),
         volume_mounts: Some(vec![VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), ..Default::default() }]),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

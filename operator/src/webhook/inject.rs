@@ -34,7 +34,7 @@
 
 use std::collections::BTreeSet;
 
-use dind_contract::client_pod;
+use dind_contract::{args, client_pod};
 use serde_json::{Map, Value, json};
 
 use super::job_config::{self, Own, Source};
@@ -142,23 +142,25 @@ pub(super) fn opt_outs(pod: &Value) -> BTreeSet<String> {
 /// The injected init container: writes the Docker context (merging the configurations the
 /// job brings, `sources`), then waits for `/_ping`.
 fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32, sources: &[Source]) -> Value {
-    let mut args = vec![
-        client_pod::SUBCOMMAND.to_string(),
-        format!("--host={docker_host}"),
-        format!("--config={}", client_pod::CONFIG_DIR),
-        format!("--context={}", client_pod::CONTEXT),
-        format!("--timeout={wait_seconds}s"),
-    ];
+    let mut setup = args::ClientSetup {
+        host: docker_host.to_string(),
+        config: client_pod::CONFIG_DIR.to_string(),
+        context: client_pod::CONTEXT.to_string(),
+        certs: None,
+        timeout_secs: wait_seconds,
+        merge: Vec::new(),
+    };
     let mut mounts = vec![json!({"name": names::CONFIG_VOLUME, "mountPath": client_pod::CONFIG_DIR})];
     if target.tls {
-        args.push(format!("--certs={}", client_pod::CERTS_DIR));
+        setup.certs = Some(client_pod::CERTS_DIR.to_string());
         mounts.push(json!({"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR, "readOnly": true}));
     }
     for (i, source) in sources.iter().enumerate() {
         let (mount, file) = job_config::mount_of(i, source);
-        args.push(format!("--merge={file}"));
+        setup.merge.push(file);
         mounts.push(mount);
     }
+    let args = setup.render();
     json!({
         "name": names::WAIT_CONTAINER,
         "image": target.init_image,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn crd_installs_and_is_established() {
     let client = dind_tests::client().await.expect("client");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(include_str!("../../crds/dinddaemon.yaml")).expect("crds/dinddaemon.yaml");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(include_str!("../../../crds/dinddaemon.yaml")).expect("crds/dinddaemon.yaml");
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     crds.patch("dinddaemons.dind.dev", &PatchParams::apply("dind-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
     let established = eventually("CRD Established", WAIT, || {

@@ -1,0 +1,21 @@
+//! Every test of the harness but the end-to-end ones, in one binary (linking one test binary per
+//! file cost CI a link of the whole dependency tree each, on two cores). One module a theme:
+//!
+//! - `harness`: the real control plane itself (apiserver, admission, tokens, CRDs).
+//! - `operator_api`: the CRD's schema and CEL rules, at the real apiserver.
+//! - `operator_reconcile`, `operator_lifecycle`: the operator against the real control plane.
+//! - `webhook`: the injection webhook at the real apiserver.
+//! - `chart`, `crd_upgrade`: the Helm chart, rendered and installed.
+//! - `dind_init`: dind-init as PID 1 of real containers on the test dockerd.
+//!
+//! tests/run.sh runs them with the unit tests (`--skip e2e_`); the end-to-end tests are the `e2e`
+//! binary, run after, one at a time.
+
+mod chart;
+mod crd_upgrade;
+mod dind_init;
+mod harness;
+mod operator_api;
+mod operator_lifecycle;
+mod operator_reconcile;
+mod webhook;
