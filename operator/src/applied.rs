@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
 
-use crate::build::{CertSecrets, Owned};
 use crate::error::{Error, Result};
+use crate::objects::{CertSecrets, Owned};
 use crate::tls;
 use crate::watch_map::WatchMap;
 

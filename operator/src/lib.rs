@@ -8,15 +8,15 @@
 
 pub mod api_client;
 pub mod applied;
-pub mod build;
-pub mod cache;
 pub mod controller;
 pub mod crd;
-pub mod daemon_info;
+pub mod disk;
+pub mod docker_api;
 pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod objects;
 pub mod ownership;
 pub mod rbac;
 pub mod server;

@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use dind_operator::build::Defaults;
 use dind_operator::controller::{self, Settings};
 use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
 use dind_operator::leader::{self, LeaseLock};
 use dind_operator::metrics::Metrics;
+use dind_operator::objects::Defaults;
 use dind_operator::server::{self, Health, Liveness};
 use dind_operator::webhook;
 use kube::Api;

@@ -103,7 +103,7 @@ impl Metrics {
     }
 
     /// The figures of one daemon's `/system/df`.
-    pub fn record_disk(&self, namespace: &str, name: &str, pod: &str, usage: &crate::cache::DiskUsage) {
+    pub fn record_disk(&self, namespace: &str, name: &str, pod: &str, usage: &crate::disk::DiskUsage) {
         let labels = PodLabels { namespace: namespace.into(), name: name.into(), pod: pod.into() };
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.disk_used_bytes.get_or_create(&labels).set(gauge(usage.used_bytes()));

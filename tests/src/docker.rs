@@ -12,9 +12,33 @@ use dind_operator::tls;
 pub const DAEMON_IMAGE: &str = "dind-daemon:test";
 pub const BUSYBOX_IMAGE: &str = "dind-busybox:test";
 
-/// Capabilities mode of docs/design.md: Docker's `--privileged` fails on these VMs.
-pub const CAPABILITIES_MODE: &[&str] =
-    &["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"];
+/// Capabilities mode of docs/design.md (every capability but SYS_RESOURCE) for a container of
+/// a daemon whose own bounding set lacks SYS_RESOURCE: a daemon inside a daemon of this mode,
+/// and the test dockerd on these VMs. Docker's `--privileged` fails on these VMs.
+pub const NESTED_CAPABILITIES_MODE: &[&str] =
+    &["--cap-add", "ALL", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"];
+
+/// Capabilities mode for a container of the test dockerd. Docker 28 reads `--cap-add ALL` as
+/// every capability of its own bounding set and refuses to drop one that set lacks ("invalid
+/// CapDrop: capability not supported by your kernel or not available in the current
+/// environment"; Docker 20.10 accepted it), so SYS_RESOURCE is dropped only where this machine
+/// has it.
+pub fn capabilities_mode() -> Vec<&'static str> {
+    let mut mode = NESTED_CAPABILITIES_MODE.to_vec();
+    if host_has_sys_resource() {
+        mode.splice(2..2, ["--cap-drop", "SYS_RESOURCE"]);
+    }
+    mode
+}
+
+/// Whether this process's capability bounding set holds CAP_SYS_RESOURCE (bit 24).
+fn host_has_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|bits| bits & (1 << 24) != 0)
+}
 
 /// `docker ARGS` against the test daemon; stdout, or an error with stderr.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {

@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::applied::{self, Stamp, Stamps};
-use crate::build::{CertSecrets, Owned};
 use crate::error::{Error, Result};
 use crate::names::FIELD_MANAGER;
+use crate::objects::{CertSecrets, Owned};
 
 /// Applies `obj` and returns the apiserver's copy. A refusal names the object.
 pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>

@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::applied::Applied;
-use crate::cache::DiskUsage;
-use crate::cache::prune::ImageUse;
 use crate::crd::LastPrune;
+use crate::disk::DiskUsage;
+use crate::disk::prune::ImageUse;
 
 /// The first retry of a failed reconcile comes after this long, then twice as long each time.
 pub const BACKOFF_START: Duration = Duration::from_secs(5);

@@ -11,9 +11,9 @@ mod claims;
 mod events;
 mod memory;
 mod observe;
-mod pool;
 mod prune;
 mod reconcile;
+mod volume_pool;
 mod volumes;
 mod watches;
 
@@ -38,10 +38,10 @@ pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
 pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_pod, slim_statefulset};
 
 use crate::applied::{self, Stamp, StampCache, Stamps};
-use crate::build::Defaults;
 use crate::crd::DindDaemon;
 use crate::metrics::Metrics;
 use crate::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
+use crate::objects::Defaults;
 use crate::server::Liveness;
 use crate::status::Refusal;
 use crate::watch_map::WatchMap;

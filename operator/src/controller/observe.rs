@@ -11,10 +11,10 @@ use kube::runtime::reflector::ObjectRef;
 use super::Context;
 use super::memory::{ROUTE_CHECKS, route_recheck};
 use super::prune;
-use crate::cache::DiskUsage;
 use crate::crd::DindDaemon;
+use crate::disk::DiskUsage;
 use crate::names::{DAEMON_LABEL, Names, parse_claim};
-use crate::{daemon_info, status, tls};
+use crate::{docker_api, status, tls};
 
 /// What reconcile saw of the daemons, owned (status borrows it).
 #[derive(Debug, Default)]
@@ -183,7 +183,7 @@ async fn ask_daemons(
             let tls = certs.map(|c| (c, sni.as_str()));
             let driver = match ctx.memory.driver(&uid) {
                 Some(known) => Some(known),
-                None => match daemon_info::storage_driver(&ip, dd.spec.port, tls).await {
+                None => match docker_api::storage_driver(&ip, dd.spec.port, tls).await {
                     Ok(d) => {
                         ctx.memory.remember_driver(&uid, &d);
                         Some(d)
@@ -197,7 +197,7 @@ async fn ask_daemons(
             let disk = match ctx.memory.disk(&uid) {
                 // (A little early counts as due: the requeue after DISK_EVERY lands just short of it.)
                 Some((at, usage)) if at.elapsed() + DISK_SLACK.min(ctx.disk_every / 4) < ctx.disk_every => Some(usage),
-                known => match daemon_info::disk_usage(&ip, dd.spec.port, tls).await {
+                known => match docker_api::disk_usage(&ip, dd.spec.port, tls).await {
                     Ok(usage) => {
                         let daemon = prune::Daemon { pod: &name, uid: &uid, addr: format!("{ip}:{}", dd.spec.port), tls };
                         // Bounded as a whole: a slow daemon must not hold the reconcile past its deadline.

@@ -1,4 +1,4 @@
-//! Pruning one daemon, the requests (what and when: `cache::prune`, pure). Runs after each
+//! Pruning one daemon, the requests (what and when: `disk::prune`, pure). Runs after each
 //! disk look (`observe::ask_daemons`), over the daemon's own mTLS, as a client would.
 
 use std::time::{Duration, Instant};
@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use super::Context;
 use super::events::publish;
 use super::memory::Pruning;
-use crate::cache::prune::{self, Removed, Why};
-use crate::cache::{self, DiskUsage};
 use crate::crd::{DindDaemon, LastPrune};
-use crate::daemon_info::{self, MAX_DF_ANSWER};
+use crate::disk::prune::{self, Removed, Why};
+use crate::disk::{self, DiskUsage};
+use crate::docker_api::{self, MAX_DF_ANSWER};
 use crate::tls::Bundle;
 
 /// One daemon, as a prune reaches it.
@@ -78,18 +78,18 @@ async fn note_and_prune(
         }
     }
     let why = match running_containers(daemon).await {
-        Ok(running) => prune::due(usage, running, cache::volume_bytes(&dd.spec), dd.spec.cache.high_water_percent),
+        Ok(running) => prune::due(usage, running, disk::volume_bytes(&dd.spec), dd.spec.cache.high_water_percent),
         Err(e) => {
             tracing::debug!(pod = daemon.pod, error = %e, "daemon did not list its containers");
             None
         }
     }?;
-    let doomed: Vec<cache::Image> =
+    let doomed: Vec<disk::Image> =
         prune::images_to_delete(&usage.image_list, &memory.uses, &dd.spec.cache.prune.keep_images, unused_for, Instant::now())
             .into_iter()
             .cloned()
             .collect();
-    let plan = Plan { unused_for, images: &doomed, why, cache_keep: cache::build_cache_keep_bytes(&dd.spec), spec: &dd.spec };
+    let plan = Plan { unused_for, images: &doomed, why, cache_keep: disk::build_cache_keep_bytes(&dd.spec), spec: &dd.spec };
     let removed = match tokio::time::timeout(PRUNE_TIMEOUT, remove(daemon, &plan)).await {
         Ok(removed) => removed,
         Err(_) => {
@@ -100,7 +100,7 @@ async fn note_and_prune(
     if !removed.any() {
         return None;
     }
-    let after = match daemon_info::disk_usage_at(&daemon.addr, daemon.tls).await {
+    let after = match docker_api::disk_usage_at(&daemon.addr, daemon.tls).await {
         Ok(after) => after,
         Err(e) => {
             tracing::debug!(pod = daemon.pod, error = %e, "daemon did not tell its disk usage after the prune");
@@ -123,14 +123,14 @@ async fn note_and_prune(
         Why::Idle => "idle".to_string(),
         Why::HighWater => format!("past the high-water mark of {}%", dd.spec.cache.high_water_percent),
     };
-    publish(ctx, dd, EventType::Normal, "Pruned", format!("{}: freed {} ({when}): {summary}", daemon.pod, cache::human(freed))).await;
+    publish(ctx, dd, EventType::Normal, "Pruned", format!("{}: freed {} ({when}): {summary}", daemon.pod, disk::human(freed))).await;
     Some(after)
 }
 
 /// What one prune may remove.
 struct Plan<'a> {
     unused_for: Duration,
-    images: &'a [cache::Image],
+    images: &'a [disk::Image],
     why: Why,
     /// The build-cache target (`cache.buildCacheKeep`), if there is one.
     cache_keep: Option<u64>,
@@ -169,14 +169,14 @@ async fn remove(daemon: &Daemon<'_>, plan: &Plan<'_>) -> Removed {
         }
         removed.images += u32::from(all);
     }
-    let now = match daemon_info::disk_usage_at(&daemon.addr, daemon.tls).await {
+    let now = match docker_api::disk_usage_at(&daemon.addr, daemon.tls).await {
         Ok(now) => now,
         Err(e) => {
             tracing::warn!(pod = daemon.pod, error = %e, "daemon did not tell its disk usage while pruning");
             return removed;
         }
     };
-    let keep = prune::build_cache_keep(&now, plan.why, plan.cache_keep, cache::volume_bytes(plan.spec), plan.spec.cache.high_water_percent);
+    let keep = prune::build_cache_keep(&now, plan.why, plan.cache_keep, disk::volume_bytes(plan.spec), plan.spec.cache.high_water_percent);
     if let Some(keep) = keep.filter(|keep| now.build_cache_bytes > *keep) {
         // `all`: any record not in use, least recently used first, as dockerd's own collector
         // does with its keep-storage rule; records a running build holds are never removed.
@@ -243,7 +243,7 @@ async fn containers_created(daemon: &Daemon<'_>, since: i64, until: i64) -> Resu
 
 /// One request, bounded by [`CALL_TIMEOUT`]; the answer's body.
 async fn call(daemon: &Daemon<'_>, method: &str, path: &str) -> Result<String, String> {
-    let request = daemon_info::call(&daemon.addr, daemon.tls, method, path, MAX_DF_ANSWER);
+    let request = docker_api::call(&daemon.addr, daemon.tls, method, path, MAX_DF_ANSWER);
     let what = path.split('?').next().unwrap_or(path);
     tokio::time::timeout(CALL_TIMEOUT, request).await.map_err(|_| format!("{method} {what}: no answer in {}s", CALL_TIMEOUT.as_secs()))?
 }

@@ -3,7 +3,7 @@
 //! 1. **read**: the owned objects' stamps from the caches, and what the last apply left;
 //! 2. **certificates** (TLS on only): from memory when the Secrets are unchanged, else read,
 //!    then planned (`tls::plan`: issue what is missing, expiring or not matching);
-//! 3. **build** (pure: `build::build`);
+//! 3. **build** (pure: `objects::build`);
 //! 4. **apply or skip**: skipped when the same objects were applied before and nobody has
 //!    touched them since; an apply the apiserver refuses becomes a condition and an event;
 //! 5. **observe** the daemons (`observe`), and grow their volumes if `storage.size` was
@@ -27,13 +27,13 @@ use tracing::warn;
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
-use super::{Context, claims, observe, pool, volumes};
+use super::{Context, claims, observe, volume_pool, volumes};
 use crate::applied::{self, Applied, Stamp, Stamps};
-use crate::build;
 use crate::crd::{DaemonMode, DindDaemon};
 use crate::error::{Error, Result};
 use crate::metrics::{DaemonLabels, ErrorLabels};
 use crate::names::{FIELD_MANAGER, Names};
+use crate::objects;
 use crate::status::{self, Observed};
 use crate::tls;
 
@@ -100,7 +100,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
         // A template: the webhook puts its daemons into pods; nothing runs on its own but the
         // volume pool, if it has one.
         let (volumes, leased, taken) =
-            if dd.spec.volume_pool.is_some() { pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false, Vec::new()) };
+            if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false, Vec::new()) };
         let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));
         announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
         write_status(ctx, dd, &ns, &names, &new_status).await?;
@@ -129,7 +129,7 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
 
     // 5. Observe (and grow the volumes when storage.size was raised).
     let seen_daemons = observe::daemons(ctx, dd, &ns, &names, &key, applied_sts, certs.as_ref()).await;
-    let template = seen_daemons.statefulset.as_ref().and_then(build::claim_size);
+    let template = seen_daemons.statefulset.as_ref().and_then(objects::claim_size);
     let growth = volumes::grow(ctx, dd, &ns, &names, template).await?;
 
     // 6. Status and events.
@@ -191,12 +191,12 @@ async fn certify_build_apply(
     seen: &Stamps,
     last: Option<&Applied>,
 ) -> Result<(Option<tls::Bundle>, Option<StatefulSet>)> {
-    let tls_on = build::certificates_wanted(dd);
+    let tls_on = objects::certificates_wanted(dd);
     // Every name this pass may write must be free, ours or handed over before anything is read
     // or written (`ownership`). Names the caches show as ours cost no request, so a DindDaemon
     // whose objects are all ours is checked for free; a name it did not write before (its
     // Secrets when TLS is turned on, its budget when it grows past one daemon) is read.
-    let secrets_exist = claims::check(&ctx.client, ns, names, uid, tls_on, build::budget_wanted(dd), seen).await?;
+    let secrets_exist = claims::check(&ctx.client, ns, names, uid, tls_on, objects::budget_wanted(dd), seen).await?;
     // No Secrets exist and no apply is remembered: nothing to read. The CA Secret is then
     // created, not applied, so one written an instant ago is never overwritten: the create
     // fails and the loop reads it instead.
@@ -211,12 +211,12 @@ async fn certify_build_apply(
         };
         let certs = plan.as_ref().map(|p| p.bundle.clone());
 
-        let mut owned = build::build(dd, &ctx.defaults, certs.as_ref())?;
+        let mut owned = objects::build(dd, &ctx.defaults, certs.as_ref())?;
         // The claim template stays as the StatefulSet was made (a raised size grows the claims).
         let existing = ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
-        build::keep_claim_size(&mut owned.statefulset, existing.as_deref().and_then(build::claim_size));
+        objects::keep_claim_size(&mut owned.statefulset, existing.as_deref().and_then(objects::claim_size));
         if owned.disruption_budget.is_none() && seen.contains_key(&applied::key("PodDisruptionBudget", &names.disruption_budget)) {
-            owned.disruption_budget = Some(build::disruption_budget(dd)?);
+            owned.disruption_budget = Some(objects::disruption_budget(dd)?);
         }
         let fingerprint = applied::fingerprint(&owned)?;
         if last.is_some_and(|a| a.unchanged(uid, fingerprint, seen)) {
@@ -275,7 +275,7 @@ async fn read_certificates(client: &Client, ns: &str, names: &Names) -> Result<(
         .flatten()
         .filter_map(|s| Some((applied::key("Secret", s.metadata.name.as_deref()?), Stamp::of(&s.metadata)?)))
         .collect();
-    Ok((build::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref()), stamps))
+    Ok((objects::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref()), stamps))
 }
 
 /// The Secret entries of a set of stamps.

@@ -1,5 +1,5 @@
 //! Volumes that grow: `storage.size` raised past the size the StatefulSet's claim template was
-//! made with (templates are immutable, so it keeps that one: `build::keep_claim_size`) raises
+//! made with (templates are immutable, so it keeps that one: `objects::keep_claim_size`) raises
 //! each daemon's claim `docker-NAME-i` instead. The storage driver then expands the volume
 //! (online where it can), so the daemon keeps running and keeps its cache. Where the claim's
 //! StorageClass does not allow expansion the apiserver refuses the patch, which status shows.
@@ -10,8 +10,8 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use super::Context;
-use crate::cache;
 use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon};
+use crate::disk;
 use crate::error::Result;
 use crate::names::{FIELD_MANAGER, Names};
 use crate::status::Growth;
@@ -21,14 +21,14 @@ use crate::status::Growth;
 pub async fn grow(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, template: Option<&str>) -> Result<Option<Growth>> {
     let spec = &dd.spec;
     let size = spec.storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE);
-    let (Some(wanted), Some(template)) = (cache::volume_bytes(spec), template.and_then(cache::quantity_bytes)) else { return Ok(None) };
+    let (Some(wanted), Some(template)) = (disk::volume_bytes(spec), template.and_then(disk::quantity_bytes)) else { return Ok(None) };
     if spec.storage.ephemeral || wanted == template {
         return Ok(None);
     }
     if wanted < template {
         return Ok(Some(Growth::Refused(format!(
             "storage.size {size} is below the {} the volumes were made with, and volumes do not shrink: set it back",
-            cache::human(template)
+            disk::human(template)
         ))));
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
@@ -37,7 +37,7 @@ pub async fn grow(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, templ
         let name = names.claim(ordinal);
         let Some(claim) = claims.get_opt(&name).await? else { continue };
         let storage = |q: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-            q.and_then(|m| m.get("storage")).and_then(|q| cache::quantity_bytes(&q.0)).unwrap_or(0)
+            q.and_then(|m| m.get("storage")).and_then(|q| disk::quantity_bytes(&q.0)).unwrap_or(0)
         };
         let requested = storage(claim.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()));
         if requested < wanted {
@@ -56,7 +56,7 @@ pub async fn grow(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, templ
         }
         let capacity = storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref()));
         if capacity < wanted {
-            waiting.push(format!("{name} has {} of {size}", cache::human(capacity)));
+            waiting.push(format!("{name} has {} of {size}", disk::human(capacity)));
         }
     }
     Ok(if !refused.is_empty() {

@@ -146,7 +146,7 @@ fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
 /// detection read. The pod template is most of its size.
 pub fn slim_statefulset(sts: &mut StatefulSet) {
     slim_meta(&mut sts.metadata);
-    // Of the spec only the claim templates' sizes: they cannot change (see `build::keep_claim_size`).
+    // Of the spec only the claim templates' sizes: they cannot change (see `objects::keep_claim_size`).
     let claims = sts.spec.take().and_then(|s| s.volume_claim_templates).map(|templates| {
         templates
             .into_iter()
@@ -371,7 +371,7 @@ mod tests {
         }))
         .unwrap();
         slim_statefulset(&mut sts);
-        assert_eq!(crate::build::claim_size(&sts), Some("1Gi"));
+        assert_eq!(crate::objects::claim_size(&sts), Some("1Gi"));
         let spec = sts.spec.as_ref().unwrap();
         assert!(spec.template.spec.is_none() && spec.replicas.is_none(), "the pod template is dropped");
         let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];

@@ -1,7 +1,7 @@
 //! The disk part of status: each daemon's figures, the Disk column, `DiskPressure`, the last prune.
 
-use crate::cache::{self, DiskUsage};
 use crate::crd::{DaemonEndpoint, DindDaemon, EndpointDisk, LastPrune};
+use crate::disk::{self, DiskUsage};
 
 use super::Observed;
 
@@ -19,7 +19,7 @@ pub(super) fn endpoint_disk(usage: &DiskUsage, volume: Option<u64>) -> EndpointD
     EndpointDisk {
         volume_bytes: volume.map(signed),
         used_bytes: signed(usage.used_bytes()),
-        used_percent: volume.and_then(|v| cache::used_percent(usage, v)).map(|p| i32::try_from(p).unwrap_or(i32::MAX)),
+        used_percent: volume.and_then(|v| disk::used_percent(usage, v)).map(|p| i32::try_from(p).unwrap_or(i32::MAX)),
         build_cache_bytes: signed(usage.build_cache_bytes),
         images: i32::try_from(usage.images).unwrap_or(i32::MAX),
         last_prune: None,
@@ -27,7 +27,7 @@ pub(super) fn endpoint_disk(usage: &DiskUsage, volume: Option<u64>) -> EndpointD
 }
 
 fn bytes(v: i64) -> String {
-    cache::human(u64::try_from(v).unwrap_or(0))
+    disk::human(u64::try_from(v).unwrap_or(0))
 }
 
 /// The Disk column: the fullest daemon, `37% of 20Gi` (or `1.2Gi` on an emptyDir).

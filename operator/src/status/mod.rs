@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::build::docker_hosts;
-use crate::cache::{self, DiskUsage};
 use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus, EndpointDisk, LastPrune};
+use crate::disk::{self as docker_disk, DiskUsage};
 use crate::names::Names;
+use crate::objects::docker_hosts;
 
 mod disk;
 mod refusals;
@@ -146,7 +146,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     let desired = dd.spec.replicas;
     let generation = dd.metadata.generation;
     let (service_host, replica_hosts) = docker_hosts(dd, &namespace);
-    let volume = cache::volume_bytes(&dd.spec);
+    let volume = docker_disk::volume_bytes(&dd.spec);
 
     let endpoints: Vec<DaemonEndpoint> = replica_hosts
         .into_iter()
@@ -296,7 +296,7 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
         observed_generation: generation,
         ready_replicas: 0,
         ready: Some("sidecar".into()),
-        docker_host: Some(crate::build::sidecar_docker_host(dd)),
+        docker_host: Some(crate::objects::sidecar_docker_host(dd)),
         endpoints: Vec::new(),
         client_secret_name: None,
         storage_driver: dd.spec.daemon.storage_driver.map(|d| d.as_str().to_string()),

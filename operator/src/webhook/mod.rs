@@ -8,7 +8,7 @@
 //! - [`inject`]: what a pod gets, as a JSON Patch of the raw pod (pure, unit-tested);
 //! - `crate::sticky`: which replica (or pool volume) a pod gets (pure);
 //! - [`sidecar`]: what a pod labelled `dind.dev/sidecar: NAME` gets: a daemon of its own, as
-//!   a native sidecar (pure; the containers come from `build::sidecar`);
+//!   a native sidecar (pure; the containers come from `objects::sidecar`);
 //! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);
 //! - [`keeper`]: the Secret, the resolver and the configuration's `caBundle` (I/O);
 //! - [`serve`]: the HTTPS server and the AdmissionReview handler (I/O).

@@ -21,10 +21,10 @@ use serde_json::{Value, json};
 
 use super::inject::{self, Target};
 use super::{lease, sidecar};
-use crate::build::{self, Defaults};
 use crate::crd::{DaemonMode, DindDaemon, WhenExhausted};
 use crate::metrics::{AdmissionLabels, Metrics};
 use crate::names;
+use crate::objects::{self, Defaults};
 use crate::tls::Pair;
 
 /// The certificate the server presents; replaced in place on rotation.
@@ -141,11 +141,12 @@ impl Handler {
             }
             (Webhook::Sidecar, DaemonMode::Sidecar) => {
                 // A pod that will be refused takes no volume: check it before leasing one.
-                let unleased = build::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                let unleased =
+                    objects::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 sidecar::plan(pod, daemon, &unleased).map_err(|r| r.0)?;
                 let dry_run = request["dryRun"].as_bool().unwrap_or(false);
                 let (claim, lease_note) = self.lease(pod, &dd, namespace, dry_run).await?;
-                let parts = build::sidecar(&dd, &self.defaults, claim.as_deref())
+                let parts = objects::sidecar(&dd, &self.defaults, claim.as_deref())
                     .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 let mut plan = sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?;
                 if let Some(note) = lease_note {

@@ -1,5 +1,5 @@
 //! What a pod labelled `dind.dev/sidecar: NAME` gets, as a JSON Patch on the raw pod (pure):
-//! the daemon of `Sidecar`-mode DindDaemon NAME as a native sidecar (`build::sidecar`), and in
+//! the daemon of `Sidecar`-mode DindDaemon NAME as a native sidecar (`objects::sidecar`), and in
 //! each of its containers what reaches it (`Sidecar::env`, `Sidecar::mounts`):
 //! `DOCKER_HOST=unix:///dind/sock/docker.sock` and the socket's volume, or with
 //! `spec.sidecar.tcp` `tcp://localhost:PORT` and, with TLS, the client certificates.
@@ -12,8 +12,8 @@
 use serde_json::{Value, json};
 
 use super::inject::{Plan, Refusal, opt_outs};
-use crate::build::Sidecar;
 use crate::names;
+use crate::objects::Sidecar;
 
 /// Volume kinds that hold a workspace (writable, shared within the pod).
 const WORKSPACE_KINDS: &[&str] = &["emptyDir", "persistentVolumeClaim", "hostPath", "ephemeral", "csi", "nfs"];

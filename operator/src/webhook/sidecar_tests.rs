@@ -1,6 +1,6 @@
 use super::*;
-use crate::build::{Defaults, sidecar};
 use crate::crd::DindDaemon;
+use crate::objects::{Defaults, sidecar};
 
 fn parts() -> Sidecar {
     parts_of(json!({"mode": "Sidecar", "storage": {"size": "5Gi"}, "resources": {"limits": {"memory": "2Gi"}}}))

@@ -1,7 +1,7 @@
 //! Benchmark of the operator's disk-usage collection (`spec.cache`, status `disk`): what asking
 //! 50 daemons per minute costs the operator. One real daemon (dind-init + dockerd in a container
 //! on the test dockerd, mutual TLS), filled with images and build cache, is asked `/system/df`
-//! 50 times in a row as the operator asks it (`daemon_info::disk_usage`, a new TLS connection
+//! 50 times in a row as the operator asks it (`docker_api::disk_usage`, a new TLS connection
 //! each time); prints the answer's size, the time per ask and the operator's CPU time for the
 //! 50 (its own process time, from /proc/self/stat). Then the same for a whole look with pruning
 //! on (`spec.cache.prune`: also the container-create events since the last look and the running
@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dind_operator::daemon_info;
-use dind_tests::docker::{CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, require_test_docker};
+use dind_operator::docker_api;
+use dind_tests::docker::{Certs, Container, DAEMON_IMAGE, Volume, capabilities_mode, require_test_docker};
 use dind_tests::suffix;
 
 /// This process's CPU time (user + system), from /proc/self/stat, in clock ticks of 10 ms.
@@ -34,13 +34,13 @@ async fn main() -> anyhow::Result<()> {
     let name = format!("bench-cache-{}", suffix());
     let volume = Volume::new(&name)?;
     let (mount, data) = (certs.mount(), format!("{}:/var/lib/docker", volume.name));
-    let mut run: Vec<&str> = CAPABILITIES_MODE.to_vec();
+    let mut run: Vec<&str> = capabilities_mode();
     run.extend(["-v", &data, "-v", &mount, "-p", "127.0.0.1::2376", DAEMON_IMAGE]);
     let c = Container::run(&name, &run)?;
     let addr = c.published(2376)?;
     let tls = Some((&certs.bundle, "localhost"));
     let start = Instant::now();
-    while daemon_info::get(&addr, tls, "/_ping").await.is_err() {
+    while docker_api::get(&addr, tls, "/_ping").await.is_err() {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no ping after 60 s:\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -51,8 +51,8 @@ async fn main() -> anyhow::Result<()> {
          DOCKER_BUILDKIT=1 docker build -q -t img-$i . >/dev/null; done"
     );
     c.exec(&["sh", "-c", &fill]).context("filling the daemon")?;
-    let body = daemon_info::get(&addr, tls, "/system/df?type=image&type=build-cache").await.map_err(anyhow::Error::msg)?;
-    let usage = dind_operator::cache::parse_df(&body).map_err(anyhow::Error::msg)?;
+    let body = docker_api::get(&addr, tls, "/system/df?type=image&type=build-cache").await.map_err(anyhow::Error::msg)?;
+    let usage = dind_operator::disk::parse_df(&body).map_err(anyhow::Error::msg)?;
 
     let (ip, port) = addr.rsplit_once(':').context("published address")?;
     let port: i32 = port.parse()?;
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..asks {
         let t = Instant::now();
-        daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+        docker_api::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
         times.push(t.elapsed());
     }
     let (cpu, wall) = (cpu_ticks()? - cpu0, t0.elapsed());
@@ -85,14 +85,14 @@ async fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..asks {
         let t = Instant::now();
-        daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+        docker_api::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         let events = format!(
             "/events?since={}&until={now}&filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D",
             now - 60
         );
-        daemon_info::call(&addr, tls, "GET", &events, daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
-        daemon_info::call(&addr, tls, "GET", "/containers/json", daemon_info::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
+        docker_api::call(&addr, tls, "GET", &events, docker_api::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
+        docker_api::call(&addr, tls, "GET", "/containers/json", docker_api::MAX_DF_ANSWER).await.map_err(anyhow::Error::msg)?;
         times.push(t.elapsed());
     }
     let (cpu, wall) = (cpu_ticks()? - cpu0, t0.elapsed());
@@ -116,25 +116,25 @@ async fn main() -> anyhow::Result<()> {
     );
     let t = Instant::now();
     c.exec(&["sh", "-c", &fill]).context("filling the build cache")?;
-    let before = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+    let before = docker_api::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
     println!(
         "build cache filled with {:.2} GiB in {:.1} s",
         before.build_cache_bytes as f64 / (1u64 << 30) as f64,
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let answer = daemon_info::call(
+    let answer = docker_api::call(
         &addr,
         tls,
         "POST",
         "/build/prune?all=true&keep-storage=0&reserved-space=0&max-used-space=0",
-        daemon_info::MAX_DF_ANSWER,
+        docker_api::MAX_DF_ANSWER,
     )
     .await
     .map_err(anyhow::Error::msg)?;
     let took = t.elapsed();
     let reclaimed = serde_json::from_str::<serde_json::Value>(&answer)?["SpaceReclaimed"].as_u64().unwrap_or(0);
-    let after = daemon_info::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
+    let after = docker_api::disk_usage(ip, port, tls).await.map_err(anyhow::Error::msg)?;
     println!(
         "prune: {:.2} GiB reclaimed in {:.2} s ({:.2} GiB/s); build cache {:.2} GiB -> {:.3} GiB",
         reclaimed as f64 / (1u64 << 30) as f64,

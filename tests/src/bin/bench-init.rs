@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use dind_operator::daemon_info;
-use dind_tests::docker::{CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, require_test_docker};
+use dind_operator::docker_api;
+use dind_tests::docker::{Certs, Container, DAEMON_IMAGE, Volume, capabilities_mode, require_test_docker};
 use dind_tests::suffix;
 
 /// Starts one container and times it until /_ping answers over mTLS.
@@ -17,7 +17,7 @@ async fn time_to_ping(certs: &Certs, entrypoint: Option<&str>, args: &[&str]) ->
     let name = format!("bench-{}", suffix());
     let volume = Volume::new(&name)?;
     let (mount, data) = (certs.mount(), format!("{}:/var/lib/docker", volume.name));
-    let mut run: Vec<&str> = CAPABILITIES_MODE.to_vec();
+    let mut run: Vec<&str> = capabilities_mode();
     run.extend(["-v", &data, "-v", &mount, "-p", "127.0.0.1::2376"]);
     if let Some(e) = entrypoint {
         run.extend(["--entrypoint", e]);
@@ -28,7 +28,7 @@ async fn time_to_ping(certs: &Certs, entrypoint: Option<&str>, args: &[&str]) ->
     let c = Container::run(&name, &run)?;
     let addr = c.published(2376)?;
     loop {
-        if daemon_info::get(&addr, Some((&certs.bundle, "localhost")), "/_ping").await.is_ok_and(|b| b == "OK") {
+        if docker_api::get(&addr, Some((&certs.bundle, "localhost")), "/_ping").await.is_ok_and(|b| b == "OK") {
             return Ok((start.elapsed(), c, volume));
         }
         anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no ping after 60 s:\n{}", c.logs());

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use dind_operator::daemon_info;
+use dind_operator::docker_api;
 use dind_tests::docker::{
-    BUSYBOX_IMAGE, CAPABILITIES_MODE, Certs, Container, DAEMON_IMAGE, Volume, copy_image, docker, nested_command, nested_docker,
-    pipe_image, require_test_docker,
+    BUSYBOX_IMAGE, Certs, Container, DAEMON_IMAGE, NESTED_CAPABILITIES_MODE, Volume, capabilities_mode, copy_image, docker, nested_command,
+    nested_docker, pipe_image, require_test_docker,
 };
 use dind_tests::suffix;
 
@@ -19,7 +19,7 @@ const READY: Duration = Duration::from_secs(60);
 fn daemon(name: &str, volume: &Volume, certs: &Certs, docker_args: &[&str], init_args: &[&str]) -> anyhow::Result<Container> {
     let mount = certs.mount();
     let data = format!("{}:/var/lib/docker", volume.name);
-    let mut args: Vec<&str> = CAPABILITIES_MODE.to_vec();
+    let mut args: Vec<&str> = capabilities_mode();
     args.extend(["-v", &data, "-v", &mount, "-p", "127.0.0.1::2376", "--hostname", name]);
     args.extend(docker_args);
     args.push(DAEMON_IMAGE);
@@ -39,7 +39,7 @@ async fn mutual_tls_ping_works_with_the_client_certificate_and_is_refused_withou
     let c = daemon(&name, &volume, &certs, &[], &[])?;
     c.wait_ready(READY)?;
     let addr = c.published(2376)?;
-    let pong = daemon_info::get(&addr, Some((&certs.bundle, "localhost")), "/_ping").await.map_err(anyhow::Error::msg)?;
+    let pong = docker_api::get(&addr, Some((&certs.bundle, "localhost")), "/_ping").await.map_err(anyhow::Error::msg)?;
     ensure!(pong == "OK", "/_ping answered {pong:?}");
 
     // Same CA, no client certificate: dockerd's --tlsverify must refuse.
@@ -67,7 +67,7 @@ async fn mutual_tls_ping_works_with_the_client_certificate_and_is_refused_withou
     // A client certificate of another daemon's CA is refused too (one CA per daemon).
     let other = Certs::new(&unique("other"))?;
     let foreign = crossed_bundle(&certs, &other)?;
-    let crossed = daemon_info::get(&addr, Some((&foreign, "localhost")), "/_ping").await;
+    let crossed = docker_api::get(&addr, Some((&foreign, "localhost")), "/_ping").await;
     ensure!(crossed.is_err(), "a foreign client certificate was accepted");
     Ok(())
 }
@@ -130,7 +130,7 @@ async fn nesting_depth_three() -> anyhow::Result<()> {
     // Level 2: dind-init inside a container of the level-1 daemon, in the same mode.
     nested_docker(&addr, &client, &["volume", "create", "level2"])?;
     let mut run = vec!["run", "-d", "--name", "level2"];
-    run.extend(CAPABILITIES_MODE);
+    run.extend(NESTED_CAPABILITIES_MODE);
     run.extend(["-v", "level2:/var/lib/docker", DAEMON_IMAGE, "--tls=false"]);
     nested_docker(&addr, &client, &run)?;
     let start = Instant::now();
@@ -225,7 +225,7 @@ async fn a_second_daemon_on_the_same_volume_is_refused_and_the_first_keeps_runni
     ensure!(logs.contains("is in use by another daemon") && logs.contains(&format!("host {name} pid 1")), "{logs}");
     ensure!(!logs.contains("starting dockerd"), "the second daemon got as far as starting dockerd:\n{logs}");
     // The first is unharmed.
-    let pong = daemon_info::get(&first.published(2376)?, Some((&certs.bundle, "localhost")), "/_ping").await.map_err(anyhow::Error::msg)?;
+    let pong = docker_api::get(&first.published(2376)?, Some((&certs.bundle, "localhost")), "/_ping").await.map_err(anyhow::Error::msg)?;
     ensure!(pong == "OK");
     Ok(())
 }
@@ -259,7 +259,7 @@ async fn a_data_root_on_overlayfs_is_refused_with_advice() -> anyhow::Result<()>
     let certs = Certs::new(&name)?;
     let mount = certs.mount();
     // No volume: /var/lib/docker is the container's own overlay layer.
-    let mut args: Vec<&str> = CAPABILITIES_MODE.to_vec();
+    let mut args: Vec<&str> = capabilities_mode();
     args.extend(["-v", &mount, DAEMON_IMAGE]);
     let c = Container::run(&name, &args)?;
     let code = c.wait_exit(Duration::from_secs(20))?;
@@ -281,7 +281,7 @@ async fn bad_settings_exit_2_naming_the_setting_before_touching_anything() -> an
         ("X=1", &["--tls-dir", "/nowhere"], "--tls-ca"),
     ] {
         let name = unique("bad");
-        let mut run: Vec<&str> = CAPABILITIES_MODE.to_vec();
+        let mut run: Vec<&str> = capabilities_mode();
         run.extend(["-e", env, DAEMON_IMAGE]);
         run.extend(args);
         let c = Container::run(&name, &run)?;

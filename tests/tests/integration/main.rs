@@ -5,14 +5,15 @@
 //! - `operator_api`: the CRD's schema and CEL rules, at the real apiserver.
 //! - `operator_reconcile`, `operator_lifecycle`: the operator against the real control plane.
 //! - `webhook`: the injection webhook at the real apiserver.
-//! - `chart`, `crd_upgrade`: the Helm chart, rendered and installed.
+//! - `chart`: the Helm chart, rendered and installed.
 //! - `dind_init`: dind-init as PID 1 of real containers on the test dockerd.
 //!
-//! tests/run.sh runs them with the unit tests (`--skip e2e_`); the end-to-end tests are the `e2e`
-//! binary, run after, one at a time.
+//! tests/run.sh runs them with the unit tests (`--skip e2e_`). Two binaries stay apart:
+//! `crd_upgrade` (it replaces the cluster-wide CRD for a moment, which must not happen while
+//! these tests use it; cargo runs test binaries one after another) and `e2e` (run after, one
+//! at a time).
 
 mod chart;
-mod crd_upgrade;
 mod dind_init;
 mod harness;
 mod operator_api;

@@ -275,7 +275,7 @@ fn one_daemon_gets_no_disruption_budget_as_it_would_allow_every_eviction() {
     assert!(one.disruption_budget.is_none());
     // Kept when replicas drop to one: built on its own, the same budget as with two.
     let two = build(&daemon(json!({"replicas": 2})), &defaults(), None).unwrap();
-    let kept = crate::build::disruption_budget(&daemon(json!({}))).unwrap();
+    let kept = crate::objects::disruption_budget(&daemon(json!({}))).unwrap();
     assert_eq!(Some(kept), two.disruption_budget);
 }
 

@@ -104,7 +104,7 @@ pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
     run.storage_driver = spec.daemon.storage_driver.map(|d| d.as_str().to_string());
     run.registry_mirrors = spec.daemon.registry_mirrors.clone();
     run.insecure_registries = spec.daemon.insecure_registries.clone();
-    let config = crate::cache::daemon_config(spec);
+    let config = crate::disk::daemon_config(spec);
     if !config.is_empty() {
         run.daemon_config = Some(serde_json::to_string(&config).map_err(|source| Error::Serialize { what: "daemon.config", source })?);
     }

@@ -96,7 +96,7 @@ pub struct DiskUsage {
     pub images: u32,
     /// Build cache records not shared with images: the Build Cache line's SIZE.
     pub build_cache_bytes: u64,
-    /// Writable layers of containers (0 when not asked for: see `daemon_info::disk_usage`).
+    /// Writable layers of containers (0 when not asked for: see `docker_api::disk_usage`).
     pub containers_bytes: u64,
     /// Local volumes (0 when not asked for).
     pub volumes_bytes: u64,

@@ -34,15 +34,15 @@ pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -
 }
 
 /// What the daemon keeps on its volume, from `/system/df` (the figures of `docker system df`).
-pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
+pub async fn disk_usage(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<crate::disk::DiskUsage, String> {
     disk_usage_at(&format!("{ip}:{port}"), tls).await
 }
 
 /// [`disk_usage`] of the daemon at `addr` (host:port).
-pub async fn disk_usage_at(addr: &str, tls: Option<(&Bundle, &str)>) -> Result<crate::cache::DiskUsage, String> {
+pub async fn disk_usage_at(addr: &str, tls: Option<(&Bundle, &str)>) -> Result<crate::disk::DiskUsage, String> {
     let body =
         tokio::time::timeout(DF_TIMEOUT, call(addr, tls, "GET", DF_PATH, MAX_DF_ANSWER)).await.map_err(|_| "timed out".to_string())??;
-    crate::cache::parse_df(&body)
+    crate::disk::parse_df(&body)
 }
 
 /// Images and build cache only (API ≥ 1.42; older daemons answer everything): their sizes are
