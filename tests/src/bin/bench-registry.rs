@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         sh(
             r#"export CONTAINERD_ADDRESS=/run/dind-node/containerd.sock CONTAINERD_NAMESPACE=bench-pull
-               "$CTR" images pull -q --hosts-dir "$HOSTS" --user "ci:$PASSWORD" "$IMAGE" >/dev/null
+               "$CTR" images pull --hosts-dir "$HOSTS" --user "ci:$PASSWORD" "$IMAGE" >/dev/null
                "$CTR" images rm --sync "$IMAGE" >/dev/null"#,
             &[
                 ("CTR", &format!("{engine}/node/ctr")),

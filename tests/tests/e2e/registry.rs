@@ -105,6 +105,29 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
             // The mirror saw the pull (its access log names the repository).
             let mirror_log = read("mirror.log")?;
             ensure!(mirror_log.contains(&format!("library/mirrored-{tag}")), "the mirror did not serve the pull:\n{mirror_log}");
+
+            // A daemon that does not trust the registry's CA reaches it only as an insecure
+            // registry (`insecureRegistries`: TLS unchecked), and refuses it otherwise.
+            for (name, insecure) in [("untrusting", false), ("insecure", true)] {
+                let mut spec = json!({"storage": {"size": "1Gi"}});
+                if insecure {
+                    spec["daemon"] = json!({"insecureRegistries": [registry]});
+                }
+                let daemon = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": name}, "spec": spec});
+                kubectl_apply(&builds, &daemon.to_string()).await?;
+                wait_ready(&builds, name).await?;
+                let pod = format!("pull-{name}");
+                let script = format!("docker pull -q {registry}/team/base:{tag}-0 >/dev/null 2>&1 && echo pulled || echo refused");
+                let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "labels": {"dind.dev/inject": name}},
+                    "spec": {"restartPolicy": "Never",
+                        "volumes": [{"name": "regcred", "secret": {"secretName": "regcred", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}],
+                        "containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                            "volumeMounts": [{"name": "regcred", "mountPath": "/root/.docker", "readOnly": true}],
+                            "command": ["/bin/sh", "-c", script]}]}});
+                let (log, _) = run_pod(&client, &builds, &pod, &manifest.to_string()).await?;
+                let want = if insecure { "pulled" } else { "refused" };
+                ensure!(log.trim() == want, "{name}: {want:?} expected:\n{log}");
+            }
             Ok(())
         })
         .await
