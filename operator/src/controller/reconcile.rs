@@ -22,7 +22,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
@@ -96,28 +96,38 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     }
     let uid = dd.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let names = Names::of(&dd.name_any());
-    if dd.spec.mode == DaemonMode::Sidecar {
-        // A template: the webhook puts its daemons into pods; nothing runs on its own but the
-        // volume pool, if it has one.
-        let (volumes, leased, taken) =
-            if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, &ns, &names).await? } else { (Vec::new(), false, Vec::new()) };
-        let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));
-        announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
-        write_status(ctx, dd, &ns, &names, &new_status).await?;
-        return Ok(match (dd.spec.volume_pool.is_some(), leased) {
-            (true, true) => Action::requeue(POOL_LEASED_RECHECK),
-            (true, false) => Action::requeue(POOL_IDLE_RECHECK),
-            (false, _) => Action::await_change(),
-        });
+    match dd.spec.mode {
+        DaemonMode::Sidecar => reconcile_sidecar(dd, ctx, &ns, &names).await,
+        DaemonMode::Pool => reconcile_pool(dd, ctx, &ns, &names, &key, &uid).await,
     }
+}
 
+/// A `Sidecar` DindDaemon is a template: the webhook puts its daemons into pods; nothing runs
+/// on its own but the volume pool, if it has one.
+#[instrument(skip_all, fields(namespace = ns, name = %names.daemon, mode = "Sidecar"))]
+async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names) -> Result<Action> {
+    let (volumes, leased, taken) =
+        if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, ns, names).await? } else { (Vec::new(), false, Vec::new()) };
+    let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));
+    announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
+    write_status(ctx, dd, ns, names, &new_status).await?;
+    Ok(match (dd.spec.volume_pool.is_some(), leased) {
+        (true, true) => Action::requeue(POOL_LEASED_RECHECK),
+        (true, false) => Action::requeue(POOL_IDLE_RECHECK),
+        (false, _) => Action::await_change(),
+    })
+}
+
+/// A `Pool` DindDaemon: its StatefulSet of daemons and everything they need, in named steps.
+#[instrument(skip_all, fields(namespace = ns, name = %names.daemon, mode = "Pool"))]
+async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names, key: &str, uid: &str) -> Result<Action> {
     // 1. Read. Until the caches have listed, a missing object may only be unlisted: wait.
     ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
-    let seen = ctx.owned.stamps(&ns, &names);
-    let last = ctx.memory.last_apply(&key, &uid);
+    let seen = ctx.owned.stamps(ns, names);
+    let last = ctx.memory.last_apply(key, uid);
 
     // 2-4. Certificates, build, apply or skip.
-    let outcome = certify_build_apply(ctx, dd, &ns, &names, &uid, &key, &seen, last.as_ref()).await;
+    let outcome = certify_build_apply(ctx, dd, ns, names, uid, key, &seen, last.as_ref()).await;
     let (certs, applied_sts, apply_error) = match outcome {
         Ok((certs, sts)) => (certs, sts, None),
         // The apiserver refused the spec as built: the user must see it (and status goes on).
@@ -128,9 +138,9 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     prune(ctx);
 
     // 5. Observe (and grow the volumes when storage.size was raised).
-    let seen_daemons = observe::daemons(ctx, dd, &ns, &names, &key, applied_sts, certs.as_ref()).await;
+    let seen_daemons = observe::daemons(ctx, dd, ns, names, key, applied_sts, certs.as_ref()).await;
     let template = seen_daemons.statefulset.as_ref().and_then(objects::claim_size);
-    let growth = volumes::grow(ctx, dd, &ns, &names, template).await?;
+    let growth = volumes::grow(ctx, dd, ns, names, template).await?;
 
     // 6. Status and events.
     let observed = Observed {
@@ -151,9 +161,9 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
     ctx.metrics
         .ready_daemons
-        .get_or_create(&DaemonLabels { namespace: ns.clone(), name: names.daemon.clone() })
+        .get_or_create(&DaemonLabels { namespace: ns.to_string(), name: names.daemon.clone() })
         .set(i64::from(new_status.ready_replicas));
-    write_status(ctx, dd, &ns, &names, &new_status).await?;
+    write_status(ctx, dd, ns, names, &new_status).await?;
     if let Some(e) = apply_error {
         // Retried with backoff; the user sees it in the Degraded condition and its event.
         return Err(e);
