@@ -69,6 +69,17 @@ fn merge_file(config: &mut Value, path: &Path) -> io::Result<()> {
             tracing::warn!(path = %path.display(), "the job's Docker configuration is not there; nothing merged from it");
             return Ok(());
         }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "reading the job's Docker configuration {}: {e}; this init container runs as uid {}: give the volume a \
+                     readable mode (a Secret's defaultMode or items mode 0444) or the pod an fsGroup",
+                    path.display(),
+                    nix::unistd::getuid()
+                ),
+            ));
+        }
         Err(e) => return Err(io::Error::new(e.kind(), format!("reading the job's Docker configuration {}: {e}", path.display()))),
     };
     let theirs: Value = serde_json::from_slice(&bytes).ok().filter(Value::is_object).ok_or_else(|| {
