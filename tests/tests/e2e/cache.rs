@@ -235,8 +235,8 @@ async fn e2e_pruning_keeps_what_the_policy_keeps_and_never_breaks_a_build() {
             eprintln!("Pruned events: {events}");
             ensure!(events.contains("past the high-water mark of 50%"), "{events}");
             // The image's layer lived on as build cache: the disk is back under the mark only
-            // once that was trimmed too (dockerd 20.10's df shows such records late, so this
-            // may take a second prune).
+            // once that was trimmed too (dockerd's df may show such records late, as 20.10's
+            // did, so this may take a second prune).
             let df = eventually("images and build cache back under the 512Mi mark", Duration::from_secs(90), || async {
                 let text = exec("busy", "docker system df --format '{{.Type}}={{.Size}}'".to_string()).await?;
                 let used: f64 = text

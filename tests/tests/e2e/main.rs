@@ -27,8 +27,8 @@ use serde_json::json;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 /// A daemon image of the platform team's own that does not say where it carries dind-init (as
-/// docker:<ver>-dind would not): the stand-in built from Debian's dockerd by another name than
-/// the chart's default (dind-daemon:<version>, the same image), so dind-init is copied in.
+/// docker:<ver>-dind would not): the stand-in (Docker 28.5 built from Go modules) by another
+/// name than the chart's default (dind-daemon:<version>, the same image), so dind-init is copied in.
 const OWN_DAEMON_IMAGE: &str = "dind-daemon:test";
 const READY: Duration = Duration::from_secs(300);
 
