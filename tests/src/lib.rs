@@ -36,9 +36,16 @@ pub fn chart_policy_only_in(ns: &str) -> String {
     format!("policy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={ns}")
 }
 
+/// A file tests/registry/registry.sh leaves in `$DIND_CLUSTER_DIR/registry/` (`host`, `mirror`,
+/// `ca.crt`, `password`, `docker-config/config.json`, the logs), trimmed.
+pub fn registry_file(name: &str) -> anyhow::Result<String> {
+    let path = cluster_dir().join("registry").join(name);
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("{} (is the harness registry up?)", path.display()))?.trim().to_string())
+}
+
 /// The harness registry's `HOST:PORT` (tests/registry/registry.sh), when it runs.
 pub fn registry() -> Option<String> {
-    std::fs::read_to_string(cluster_dir().join("registry/host")).ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
+    registry_file("host").ok().filter(|h| !h.is_empty())
 }
 
 /// The chart's `--set` values for the operator image, as a user sets them: pulled by tag

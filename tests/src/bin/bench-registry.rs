@@ -10,18 +10,13 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use dind_tests::pods::CLIENT_IMAGE;
-use dind_tests::{CHART, chart_image_sets, client, cluster_dir, kubectl_apply, run_tool, suffix};
+use dind_tests::{CHART, chart_image_sets, client, cluster_dir, kubectl_apply, registry_file, run_tool, suffix};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-
-fn read(path: &str) -> anyhow::Result<String> {
-    let p = cluster_dir().join("registry").join(path);
-    Ok(std::fs::read_to_string(&p).with_context(|| format!("{} (is the harness registry up?)", p.display()))?.trim().to_string())
-}
 
 fn sh(script: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
     let out = Command::new("/bin/sh").arg("-ec").arg(script).envs(env.iter().copied()).output()?;
@@ -37,8 +32,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let registry = read("host")?;
-    let password = read("password")?;
+    let registry = registry_file("host")?;
+    let password = registry_file("password")?;
     let image = format!("{registry}/bench/big:{}", suffix());
     let docker_config = cluster_dir().join("registry/docker-config");
 
@@ -86,10 +81,10 @@ async fn main() -> anyhow::Result<()> {
             args.extend(["--set", set.as_str()]);
         }
         run_tool("helm", &args).await?;
-        let ca = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca"}, "data": {"ca.crt": read("ca.crt")?}});
+        let ca = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca"}, "data": {"ca.crt": registry_file("ca.crt")?}});
         kubectl_apply(&builds, &ca.to_string()).await?;
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
-            "stringData": {".dockerconfigjson": read("docker-config/config.json")?}});
+            "stringData": {".dockerconfigjson": registry_file("docker-config/config.json")?}});
         kubectl_apply(&builds, &secret.to_string()).await?;
         let dd = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "pull"},
             "spec": {"storage": {"size": "2Gi"}, "daemon": {"registryCAs": [{"registry": registry, "configMap": "registry-ca"}]}}});

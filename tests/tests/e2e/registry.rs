@@ -3,6 +3,7 @@
 //! registry mirror a DindDaemon sets serves its pulls.
 
 use super::*;
+use dind_tests::registry_file;
 
 /// What each build pod does against the registry `$R` (credentials from the job's own config).
 const REGISTRY_SCRIPT: &str = r#"set -e
@@ -24,11 +25,6 @@ if [ -n "$MIRRORED" ]; then
 fi
 echo "registry done"
 "#;
-
-fn read(path: &str) -> anyhow::Result<String> {
-    let p = cluster_dir().join("registry").join(path);
-    Ok(std::fs::read_to_string(&p).with_context(|| format!("{} (is the harness registry up?)", p.display()))?.trim().to_string())
-}
 
 /// A build pod labelled for `ci` whose container `build` gets the job's credentials from Secret
 /// `regcred` as `how` says, runs [`REGISTRY_SCRIPT`] with `env`, in docker-env `mode`.
@@ -66,11 +62,11 @@ fn registry_pod(name: &str, mode: &str, how: &str, env: &[(&str, String)]) -> se
 #[tokio::test]
 async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry_ca_and_mirror() {
     require_node();
-    let registry = read("host").unwrap();
-    let mirror = read("mirror").unwrap();
-    let ca = read("ca.crt").unwrap();
-    let password = read("password").unwrap();
-    let config = read("docker-config/config.json").unwrap();
+    let registry = registry_file("host").unwrap();
+    let mirror = registry_file("mirror").unwrap();
+    let ca = registry_file("ca.crt").unwrap();
+    let password = registry_file("password").unwrap();
+    let config = registry_file("docker-config/config.json").unwrap();
     with_namespace("e2e-registry", |client, ns| async move {
         with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
             // The registry's CA as a platform team ships it, and the job's credentials as a
@@ -103,7 +99,7 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
                 eprintln!("{name} ({mode}, credentials {how}): push, private FROM, buildx --push, compose pull, login in {ran:?}");
             }
             // The mirror saw the pull (its access log names the repository).
-            let mirror_log = read("mirror.log")?;
+            let mirror_log = registry_file("mirror.log")?;
             ensure!(mirror_log.contains(&format!("library/mirrored-{tag}")), "the mirror did not serve the pull:\n{mirror_log}");
 
             // A daemon that does not trust the registry's CA reaches it only as an insecure
