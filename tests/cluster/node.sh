@@ -231,7 +231,9 @@ cleanup() {
   fi
   stop_pid containerd
   # Shims outlive containerd; ours are the ones whose socket or bundle lives under $run.
-  for pid in $(pgrep -x containerd-shim-runc-v2 2>/dev/null || true); do
+  # (Matched on the command line: the kernel keeps 15 characters of a process name, and
+  # `pgrep -x containerd-shim-runc-v2` matched none, so shims were left running.)
+  for pid in $(pgrep -f -- "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true); do
     if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-address $sock"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   # Mounts under our directories, deepest first.
