@@ -15,6 +15,7 @@ use kube::Resource;
 use kube::runtime::watcher;
 
 use crate::error::{Error, Result};
+use crate::kinds::OwnedKind;
 use crate::objects::{CertSecrets, Owned};
 use crate::tls;
 use crate::watch_map::WatchMap;
@@ -98,8 +99,13 @@ impl Stamp {
 pub type Stamps = BTreeMap<String, Stamp>;
 
 /// The key of an owned object in `Stamps`.
-pub fn key(kind: &str, name: &str) -> String {
-    format!("{kind}/{name}")
+pub fn key(kind: OwnedKind, name: &str) -> String {
+    format!("{}/{name}", kind.kind())
+}
+
+/// Whether a key of `Stamps` is of an object of `kind`.
+pub fn is_of(key: &str, kind: OwnedKind) -> bool {
+    key.strip_prefix(kind.kind()).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A fingerprint of every object built for a DindDaemon (certificates included).
@@ -260,7 +266,7 @@ mod tests {
     #[test]
     fn unchanged_needs_same_owner_fingerprint_and_stamps() {
         let mut stamps = Stamps::new();
-        stamps.insert(key("Service", "ci"), Stamp::of(&meta("s", None, "5")).unwrap());
+        stamps.insert(key(OwnedKind::Service, "ci"), Stamp::of(&meta("s", None, "5")).unwrap());
         let certs = tls::Bundle {
             ca: tls::Pair { cert_pem: "c".into(), key_pem: "k".into() },
             server: tls::Pair { cert_pem: "c".into(), key_pem: "k".into() },
@@ -271,7 +277,7 @@ mod tests {
         assert!(!applied.unchanged("dd", 8, &stamps), "spec or certificates changed");
         assert!(!applied.unchanged("other", 7, &stamps), "DindDaemon re-created");
         let mut edited = stamps.clone();
-        edited.insert(key("Service", "ci"), Stamp::of(&meta("s", None, "6")).unwrap());
+        edited.insert(key(OwnedKind::Service, "ci"), Stamp::of(&meta("s", None, "6")).unwrap());
         assert!(!applied.unchanged("dd", 7, &edited), "someone edited the Service");
         assert!(!applied.unchanged("dd", 7, &Stamps::new()), "owned objects deleted");
     }

@@ -13,6 +13,8 @@ pub mod crd;
 pub mod disk;
 pub mod docker_api;
 pub mod error;
+pub mod events;
+pub mod kinds;
 pub mod leader;
 pub mod metrics;
 pub mod names;

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::kinds::OwnedKind;
+
 /// The one field manager of every object the operator writes (and the events' reporter).
 pub const FIELD_MANAGER: &str = "dind-operator";
 
@@ -114,22 +116,19 @@ impl Names {
     /// Every object a pool-mode DindDaemon owns, as `(kind, name)`: the certificate Secrets
     /// only with TLS on, the PodDisruptionBudget only with `budget`. What the ownership check
     /// looks at before an apply.
-    pub fn owned(&self, tls: bool, budget: bool) -> Vec<(&'static str, &str)> {
-        let mut out = vec![
-            ("StatefulSet", self.statefulset.as_str()),
-            ("Service", self.headless_service.as_str()),
-            ("Service", self.client_service.as_str()),
-            ("NetworkPolicy", self.network_policy.as_str()),
-        ];
-        if budget {
-            out.push(("PodDisruptionBudget", self.disruption_budget.as_str()));
-        }
-        if tls {
-            out.extend([
-                ("Secret", self.ca_secret.as_str()),
-                ("Secret", self.server_secret.as_str()),
-                ("Secret", self.client_secret.as_str()),
-            ]);
+    pub fn owned(&self, tls: bool, budget: bool) -> Vec<(OwnedKind, &str)> {
+        let mut out = Vec::new();
+        for kind in OwnedKind::ALL {
+            match kind {
+                OwnedKind::StatefulSet => out.push((kind, self.statefulset.as_str())),
+                OwnedKind::Service => out.extend([(kind, self.headless_service.as_str()), (kind, self.client_service.as_str())]),
+                OwnedKind::NetworkPolicy => out.push((kind, self.network_policy.as_str())),
+                OwnedKind::PodDisruptionBudget if budget => out.push((kind, self.disruption_budget.as_str())),
+                OwnedKind::Secret if tls => {
+                    out.extend([(kind, self.ca_secret.as_str()), (kind, self.server_secret.as_str()), (kind, self.client_secret.as_str())]);
+                }
+                OwnedKind::PodDisruptionBudget | OwnedKind::Secret => {}
+            }
         }
         out
     }

@@ -4,6 +4,8 @@
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
+use crate::kinds::OwnedKind;
+
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
         api_groups: Some(vec![group.to_string()]),
@@ -15,15 +17,22 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 
 /// Rules in every watched namespace (a ClusterRole, or a Role per namespace).
 pub fn operator_rules() -> Vec<PolicyRule> {
-    vec![
+    let mut rules = vec![
         rule("dind.dev", &["dinddaemons"], &["get", "list", "watch"]),
         rule("dind.dev", &["dinddaemons/status"], &["get", "patch", "update"]),
-        // Server-side apply creates as well as updates, so it needs both verbs.
-        rule("apps", &["statefulsets"], &["get", "list", "watch", "create", "patch"]),
-        rule("", &["services", "secrets"], &["get", "list", "watch", "create", "patch"]),
-        // `get`: the ownership check reads an object of a generated name that no cache shows.
-        rule("networking.k8s.io", &["networkpolicies"], &["get", "list", "watch", "create", "patch"]),
-        rule("policy", &["poddisruptionbudgets"], &["get", "list", "watch", "create", "patch"]),
+    ];
+    // Every owned kind (`OwnedKind`), one rule per API group in a row. Server-side apply
+    // creates as well as updates, so it needs both verbs; `get`: the ownership check reads an
+    // object of a generated name that no cache shows.
+    let mut owned: Vec<(&str, Vec<&str>)> = Vec::new();
+    for kind in OwnedKind::ALL {
+        match owned.last_mut() {
+            Some((group, resources)) if *group == kind.group() => resources.push(kind.resource()),
+            _ => owned.push((kind.group(), vec![kind.resource()])),
+        }
+    }
+    rules.extend(owned.into_iter().map(|(group, resources)| rule(group, &resources, &["get", "list", "watch", "create", "patch"])));
+    rules.extend([
         // Claims of sidecar volume pools: made, leased (by the webhook), released.
         rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
@@ -34,7 +43,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         // The StatefulSet controller's FailedCreate events (watched): why daemon pods are
         // missing (Pod Security Admission, quota, policy).
         rule("", &["events"], &["list", "watch"]),
-    ]
+    ]);
+    rules
 }
 
 /// Rules in the operator's own namespace for the injection webhook's certificate Secret
@@ -64,6 +74,23 @@ mod tests {
         for r in all.iter().flatten() {
             assert!(!r.verbs.iter().any(|v| v == "delete" || v == "*" || v == "deletecollection"), "{r:?}");
             assert!(!r.resources.iter().flatten().any(|s| s == "*"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn every_owned_kind_may_be_applied() {
+        let rules = operator_rules();
+        for kind in OwnedKind::ALL {
+            let rule = rules
+                .iter()
+                .find(|r| {
+                    r.api_groups.as_deref() == Some(&[kind.group().to_string()])
+                        && r.resources.iter().flatten().any(|s| s == kind.resource())
+                })
+                .unwrap_or_else(|| panic!("no rule for {kind}"));
+            for verb in ["get", "list", "watch", "create", "patch"] {
+                assert!(rule.verbs.iter().any(|v| v == verb), "{kind}: {verb}");
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon, PoolVolume};
+use crate::crd::{DindDaemon, PoolVolume};
 use crate::names::{self, Names};
 
 /// A lease whose pod never appeared (its admission was followed by a failed create, or the
@@ -26,7 +26,7 @@ pub const UNCLAIMED_GRACE: SignedDuration = SignedDuration::from_secs(60);
 /// The claims a DindDaemon's pool should have.
 pub fn claims(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> Vec<PersistentVolumeClaim> {
     let Some(pool) = &dd.spec.volume_pool else { return Vec::new() };
-    let size = dd.spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+    let size = dd.spec.storage.size().to_string();
     let mut labels = names.labels();
     labels.insert(names::VOLUME_POOL_LABEL.into(), names.daemon.clone());
     (0..pool.size)

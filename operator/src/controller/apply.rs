@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::applied::{self, Stamp, Stamps};
 use crate::error::{Error, Result};
+use crate::kinds::OwnedKind;
 use crate::names::FIELD_MANAGER;
 use crate::objects::{CertSecrets, Owned};
 
@@ -48,7 +49,7 @@ pub enum SecretWrite {
 /// Applies every owned object and returns the stamps of what it wrote, and the StatefulSet;
 /// `None` if `SecretWrite::CreateCa` found a CA Secret already there.
 pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWrite) -> Result<Option<(Stamps, StatefulSet)>> {
-    fn stamp<K: Resource>(kind: &str, obj: &K, out: &mut Stamps) {
+    fn stamp<K: Resource>(kind: OwnedKind, obj: &K, out: &mut Stamps) {
         if let (Some(name), Some(s)) = (obj.meta().name.as_deref(), Stamp::of(obj.meta())) {
             out.insert(applied::key(kind, name), s);
         }
@@ -64,7 +65,11 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
                 Ok(ca) => ca,
                 Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
                 Err(source) => {
-                    return Err(Error::Apply { kind: "Secret".into(), name: ca.meta().name.clone().unwrap_or_default(), source });
+                    return Err(Error::Apply {
+                        kind: OwnedKind::Secret.to_string(),
+                        name: ca.meta().name.clone().unwrap_or_default(),
+                        source,
+                    });
                 }
             }
         } else {
@@ -72,7 +77,7 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
         };
         let (server, client_secret) = tokio::try_join!(apply(client, ns, server), apply(client, ns, client_secret))?;
         for s in [&ca, &server, &client_secret] {
-            stamp("Secret", s, &mut stamps);
+            stamp(OwnedKind::Secret, s, &mut stamps);
         }
     }
     let budget = async {
@@ -88,12 +93,12 @@ pub async fn apply_all(client: &Client, ns: &str, owned: &Owned, write: SecretWr
         budget,
         apply(client, ns, statefulset),
     )?;
-    stamp("Service", &headless, &mut stamps);
-    stamp("Service", &client_service, &mut stamps);
-    stamp("NetworkPolicy", &policy, &mut stamps);
+    stamp(OwnedKind::Service, &headless, &mut stamps);
+    stamp(OwnedKind::Service, &client_service, &mut stamps);
+    stamp(OwnedKind::NetworkPolicy, &policy, &mut stamps);
     if let Some(budget) = &budget {
-        stamp("PodDisruptionBudget", budget, &mut stamps);
+        stamp(OwnedKind::PodDisruptionBudget, budget, &mut stamps);
     }
-    stamp("StatefulSet", &sts, &mut stamps);
+    stamp(OwnedKind::StatefulSet, &sts, &mut stamps);
     Ok(Some((stamps, sts)))
 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::applied::{self, Stamps};
 use crate::error::{Error, Result};
+use crate::kinds::OwnedKind;
 use crate::names::Names;
 use crate::ownership::{self, Verdict};
 
@@ -28,11 +29,11 @@ pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: boo
             return Ok::<_, Error>((kind, name, Some(Verdict::Ours)));
         }
         let meta = match kind {
-            "StatefulSet" => metadata::<StatefulSet>(client, ns, name).await?,
-            "Service" => metadata::<Service>(client, ns, name).await?,
-            "NetworkPolicy" => metadata::<NetworkPolicy>(client, ns, name).await?,
-            "PodDisruptionBudget" => metadata::<PodDisruptionBudget>(client, ns, name).await?,
-            _ => metadata::<Secret>(client, ns, name).await?,
+            OwnedKind::StatefulSet => metadata::<StatefulSet>(client, ns, name).await?,
+            OwnedKind::Service => metadata::<Service>(client, ns, name).await?,
+            OwnedKind::NetworkPolicy => metadata::<NetworkPolicy>(client, ns, name).await?,
+            OwnedKind::PodDisruptionBudget => metadata::<PodDisruptionBudget>(client, ns, name).await?,
+            OwnedKind::Secret => metadata::<Secret>(client, ns, name).await?,
         };
         Ok((kind, name, meta.map(|m| ownership::judge(&m, &names.daemon, uid))))
     }))
@@ -42,8 +43,8 @@ pub async fn check(client: &Client, ns: &str, names: &Names, uid: &str, tls: boo
     for (kind, name, verdict) in verdicts {
         match verdict {
             None => {}
-            Some(Verdict::NotOurs(why)) => conflicts.push(ownership::conflict(kind, name, &why)),
-            Some(Verdict::Ours | Verdict::HandedOver) => secrets_exist |= kind == "Secret",
+            Some(Verdict::NotOurs(why)) => conflicts.push(ownership::conflict(kind.kind(), name, &why)),
+            Some(Verdict::Ours | Verdict::HandedOver) => secrets_exist |= kind == OwnedKind::Secret,
         }
     }
     if conflicts.is_empty() { Ok(secrets_exist) } else { Err(Error::NameConflict { daemon: names.daemon.clone(), objects: conflicts }) }

@@ -1,8 +1,7 @@
-//! Events: condition transitions and notable actions, with PascalCase reasons.
+//! The reconcile's events: one per condition transition, and notable actions (published by
+//! `crate::events`).
 
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource as _, ResourceExt};
-use tracing::{info, warn};
+use kube::runtime::events::EventType;
 
 use super::Context;
 use crate::crd::{DindDaemon, DindDaemonStatus};
@@ -28,22 +27,7 @@ pub async fn announce_transitions(ctx: &Context, dd: &DindDaemon, old: Option<&D
     }
 }
 
-/// An event's note may have at most this many bytes (the apiserver refuses longer ones).
-const MAX_NOTE: usize = 1024;
-
-pub async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, mut note: String) {
-    if note.len() > MAX_NOTE {
-        let mut end = MAX_NOTE - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &dd.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    } else {
-        info!(name = %dd.name_any(), reason, "event");
-    }
+/// An event of the reconcile on `dd` (see `crate::events`).
+pub async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, note: String) {
+    crate::events::publish(&ctx.recorder, dd, type_, reason, "Reconcile", note).await;
 }

@@ -37,6 +37,9 @@ pub struct Memory {
     failures: Streaks,
     /// Connections to a routed client Service that were refused, by `namespace/name`.
     route_checks: Streaks,
+    /// Pool leases (`ns/claim/id`) this process has seen held by a pod: when that pod is gone
+    /// the lease ends at once (without this memory, after the grace; see `volume_pool::ended`).
+    pub held_leases: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What pruning remembers of one daemon pod.

@@ -39,6 +39,7 @@ pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daem
 
 use crate::applied::{self, Stamp, StampCache, Stamps};
 use crate::crd::DindDaemon;
+use crate::kinds::OwnedKind;
 use crate::metrics::Metrics;
 use crate::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
 use crate::objects::Defaults;
@@ -53,36 +54,19 @@ const REFUSAL_EVENTS: &str = "involvedObject.kind=StatefulSet,reason=FailedCreat
 /// At most this many reconciles run at once.
 pub const RECONCILE_CONCURRENCY: u16 = 16;
 
-/// What every reconcile shares; built once per controller.
+/// What every reconcile shares; built once per controller: the client and its recorder and
+/// metrics, the configuration, the watch-fed caches, what is remembered between passes, and the
+/// gate that opens once the caches have listed.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    pub defaults: Defaults,
-    /// Whether to ask daemons for their storage driver (off where pods are unreachable).
-    pub query_daemons: bool,
-    /// How often each daemon is asked its disk usage and pruned if due.
-    pub disk_every: std::time::Duration,
-    /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
-    pub pods: Store<Pod>,
-    /// The objects the operator owns, as their watches last showed them.
-    pub owned: OwnedCaches,
-    /// The DindDaemons themselves (the controller's own cache).
-    pub daemons: Store<DindDaemon>,
-    /// What the client Services route to, by EndpointSlice (see `observe::routed_pods`): a
-    /// daemon is Ready only once its Service routes to it.
-    pub routes: WatchMap<Route>,
-    /// The StatefulSet controller's `FailedCreate` events, by event: why daemon pods are
-    /// missing (see `observe`).
-    pub refusals: WatchMap<Refusal>,
-    /// Last applies, storage drivers, failures (see `memory`).
+    pub settings: Settings,
+    pub caches: Caches,
+    /// Last applies, storage drivers, failures, held leases (see `memory`).
     pub memory: Memory,
-    /// Pool leases (`ns/claim/id`) this process has seen held by a pod: when that pod is gone
-    /// the lease ends at once (without this memory, after the grace; see `volume_pool::ended`).
-    pub held_leases: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// Turns true once every cache above has had its first list.
+    /// Turns true once every cache has had its first list.
     pub caches_ready: tokio::sync::watch::Receiver<bool>,
-    pub liveness: Arc<Liveness>,
 }
 
 /// Caches of the objects the operator owns, fed by the same watches that trigger reconciles.
@@ -110,42 +94,52 @@ impl OwnedCaches {
         self.statefulsets.wait_until_ready().await.is_ok()
     }
 
-    /// The stamps of a DindDaemon's owned objects as the caches hold them now.
-    fn stamps(&self, ns: &str, names: &Names) -> Stamps {
-        let mut out = Stamps::new();
-        let sts = self.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
-        if let Some(stamp) = sts.and_then(|s| Stamp::of(&s.metadata)) {
-            out.insert(applied::key("StatefulSet", &names.statefulset), stamp);
-        }
-        let mut add = |cache: &StampCache, kind: &str, name: &str| {
-            if let Some(stamp) = cache.get(ns, name) {
-                out.insert(applied::key(kind, name), stamp);
+    /// The stamp of one owned object as its kind's cache holds it now.
+    fn stamp(&self, kind: OwnedKind, ns: &str, name: &str) -> Option<Stamp> {
+        let cache = match kind {
+            OwnedKind::StatefulSet => {
+                return self.statefulsets.get(&ObjectRef::new(name).within(ns)).and_then(|s| Stamp::of(&s.metadata));
             }
+            OwnedKind::Service => &self.services,
+            OwnedKind::Secret => &self.secrets,
+            OwnedKind::NetworkPolicy => &self.policies,
+            OwnedKind::PodDisruptionBudget => &self.budgets,
         };
-        add(&self.services, "Service", &names.headless_service);
-        add(&self.services, "Service", &names.client_service);
-        add(&self.policies, "NetworkPolicy", &names.network_policy);
-        add(&self.budgets, "PodDisruptionBudget", &names.disruption_budget);
-        for secret in [&names.ca_secret, &names.server_secret, &names.client_secret] {
-            add(&self.secrets, "Secret", secret);
-        }
-        out
+        cache.get(ns, name)
+    }
+
+    /// The stamps of a DindDaemon's owned objects (every name it may own, Secrets and budget
+    /// included) as the caches hold them now.
+    fn stamps(&self, ns: &str, names: &Names) -> Stamps {
+        names
+            .owned(true, true)
+            .into_iter()
+            .filter_map(|(kind, name)| Some((applied::key(kind, name), self.stamp(kind, ns, name)?)))
+            .collect()
     }
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("defaults", &self.defaults).finish_non_exhaustive()
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
-/// The watch-fed caches a [`Context`] is built over.
+/// The watch-fed caches a [`Context`] is built over (each reconcile reads them, and never
+/// lists).
 #[allow(missing_debug_implementations)] // Stores of thousands of objects: not for logs.
 pub struct Caches {
+    /// Every pod of the watched namespace(s), slimmed to what status needs (see `slim_pod`).
     pub pods: Store<Pod>,
+    /// The objects the operator owns, as their watches last showed them.
     pub owned: OwnedCaches,
+    /// The DindDaemons themselves (the controller's own cache).
     pub daemons: Store<DindDaemon>,
+    /// What the client Services route to, by EndpointSlice (see `observe::routed_pods`): a
+    /// daemon is Ready only once its Service routes to it.
     pub routes: WatchMap<Route>,
+    /// The StatefulSet controller's `FailedCreate` events, by event: why daemon pods are
+    /// missing (see `observe`).
     pub refusals: WatchMap<Refusal>,
 }
 
@@ -153,9 +147,9 @@ impl Context {
     /// The context of a controller over these caches; spawns the task that opens the
     /// `caches_ready` gate once they have all listed.
     pub fn new(client: Client, metrics: Metrics, settings: Settings, caches: Caches) -> Self {
-        let Caches { pods, owned, daemons, routes, refusals } = caches;
         let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
-        let (gate_pods, gate_owned, gate_routes, gate_refusals) = (pods.clone(), owned.clone(), routes.clone(), refusals.clone());
+        let (gate_pods, gate_owned, gate_routes, gate_refusals) =
+            (caches.pods.clone(), caches.owned.clone(), caches.routes.clone(), caches.refusals.clone());
         tokio::spawn(async move {
             gate_routes.wait_until_ready().await;
             gate_refusals.wait_until_ready().await;
@@ -168,18 +162,10 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            defaults: settings.defaults,
-            query_daemons: settings.query_daemons,
-            disk_every: settings.disk_every,
-            pods,
-            owned,
-            daemons,
-            routes,
-            refusals,
+            settings,
+            caches,
             memory: Memory::default(),
-            held_leases: std::sync::Mutex::default(),
             caches_ready,
-            liveness: settings.liveness,
         }
     }
 }

@@ -47,14 +47,15 @@ pub async fn daemons(
     certs: Option<&tls::Bundle>,
 ) -> Seen {
     let statefulset =
-        applied_sts.or_else(|| ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns)).map(|s| (*s).clone()));
+        applied_sts.or_else(|| ctx.caches.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns)).map(|s| (*s).clone()));
     let name = &names.daemon;
-    let concerned = ctx.pods.state_filter(|p| {
+    let concerned = ctx.caches.pods.state_filter(|p| {
         p.metadata.namespace.as_deref() == Some(ns) && (p.labels().get(DAEMON_LABEL) == Some(name) || mounts_claim_of(p, name))
     });
     let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| (**p).clone()).collect();
     let intruders = find_intruders(name, &pods, &concerned);
-    let (drivers, disks) = if ctx.query_daemons { ask_daemons(ctx, dd, ns, names, &pods, certs).await } else { Default::default() };
+    let (drivers, disks) =
+        if ctx.settings.query_daemons { ask_daemons(ctx, dd, ns, names, &pods, certs).await } else { Default::default() };
     let mut routed = routed_pods(ctx, ns, &names.client_service);
     // The EndpointSlice lists a daemon a moment before kube-proxy routes to it (measured: up to
     // ~0.9 s). Where the operator can reach the cluster network as a client does, it connects
@@ -63,7 +64,7 @@ pub async fn daemons(
     // network as clients do, and Ready must not hang on that.
     let mut look_again = None;
     let was_ready = status::find(dd.status.as_ref(), status::READY).is_some_and(|c| c.status == "True");
-    if !ctx.query_daemons || routed.is_empty() || was_ready || service_accepts(ctx, ns, names, dd.spec.port).await {
+    if !ctx.settings.query_daemons || routed.is_empty() || was_ready || service_accepts(ctx, ns, names, dd.spec.port).await {
         ctx.memory.route_settled(key);
     } else {
         let refused = ctx.memory.route_refused(key);
@@ -75,7 +76,7 @@ pub async fn daemons(
         }
     }
     if !disks.is_empty() {
-        look_again = Some(look_again.map_or(ctx.disk_every, |l: std::time::Duration| l.min(ctx.disk_every)));
+        look_again = Some(look_again.map_or(ctx.settings.disk_every, |l: std::time::Duration| l.min(ctx.settings.disk_every)));
     }
     // Fewer pods than replicas: the StatefulSet controller may be refused (Pod Security
     // Admission, a quota, a policy), which shows only in its FailedCreate events. They are
@@ -88,6 +89,7 @@ pub async fn daemons(
     if let (Some(sts), true) = (statefulset.as_ref(), missing) {
         let uid = sts.metadata.uid.as_deref();
         let refusals = ctx
+            .caches
             .refusals
             .values_in(ns, |r| r.statefulset == names.statefulset && (r.statefulset_uid.is_none() || r.statefulset_uid.as_deref() == uid));
         // A refusal older than the newest pod was overcome since (e.g. the namespace relabelled).
@@ -127,7 +129,7 @@ async fn service_accepts(ctx: &Context, ns: &str, names: &Names, port: i32) -> b
 
 /// The pods that the EndpointSlices of Service `service` list as ready endpoints.
 fn routed_pods(ctx: &Context, ns: &str, service: &str) -> Vec<String> {
-    ctx.routes.values_in(ns, |r| r.service == service).into_iter().flat_map(|r| r.pods).collect()
+    ctx.caches.routes.values_in(ns, |r| r.service == service).into_iter().flat_map(|r| r.pods).collect()
 }
 
 /// The claims of a pod that belong to DindDaemon `name` (exactly: `docker-ci-big-0` is not `ci`'s).
@@ -196,7 +198,7 @@ async fn ask_daemons(
             };
             let disk = match ctx.memory.disk(&uid) {
                 // (A little early counts as due: the requeue after DISK_EVERY lands just short of it.)
-                Some((at, usage)) if at.elapsed() + DISK_SLACK.min(ctx.disk_every / 4) < ctx.disk_every => Some(usage),
+                Some((at, usage)) if at.elapsed() + DISK_SLACK.min(ctx.settings.disk_every / 4) < ctx.settings.disk_every => Some(usage),
                 known => match docker_api::disk_usage(&ip, dd.spec.port, tls).await {
                     Ok(usage) => {
                         let daemon = prune::Daemon { pod: &name, uid: &uid, addr: format!("{ip}:{}", dd.spec.port), tls };

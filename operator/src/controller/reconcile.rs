@@ -31,6 +31,7 @@ use super::{Context, claims, observe, volume_pool, volumes};
 use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::crd::{DaemonMode, DindDaemon};
 use crate::error::{Error, Result};
+use crate::kinds::OwnedKind;
 use crate::metrics::{DaemonLabels, ErrorLabels};
 use crate::names::{FIELD_MANAGER, Names};
 use crate::objects;
@@ -61,12 +62,12 @@ pub async fn reconcile(dd: Arc<DindDaemon>, ctx: Arc<Context>) -> Result<Action>
         Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
     };
     match &result {
-        Err(Error::Timeout(_)) => ctx.liveness.timed_out(),
+        Err(Error::Timeout(_)) => ctx.settings.liveness.timed_out(),
         Ok(_) => {
-            ctx.liveness.finished();
+            ctx.settings.liveness.finished();
             ctx.memory.succeeded(&key_of(&dd));
         }
-        Err(_) => ctx.liveness.finished(),
+        Err(_) => ctx.settings.liveness.finished(),
     }
     ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
     result
@@ -123,7 +124,7 @@ async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Nam
 async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names, key: &str, uid: &str) -> Result<Action> {
     // 1. Read. Until the caches have listed, a missing object may only be unlisted: wait.
     ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
-    let seen = ctx.owned.stamps(ns, names);
+    let seen = ctx.caches.owned.stamps(ns, names);
     let last = ctx.memory.last_apply(key, uid);
 
     // 2-4. Certificates, build, apply or skip.
@@ -221,11 +222,11 @@ async fn certify_build_apply(
         };
         let certs = plan.as_ref().map(|p| p.bundle.clone());
 
-        let mut owned = objects::build(dd, &ctx.defaults, certs.as_ref())?;
+        let mut owned = objects::build(dd, &ctx.settings.defaults, certs.as_ref())?;
         // The claim template stays as the StatefulSet was made (a raised size grows the claims).
-        let existing = ctx.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
+        let existing = ctx.caches.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
         objects::keep_claim_size(&mut owned.statefulset, existing.as_deref().and_then(objects::claim_size));
-        if owned.disruption_budget.is_none() && seen.contains_key(&applied::key("PodDisruptionBudget", &names.disruption_budget)) {
+        if owned.disruption_budget.is_none() && seen.contains_key(&applied::key(OwnedKind::PodDisruptionBudget, &names.disruption_budget)) {
             owned.disruption_budget = Some(objects::disruption_budget(dd)?);
         }
         let fingerprint = applied::fingerprint(&owned)?;
@@ -283,14 +284,14 @@ async fn read_certificates(client: &Client, ns: &str, names: &Names) -> Result<(
     let stamps = [&ca, &server, &client_cert]
         .into_iter()
         .flatten()
-        .filter_map(|s| Some((applied::key("Secret", s.metadata.name.as_deref()?), Stamp::of(&s.metadata)?)))
+        .filter_map(|s| Some((applied::key(OwnedKind::Secret, s.metadata.name.as_deref()?), Stamp::of(&s.metadata)?)))
         .collect();
     Ok((objects::pairs_from_secrets(ca.as_ref(), server.as_ref(), client_cert.as_ref()), stamps))
 }
 
 /// The Secret entries of a set of stamps.
 fn secrets_of(stamps: &Stamps) -> Stamps {
-    stamps.iter().filter(|(k, _)| k.starts_with("Secret/")).map(|(k, v)| (k.clone(), v.clone())).collect()
+    stamps.iter().filter(|(k, _)| applied::is_of(k, OwnedKind::Secret)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// Drops what the operator remembers of a DindDaemon: its memory and its metric.
@@ -305,10 +306,10 @@ fn forget(ctx: &Context, key: &str) {
 fn prune(ctx: &Context) {
     let exists = |key: &str| {
         let (ns, name) = key.split_once('/').unwrap_or_default();
-        ctx.daemons.get(&ObjectRef::new(name).within(ns)).is_some()
+        ctx.caches.daemons.get(&ObjectRef::new(name).within(ns)).is_some()
     };
-    let live_pods = || ctx.pods.state().iter().filter_map(|p| p.uid()).collect();
-    for key in ctx.memory.prune(ctx.daemons.len(), exists, ctx.pods.len(), live_pods) {
+    let live_pods = || ctx.caches.pods.state().iter().filter_map(|p| p.uid()).collect();
+    for key in ctx.memory.prune(ctx.caches.daemons.len(), exists, ctx.caches.pods.len(), live_pods) {
         forget(ctx, &key);
     }
 }

@@ -43,7 +43,7 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         let holder = holders.get(&(name.clone(), lease.id.clone()));
         let key = format!("{ns}/{name}/{}", lease.id);
         let was_held = {
-            let mut held = ctx.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = ctx.memory.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if holder.is_some() {
                 held.insert(key.clone());
             }
@@ -61,7 +61,7 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         {
             Ok(c) => {
                 info!(claim = %name, lease = %lease.id, "volume lease ended");
-                ctx.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                ctx.memory.held_leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
                 *claim = c;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}

@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use super::Context;
-use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon};
+use crate::crd::DindDaemon;
 use crate::disk;
 use crate::error::Result;
 use crate::names::{FIELD_MANAGER, Names};
@@ -20,7 +20,7 @@ use crate::status::Growth;
 /// (the StatefulSet's claim size); what is left to wait for or was refused, if anything.
 pub async fn grow(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, template: Option<&str>) -> Result<Option<Growth>> {
     let spec = &dd.spec;
-    let size = spec.storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE);
+    let size = spec.storage.size();
     let (Some(wanted), Some(template)) = (disk::volume_bytes(spec), template.and_then(disk::quantity_bytes)) else { return Ok(None) };
     if spec.storage.ephemeral || wanted == template {
         return Ok(None);

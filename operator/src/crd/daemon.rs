@@ -64,6 +64,14 @@ pub struct StorageSpec {
     pub ephemeral: bool,
 }
 
+impl StorageSpec {
+    /// `size` resolved: the one place its default ([`DEFAULT_STORAGE_SIZE`]) is applied (the
+    /// CRD's CEL rule for volume pools spells the same default in CEL).
+    pub fn size(&self) -> &str {
+        self.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE)
+    }
+}
+
 /// Storage drivers the daemon may run.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

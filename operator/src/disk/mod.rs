@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemonSpec};
+use crate::crd::DindDaemonSpec;
 
 pub mod prune;
 
@@ -49,7 +49,7 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 /// The size of a daemon's /var/lib/docker (`storage.size`, default 20Gi; with
 /// `storage.ephemeral` the emptyDir's size limit). None only for a size that is no quantity.
 pub fn volume_bytes(spec: &DindDaemonSpec) -> Option<u64> {
-    quantity_bytes(spec.storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE))
+    quantity_bytes(spec.storage.size())
 }
 
 /// The build-cache target in bytes: `cache.buildCacheKeep` (default 50% of the volume).

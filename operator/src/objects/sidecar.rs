@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::Defaults;
 use super::dind_init::{DindInitSource, Listen, dind_init_args};
 use super::statefulset::{daemon_container, install_container};
-use crate::crd::{DEFAULT_STORAGE_SIZE, DindDaemon};
+use crate::crd::DindDaemon;
 use crate::error::Result;
 use crate::names;
 
@@ -101,7 +101,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
     daemon.restart_policy = Some("Always".into());
     // `dind-init wait` (postStart) and `probe` (liveness) read the socket from here too.
     daemon.env = Some(vec![EnvVar { name: "DIND_INIT_SOCKET".into(), value: Some(SOCKET.into()), ..Default::default() }]);
-    let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+    let size = spec.storage.size().to_string();
     let data = match claim {
         Some(claim) => Volume {
             name: names::SIDECAR_DATA_VOLUME.into(),

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 
 use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_init_args};
 use super::{Defaults, meta};
-use crate::crd::{DEFAULT_REQUESTS, DEFAULT_STORAGE_SIZE, DindDaemon, SecurityMode};
+use crate::crd::{DEFAULT_REQUESTS, DindDaemon, SecurityMode};
 use crate::error::Result;
 use crate::names::{CLAIM_TEMPLATE, Names, REGISTRY_CAS_VOLUME, TLS_DIGEST_ANNOTATION};
 use crate::tls;
@@ -258,7 +258,7 @@ pub fn daemon_statefulset(
         mounts.push(mount);
     }
     let mut claims = None;
-    let size = spec.storage.size.clone().unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+    let size = spec.storage.size().to_string();
     if spec.storage.ephemeral {
         // Limited: past it the kubelet evicts the daemon, not the node's other pods.
         let empty_dir = EmptyDirVolumeSource { size_limit: Some(Quantity(size)), ..Default::default() };

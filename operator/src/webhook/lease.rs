@@ -1,4 +1,6 @@
-//! Taking a warm volume for a sidecar pod at admission (I/O; the choice is `volume_pool`'s).
+//! Taking a warm volume for a sidecar pod at admission (I/O; the choice is `volume_pool`'s):
+//! `for_pod` decides what a pod gets (the lease it holds, a new one, or what
+//! `volumePool.whenExhausted` says), `take` writes a lease onto a free claim.
 //!
 //! A lease is written onto the claim with the claim's resourceVersion as a precondition: of two
 //! admissions (two operator replicas, or one racing itself) that pick the same free claim, one
@@ -9,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::crd::DindDaemon;
+use super::admit::{Handler, READ_TIMEOUT};
+
+use crate::crd::{DindDaemon, WhenExhausted};
 use crate::names::{self, Names};
 use crate::volume_pool;
 
@@ -65,4 +69,52 @@ pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str, dry_run
         }
     }
     Ok(None)
+}
+
+/// The pool claim a sidecar pod gets, and the lease annotation to record (None: nothing new
+/// to record: no pool, or the pod was leased one before, at an earlier invocation).
+pub(super) async fn for_pod(
+    handler: &Handler,
+    pod: &Value,
+    dd: &DindDaemon,
+    namespace: &str,
+    dry_run: bool,
+) -> Result<(Option<String>, Option<String>), String> {
+    if let Some(held) = pod["metadata"]["annotations"][names::POD_LEASE_ANNOTATION].as_str() {
+        return Ok((held.split_once('/').map(|(claim, _)| claim.to_string()), None));
+    }
+    let Some(pool) = &dd.spec.volume_pool else { return Ok((None, None)) };
+    let key = crate::sticky::key_of(pod).value;
+    match tokio::time::timeout(READ_TIMEOUT, take(&handler.client, namespace, dd, &key, dry_run)).await {
+        Ok(Ok(Some((claim, id)))) => Ok((Some(claim.clone()), Some(format!("{claim}/{id}")))),
+        Ok(Ok(None)) => {
+            let name = dd.metadata.name.clone().unwrap_or_default();
+            match pool.when_exhausted {
+                WhenExhausted::Refuse => Err(format!(
+                    "every volume of DindDaemon {name:?}'s pool is leased ({} of {}); volumePool.whenExhausted is Refuse: retry when a job ends",
+                    pool.size, pool.size
+                )),
+                WhenExhausted::EmptyDir if dry_run => Ok((None, Some("none".into()))),
+                WhenExhausted::EmptyDir => {
+                    warn(
+                        handler,
+                        dd,
+                        "VolumePoolExhausted",
+                        format!("every volume of the pool ({}) is leased: a pod starts with an empty cache", pool.size),
+                    )
+                    .await;
+                    Ok((None, Some("none".into())))
+                }
+            }
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("leasing a volume of {:?} took longer than {READ_TIMEOUT:?}", dd.metadata.name.clone().unwrap_or_default())),
+    }
+}
+
+/// A warning event on the DindDaemon, from admission.
+async fn warn(handler: &Handler, dd: &DindDaemon, reason: &str, note: String) {
+    let reporter = kube::runtime::events::Reporter { controller: names::FIELD_MANAGER.into(), instance: None };
+    let recorder = kube::runtime::events::Recorder::new(handler.client.clone(), reporter);
+    crate::events::publish(&recorder, dd, kube::runtime::events::EventType::Warning, reason, "Admit", note).await;
 }

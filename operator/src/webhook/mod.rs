@@ -11,8 +11,12 @@
 //!   a native sidecar (pure; the containers come from `objects::sidecar`);
 //! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);
 //! - [`keeper`]: the Secret, the resolver and the configuration's `caBundle` (I/O);
-//! - [`serve`]: the HTTPS server and the AdmissionReview handler (I/O).
+//! - [`serve`]: the framing: HTTPS server, routes, serving certificate (I/O);
+//! - [`admit`]: one AdmissionReview answered: the DindDaemon read, dispatch by mode (I/O);
+//! - [`lease`]: a warm pool volume taken for a sidecar pod (I/O);
+//! - [`job_config`]: the Docker config a job brings, found in the pod (pure).
 
+pub mod admit;
 pub mod certs;
 pub mod inject;
 pub mod job_config;
@@ -26,8 +30,9 @@ use std::sync::Arc;
 
 use kube::Client;
 
+pub use admit::{Handler, Webhook};
 pub use keeper::Source;
-pub use serve::{Handler, Resolver, Webhook};
+pub use serve::Resolver;
 
 /// Serves the webhook on `addr` and keeps its certificate, until `shutdown`.
 pub async fn run(

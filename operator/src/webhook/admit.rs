@@ -1,0 +1,151 @@
+//! Admission: one AdmissionReview in, its answer out. `decide` reads the DindDaemon a pod
+//! names and dispatches by webhook and `spec.mode`: a pool daemon's client (`inject`), or a
+//! daemon of the pod's own (`sidecar`, with a warm volume leased by `lease`). The framing
+//! (HTTPS, routes) is `serve`'s.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use kube::api::GetParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use super::inject::{self, Target};
+use super::{lease, sidecar};
+use crate::crd::{DaemonMode, DindDaemon};
+use crate::metrics::{AdmissionLabels, Metrics};
+use crate::names;
+use crate::objects::{self, Defaults};
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct Handler {
+    pub client: Client,
+    /// The daemon and dind-init images of DindDaemons that name none.
+    pub defaults: Defaults,
+    pub wait_seconds: u32,
+    pub metrics: Metrics,
+}
+
+/// Which of the two webhooks a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Webhook {
+    /// `dind.dev/inject`: a pool daemon's client.
+    Inject,
+    /// `dind.dev/sidecar`: a daemon of the pod's own.
+    Sidecar,
+}
+
+impl Webhook {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Inject => names::INJECT_LABEL,
+            Self::Sidecar => names::SIDECAR_LABEL,
+        }
+    }
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler").field("defaults", &self.defaults).field("wait_seconds", &self.wait_seconds).finish()
+    }
+}
+
+/// How long the handler may spend reading the DindDaemon: well inside the webhook's timeout.
+pub(super) const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Handler {
+    /// The AdmissionReview response for one request.
+    pub async fn review(&self, review: &Value, webhook: Webhook) -> Value {
+        let request = &review["request"];
+        let uid = request["uid"].clone();
+        let (outcome, response) = match self.decide(request, webhook).await {
+            Ok(None) => ("skipped", json!({"uid": uid, "allowed": true})),
+            Ok(Some(patch)) if patch.is_empty() => ("unchanged", json!({"uid": uid, "allowed": true})),
+            Ok(Some(patch)) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(Value::Array(patch).to_string());
+                ("injected", json!({"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": encoded}))
+            }
+            Err(message) => {
+                ("refused", json!({"uid": uid, "allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": message}}))
+            }
+        };
+        self.metrics.admissions.get_or_create(&AdmissionLabels { outcome: outcome.to_string() }).inc();
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+    }
+
+    /// None: not ours to touch. Some(patch): the JSON Patch. Err: the refusal's message.
+    async fn decide(&self, request: &Value, webhook: Webhook) -> Result<Option<Vec<Value>>, String> {
+        if request["kind"]["kind"] != "Pod" || request["operation"] != "CREATE" || request["subResource"].is_string() {
+            return Ok(None);
+        }
+        let pod = &request["object"];
+        let Some(daemon) = pod["metadata"]["labels"][webhook.label()].as_str() else { return Ok(None) };
+        let namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
+        let dd = match tokio::time::timeout(READ_TIMEOUT, read_daemon(&self.client, namespace, daemon)).await {
+            Ok(Ok(Some(dd))) => dd,
+            Ok(Ok(None)) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} not found in namespace {namespace:?} (named by pod label {}); create it, or fix the label",
+                    webhook.label()
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?}: {e}")),
+            Err(_) => return Err(format!("could not read DindDaemon {daemon:?} in namespace {namespace:?} within {READ_TIMEOUT:?}")),
+        };
+        let plan = match (webhook, dd.spec.mode) {
+            (Webhook::Inject, DaemonMode::Pool) => {
+                inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
+            }
+            (Webhook::Sidecar, DaemonMode::Sidecar) => {
+                // A pod that will be refused takes no volume: check it before leasing one.
+                let unleased =
+                    objects::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                sidecar::plan(pod, daemon, &unleased).map_err(|r| r.0)?;
+                let dry_run = request["dryRun"].as_bool().unwrap_or(false);
+                let (claim, lease_note) = lease::for_pod(self, pod, &dd, namespace, dry_run).await?;
+                let parts = objects::sidecar(&dd, &self.defaults, claim.as_deref())
+                    .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
+                let mut plan = sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?;
+                if let Some(note) = lease_note {
+                    plan.patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", names::POD_LEASE_ANNOTATION.replace('/', "~1")), "value": note}));
+                }
+                plan
+            }
+            (Webhook::Inject, DaemonMode::Sidecar) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} in namespace {namespace:?} is in Sidecar mode: label the pod {}={daemon} for a daemon of its own",
+                    names::SIDECAR_LABEL
+                ));
+            }
+            (Webhook::Sidecar, DaemonMode::Pool) => {
+                return Err(format!(
+                    "DindDaemon {daemon:?} in namespace {namespace:?} is in Pool mode (spec.mode): label the pod {}={daemon} to use its shared daemons, or name a DindDaemon with spec.mode: Sidecar",
+                    names::INJECT_LABEL
+                ));
+            }
+        };
+        let pod_name = pod["metadata"]["name"].as_str().or_else(|| pod["metadata"]["generateName"].as_str()).unwrap_or_default();
+        if plan.patch.is_empty() {
+            // Re-invoked (reinvocationPolicy IfNeeded) or re-submitted: it has everything.
+            tracing::debug!(namespace, pod = pod_name, daemon, ?webhook, "already injected");
+        } else {
+            tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
+        }
+        Ok(Some(plan.patch))
+    }
+}
+
+/// The DindDaemon a pod names, from the apiserver's watch cache (`resourceVersion=0`: no read of
+/// etcd, which under load costs the admission as much again as the rest of the call). A name the
+/// cache does not know is read once more from etcd, so a DindDaemon created a moment before its
+/// pods is never refused as missing; a spec changed a moment ago may still show its previous
+/// version for as long as the cache lags (milliseconds).
+async fn read_daemon(client: &Client, namespace: &str, name: &str) -> Result<Option<DindDaemon>, kube::Error> {
+    let api: Api<DindDaemon> = Api::namespaced(client.clone(), namespace);
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(dd) => Ok(Some(dd)),
+        Err(kube::Error::Api(e)) if e.code == 404 => api.get_opt(name).await,
+        Err(e) => Err(e),
+    }
+}
