@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use dind_operator::controller::{self, Settings};
 use dind_operator::crd::{DEFAULT_DOCKER_VERSION, DindDaemon};
-use dind_operator::leader::{self, LeaseLock};
-use dind_operator::metrics::Metrics;
 use dind_operator::objects::Defaults;
-use dind_operator::server::{self, Health, Liveness};
+use dind_operator::runtime::leader::{self, LeaseLock};
+use dind_operator::runtime::metrics::Metrics;
+use dind_operator::runtime::server::{self, Health, Liveness};
 use dind_operator::webhook;
 use kube::Api;
 use kube::api::ListParams;
@@ -145,7 +145,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    let client = dind_operator::api_client::infer().await.map_err(anyhow::Error::msg).context("connecting to the Kubernetes API")?;
+    let client =
+        dind_operator::runtime::api_client::infer().await.map_err(anyhow::Error::msg).context("connecting to the Kubernetes API")?;
 
     let metrics = Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();

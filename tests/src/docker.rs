@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use dind_operator::tls;
+use dind_operator::model::tls;
 
 /// The stand-in daemon image and the busybox image that tests/images/build.sh makes.
 pub const DAEMON_IMAGE: &str = "dind-daemon:test";

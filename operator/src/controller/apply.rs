@@ -9,10 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::applied::{self, Stamp, Stamps};
+use super::applied::{self, Stamp, Stamps};
 use crate::error::{Error, Result};
-use crate::kinds::OwnedKind;
-use crate::names::FIELD_MANAGER;
+use crate::model::kinds::OwnedKind;
+use crate::model::names::FIELD_MANAGER;
 use crate::objects::{CertSecrets, Owned};
 
 /// Applies `obj` and returns the apiserver's copy. A refusal names the object.

@@ -9,11 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::applied::{self, Stamps};
+use super::applied::{self, Stamps};
 use crate::error::{Error, Result};
-use crate::kinds::OwnedKind;
-use crate::names::Names;
-use crate::ownership::{self, Verdict};
+use crate::model::kinds::OwnedKind;
+use crate::model::names::Names;
+use crate::model::ownership::{self, Verdict};
 
 /// Checks every object `names` would write (`tls`: the Secrets; `budget`: the
 /// PodDisruptionBudget). An object the caches show controlled by `uid` costs no request; any

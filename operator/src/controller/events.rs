@@ -1,5 +1,5 @@
 //! The reconcile's events: one per condition transition, and notable actions (published by
-//! `crate::events`).
+//! `crate::runtime::events`).
 
 use kube::runtime::events::EventType;
 
@@ -27,7 +27,7 @@ pub async fn announce_transitions(ctx: &Context, dd: &DindDaemon, old: Option<&D
     }
 }
 
-/// An event of the reconcile on `dd` (see `crate::events`).
+/// An event of the reconcile on `dd` (see `crate::runtime::events`).
 pub async fn publish(ctx: &Context, dd: &DindDaemon, type_: EventType, reason: &str, note: String) {
-    crate::events::publish(&ctx.recorder, dd, type_, reason, "Reconcile", note).await;
+    crate::runtime::events::publish(&ctx.recorder, dd, type_, reason, "Reconcile", note).await;
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::applied::Applied;
+use super::applied::Applied;
 use crate::crd::LastPrune;
 use crate::disk::DiskUsage;
 use crate::disk::prune::ImageUse;

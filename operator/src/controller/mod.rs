@@ -6,8 +6,10 @@
 //! - `apply`: server-side apply of the owned objects; `observe`: the daemons as they run;
 //! - `events`: Kubernetes events; `memory`: what is remembered between passes.
 
+pub mod applied;
 mod apply;
 mod claims;
+pub mod docker_api;
 mod events;
 mod memory;
 mod observe;
@@ -37,15 +39,15 @@ pub use observe::DISK_EVERY;
 pub use reconcile::{RECONCILE_TIMEOUT, error_policy, reconcile};
 pub use watches::{Route, daemon_of_labelled, daemons_of_pod, route_of, slim_daemon, slim_pod, slim_statefulset};
 
-use crate::applied::{self, Stamp, StampCache, Stamps};
 use crate::crd::DindDaemon;
-use crate::kinds::OwnedKind;
-use crate::metrics::Metrics;
-use crate::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
+use crate::model::kinds::OwnedKind;
+use crate::model::names::{DAEMON_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, Names, ROUTE_LABEL};
 use crate::objects::Defaults;
-use crate::server::Liveness;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::server::Liveness;
+use crate::runtime::watch_map::WatchMap;
 use crate::status::Refusal;
-use crate::watch_map::WatchMap;
+use applied::{Stamp, StampCache, Stamps};
 use watches::{content_hash, hash_of, owned_metadata, relevant_changes};
 
 /// The events the operator watches: the StatefulSet controller's refusals to create pods.
@@ -234,7 +236,7 @@ pub async fn run(
     let owned = OwnedCaches { statefulsets, services, secrets, policies, budgets };
     // Claims of sidecar volume pools: a lease the webhook takes (an annotation) wakes the
     // DindDaemon, which then looks again until the lease has ended.
-    let pool = watcher::Config::default().labels(crate::names::VOLUME_POOL_LABEL);
+    let pool = watcher::Config::default().labels(crate::model::names::VOLUME_POOL_LABEL);
     let (_pool_claims, pool_stream) =
         owned_metadata(api::<PartialObjectMeta<k8s_openapi::api::core::v1::PersistentVolumeClaim>>(&client, ns), &pool);
     // EndpointSlices of our client Services: which daemons a Service routes to, for Ready. The

@@ -9,12 +9,14 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
+use super::docker_api;
 use super::memory::{ROUTE_CHECKS, route_recheck};
 use super::prune;
 use crate::crd::DindDaemon;
 use crate::disk::DiskUsage;
-use crate::names::{DAEMON_LABEL, Names, parse_claim};
-use crate::{docker_api, status, tls};
+use crate::model::names::{DAEMON_LABEL, Names, parse_claim};
+use crate::model::tls;
+use crate::status;
 
 /// What reconcile saw of the daemons, owned (status borrows it).
 #[derive(Debug, Default)]

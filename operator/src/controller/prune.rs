@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use super::Context;
 use super::events::publish;
 use super::memory::Pruning;
+use crate::controller::docker_api::{self, MAX_DF_ANSWER};
 use crate::crd::{DindDaemon, LastPrune};
 use crate::disk::prune::{self, Removed, Why};
 use crate::disk::{self, DiskUsage};
-use crate::docker_api::{self, MAX_DF_ANSWER};
-use crate::tls::Bundle;
+use crate::model::tls::Bundle;
 
 /// One daemon, as a prune reaches it.
 pub struct Daemon<'a> {

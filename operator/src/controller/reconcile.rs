@@ -24,19 +24,19 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{instrument, warn};
 
+use super::applied::{self, Applied, Stamp, Stamps};
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
 use super::{Context, claims, observe, volume_pool, volumes};
-use crate::applied::{self, Applied, Stamp, Stamps};
 use crate::crd::{DaemonMode, DindDaemon};
 use crate::error::{Error, Result};
-use crate::kinds::OwnedKind;
-use crate::metrics::{DaemonLabels, ErrorLabels};
-use crate::names::{FIELD_MANAGER, Names};
+use crate::model::kinds::OwnedKind;
+use crate::model::names::{FIELD_MANAGER, Names};
+use crate::model::tls;
 use crate::objects;
+use crate::runtime::metrics::{DaemonLabels, ErrorLabels};
 use crate::status::{self, Observed};
-use crate::tls;
 
 /// A reconcile that takes longer than this is abandoned and retried (a stalled apiserver
 /// connection must not freeze the operator).

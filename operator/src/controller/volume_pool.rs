@@ -10,8 +10,8 @@ use tracing::info;
 use super::Context;
 use crate::crd::{DindDaemon, PoolVolume};
 use crate::error::{Error, Result};
-use crate::names::{self, Names};
-use crate::volume_pool;
+use crate::model::names::{self, Names};
+use crate::model::volume_pool;
 
 /// The pool's status, whether any volume is leased (then the pool is looked at again soon: a
 /// lease ends when its pod does, and pods do not wake this DindDaemon), and the claim names

@@ -13,7 +13,7 @@ use super::Context;
 use crate::crd::DindDaemon;
 use crate::disk;
 use crate::error::Result;
-use crate::names::{FIELD_MANAGER, Names};
+use crate::model::names::{FIELD_MANAGER, Names};
 use crate::status::Growth;
 
 /// Raises the claims of `dd`'s daemons to `storage.size` when it is larger than `template`

@@ -14,9 +14,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::applied::StampCache;
+use super::applied::StampCache;
 use crate::crd::DindDaemon;
-use crate::names::{DAEMON_LABEL, SIDECAR_LABEL, parse_claim};
+use crate::model::names::{DAEMON_LABEL, SIDECAR_LABEL, parse_claim};
 
 /// A metadata-only watch of one kind of owned object: its stamps and its trigger stream.
 pub(super) fn owned_metadata<K>(

@@ -42,7 +42,7 @@ pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "25
 pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
     let mut crd = <DindDaemon as kube::CustomResourceExt>::crd();
-    let max = crate::names::MAX_NAME_LEN;
+    let max = crate::model::names::MAX_NAME_LEN;
     for version in &mut crd.spec.versions {
         if let Some(root) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             root.x_kubernetes_validations.get_or_insert_with(Vec::new).extend([

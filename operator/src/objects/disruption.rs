@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
 use crate::crd::DindDaemon;
-use crate::names::Names;
+use crate::model::names::Names;
 
 /// Daemons of one DindDaemon that may be evicted at once.
 pub const MAX_UNAVAILABLE: i32 = 1;

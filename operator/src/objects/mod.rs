@@ -30,8 +30,8 @@ pub use statefulset::{CAPABILITIES, claim_size, keep_claim_size};
 
 use crate::crd::DindDaemon;
 use crate::error::{Error, Result};
-use crate::names::{self, Names};
-use crate::tls;
+use crate::model::names::{self, Names};
+use crate::model::tls;
 
 /// What the platform team configured on the operator (Helm values → flags).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
 use crate::crd::{DindDaemon, EgressSpec};
-use crate::names::{CLIENT_LABEL, NAMESPACE_NAME_LABEL, Names, OPERATOR_NAME_LABEL};
+use crate::model::names::{CLIENT_LABEL, NAMESPACE_NAME_LABEL, Names, OPERATOR_NAME_LABEL};
 
 /// The ports containers on a daemon may publish (`docker run -p`, compose `ports:`,
 /// Testcontainers' mapped ports, Docker's ephemeral range 32768-60999 included): every

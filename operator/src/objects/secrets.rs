@@ -7,7 +7,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::tls;
+use crate::model::tls;
 
 /// The CA Secret's key entry (never mounted anywhere).
 pub const CA_KEY: &str = "ca.key";

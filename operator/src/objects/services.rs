@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
 use crate::crd::DindDaemon;
-use crate::names::{Names, ROUTE_LABEL};
+use crate::model::names::{Names, ROUTE_LABEL};
 
 fn service_port(port: i32) -> ServicePort {
     ServicePort {

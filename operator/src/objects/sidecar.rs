@@ -21,7 +21,7 @@ use super::dind_init::{DindInitSource, Listen, dind_init_args};
 use super::statefulset::{daemon_container, install_container};
 use crate::crd::DindDaemon;
 use crate::error::Result;
-use crate::names;
+use crate::model::names;
 
 /// What the webhook adds to a pod: two init containers (install, then the daemon as a native
 /// sidecar), in this order, and their volumes; and what each of the pod's containers gets to

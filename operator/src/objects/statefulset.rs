@@ -18,8 +18,8 @@ use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_in
 use super::{Defaults, meta};
 use crate::crd::{DEFAULT_REQUESTS, DindDaemon, SecurityMode};
 use crate::error::Result;
-use crate::names::{CLAIM_TEMPLATE, Names, REGISTRY_CAS_VOLUME, TLS_DIGEST_ANNOTATION};
-use crate::tls;
+use crate::model::names::{CLAIM_TEMPLATE, Names, REGISTRY_CAS_VOLUME, TLS_DIGEST_ANNOTATION};
+use crate::model::tls;
 
 /// Every capability but SYS_RESOURCE (which the Capabilities mode exists to avoid).
 pub const CAPABILITIES: &[&str] = &[

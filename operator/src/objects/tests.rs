@@ -1,6 +1,6 @@
 use super::*;
 use crate::crd::{DindDaemonSpec, StorageDriver};
-use crate::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};
+use crate::model::names::{CLIENT_LABEL, TLS_DIGEST_ANNOTATION};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};

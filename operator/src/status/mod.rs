@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use crate::crd::{DaemonEndpoint, DindDaemon, DindDaemonStatus, EndpointDisk, LastPrune};
 use crate::disk::{self as docker_disk, DiskUsage};
-use crate::names::Names;
+use crate::model::names::Names;
 use crate::objects::docker_hosts;
 
 mod disk;
@@ -273,9 +273,9 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
         "SidecarTemplate",
         format!(
             "pods labelled {}={name} in namespaces labelled {}={} get a daemon of their own",
-            crate::names::SIDECAR_LABEL,
-            crate::names::INJECTION_NAMESPACE_LABEL.0,
-            crate::names::INJECTION_NAMESPACE_LABEL.1
+            crate::model::names::SIDECAR_LABEL,
+            crate::model::names::INJECTION_NAMESPACE_LABEL.0,
+            crate::model::names::INJECTION_NAMESPACE_LABEL.1
         ),
         generation,
         &now,
@@ -288,7 +288,7 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
         let message = format!(
             "claims of these names exist and are not this pool's, so the pool is short of them: {}; delete them, or label them {}={name} to hand them over",
             taken.join(", "),
-            crate::names::VOLUME_POOL_LABEL
+            crate::model::names::VOLUME_POOL_LABEL
         );
         condition(DEGRADED, true, "NameConflict", message, generation, &now)
     };

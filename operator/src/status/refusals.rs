@@ -24,7 +24,8 @@ impl Refusal {
     /// The refusal an event records, if it is a StatefulSet's `FailedCreate` with a time.
     pub fn of_event(e: &k8s_openapi::api::core::v1::Event) -> Option<Self> {
         let about = &e.involved_object;
-        if about.kind.as_deref() != Some(crate::kinds::OwnedKind::StatefulSet.kind()) || e.reason.as_deref() != Some("FailedCreate") {
+        if about.kind.as_deref() != Some(crate::model::kinds::OwnedKind::StatefulSet.kind()) || e.reason.as_deref() != Some("FailedCreate")
+        {
             return None;
         }
         let seen = [

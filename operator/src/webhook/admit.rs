@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::inject::{self, Target};
 use super::{lease, sidecar};
 use crate::crd::{DaemonMode, DindDaemon};
-use crate::metrics::{AdmissionLabels, Metrics};
-use crate::names;
+use crate::model::names;
 use crate::objects::{self, Defaults};
+use crate::runtime::metrics::{AdmissionLabels, Metrics};
 
 /// What the handler needs.
 #[derive(Clone)]
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Handler {
 }
 
 /// How long the handler may spend reading the DindDaemon: well inside the webhook's timeout.
-pub(super) const READ_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Handler {
     /// The AdmissionReview response for one request.
@@ -103,7 +103,7 @@ impl Handler {
                     objects::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 sidecar::plan(pod, daemon, &unleased).map_err(|r| r.0)?;
                 let dry_run = request["dryRun"].as_bool().unwrap_or(false);
-                let (claim, lease_note) = lease::for_pod(self, pod, &dd, namespace, dry_run).await?;
+                let (claim, lease_note) = lease::for_pod(&self.client, READ_TIMEOUT, pod, &dd, namespace, dry_run).await?;
                 let parts = objects::sidecar(&dd, &self.defaults, claim.as_deref())
                     .map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;
                 let mut plan = sidecar::plan(pod, daemon, &parts).map_err(|r| r.0)?;

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use time::{Duration, OffsetDateTime};
 
 use crate::error::Error;
-use crate::tls::{self, Leaf, Pair};
+use crate::model::tls::{self, Leaf, Pair};
 
 /// Keys of the webhook's Secret.
 pub mod keys {

@@ -39,8 +39,8 @@ use serde_json::{Map, Value, json};
 
 use super::job_config::{self, Own, Source};
 use crate::crd::DindDaemon;
-use crate::names::{self, Names};
-use crate::sticky;
+use crate::model::names::{self, Names};
+use crate::model::sticky;
 
 /// What the webhook knows about the DindDaemon a pod asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

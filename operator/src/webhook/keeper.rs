@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 
 use super::certs::{self, Lifetimes, State, keys};
 use super::serve::Resolver;
-use crate::names;
-use crate::tls::Pair;
+use crate::model::names;
+use crate::model::tls::Pair;
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]

@@ -13,11 +13,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::admit::{Handler, READ_TIMEOUT};
-
 use crate::crd::{DindDaemon, WhenExhausted};
-use crate::names::{self, Names};
-use crate::volume_pool;
+use crate::model::names::{self, Names};
+use crate::model::volume_pool;
 
 /// A fresh lease id: unique within this process (a counter) and across replicas (time, pid).
 fn lease_id() -> String {
@@ -74,7 +72,8 @@ pub async fn take(client: &Client, ns: &str, dd: &DindDaemon, key: &str, dry_run
 /// The pool claim a sidecar pod gets, and the lease annotation to record (None: nothing new
 /// to record: no pool, or the pod was leased one before, at an earlier invocation).
 pub(super) async fn for_pod(
-    handler: &Handler,
+    client: &Client,
+    timeout: std::time::Duration,
     pod: &Value,
     dd: &DindDaemon,
     namespace: &str,
@@ -84,8 +83,8 @@ pub(super) async fn for_pod(
         return Ok((held.split_once('/').map(|(claim, _)| claim.to_string()), None));
     }
     let Some(pool) = &dd.spec.volume_pool else { return Ok((None, None)) };
-    let key = crate::sticky::key_of(pod).value;
-    match tokio::time::timeout(READ_TIMEOUT, take(&handler.client, namespace, dd, &key, dry_run)).await {
+    let key = crate::model::sticky::key_of(pod).value;
+    match tokio::time::timeout(timeout, take(client, namespace, dd, &key, dry_run)).await {
         Ok(Ok(Some((claim, id)))) => Ok((Some(claim.clone()), Some(format!("{claim}/{id}")))),
         Ok(Ok(None)) => {
             let name = dd.metadata.name.clone().unwrap_or_default();
@@ -97,7 +96,7 @@ pub(super) async fn for_pod(
                 WhenExhausted::EmptyDir if dry_run => Ok((None, Some("none".into()))),
                 WhenExhausted::EmptyDir => {
                     warn(
-                        handler,
+                        client,
                         dd,
                         "VolumePoolExhausted",
                         format!("every volume of the pool ({}) is leased: a pod starts with an empty cache", pool.size),
@@ -108,13 +107,13 @@ pub(super) async fn for_pod(
             }
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("leasing a volume of {:?} took longer than {READ_TIMEOUT:?}", dd.metadata.name.clone().unwrap_or_default())),
+        Err(_) => Err(format!("leasing a volume of {:?} took longer than {timeout:?}", dd.metadata.name.clone().unwrap_or_default())),
     }
 }
 
 /// A warning event on the DindDaemon, from admission.
-async fn warn(handler: &Handler, dd: &DindDaemon, reason: &str, note: String) {
+async fn warn(client: &Client, dd: &DindDaemon, reason: &str, note: String) {
     let reporter = kube::runtime::events::Reporter { controller: names::FIELD_MANAGER.into(), instance: None };
-    let recorder = kube::runtime::events::Recorder::new(handler.client.clone(), reporter);
-    crate::events::publish(&recorder, dd, kube::runtime::events::EventType::Warning, reason, "Admit", note).await;
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    crate::runtime::events::publish(&recorder, dd, kube::runtime::events::EventType::Warning, reason, "Admit", note).await;
 }

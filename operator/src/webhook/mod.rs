@@ -6,7 +6,7 @@
 //! Where it starts: [`run`], called by `main` on every replica (only the leader reconciles, but
 //! every replica admits pods). The parts:
 //! - [`inject`]: what a pod gets, as a JSON Patch of the raw pod (pure, unit-tested);
-//! - `crate::sticky`: which replica (or pool volume) a pod gets (pure);
+//! - `crate::model::sticky`: which replica (or pool volume) a pod gets (pure);
 //! - [`sidecar`]: what a pod labelled `dind.dev/sidecar: NAME` gets: a daemon of its own, as
 //!   a native sidecar (pure; the containers come from `objects::sidecar`);
 //! - [`certs`]: the serving certificate and its CAs, and how they rotate (pure);

@@ -18,8 +18,8 @@ use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
 use super::admit::{Handler, Webhook};
-use crate::names;
-use crate::tls::Pair;
+use crate::model::names;
+use crate::model::tls::Pair;
 /// The certificate the server presents; replaced in place on rotation.
 #[derive(Debug, Default)]
 pub struct Resolver {

@@ -12,7 +12,7 @@
 use serde_json::{Value, json};
 
 use super::inject::{Plan, Refusal, opt_outs};
-use crate::names;
+use crate::model::names;
 use crate::objects::Sidecar;
 
 /// Volume kinds that hold a workspace (writable, shared within the pod).

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dind_operator::docker_api;
+use dind_operator::controller::docker_api;
 use dind_tests::docker::{Certs, Container, DAEMON_IMAGE, Volume, capabilities_mode, require_test_docker};
 use dind_tests::suffix;
 

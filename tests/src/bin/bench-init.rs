@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use dind_operator::docker_api;
+use dind_operator::controller::docker_api;
 use dind_tests::docker::{Certs, Container, DAEMON_IMAGE, Volume, capabilities_mode, require_test_docker};
 use dind_tests::suffix;
 

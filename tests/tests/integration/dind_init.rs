@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use dind_operator::docker_api;
+use dind_operator::controller::docker_api;
 use dind_tests::docker::{
     BUSYBOX_IMAGE, Certs, Container, DAEMON_IMAGE, NESTED_CAPABILITIES_MODE, Volume, capabilities_mode, copy_image, docker, nested_command,
     nested_docker, pipe_image, require_test_docker,
@@ -73,8 +73,8 @@ async fn mutual_tls_ping_works_with_the_client_certificate_and_is_refused_withou
 }
 
 /// A bundle that trusts `server`'s CA but presents `client`'s (foreign) client certificate.
-fn crossed_bundle(server: &Certs, client: &Certs) -> anyhow::Result<dind_operator::tls::Bundle> {
-    Ok(dind_operator::tls::Bundle {
+fn crossed_bundle(server: &Certs, client: &Certs) -> anyhow::Result<dind_operator::model::tls::Bundle> {
+    Ok(dind_operator::model::tls::Bundle {
         ca: server.bundle.ca.clone(),
         server: server.bundle.server.clone(),
         client: client.bundle.client.clone(),

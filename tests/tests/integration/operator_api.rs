@@ -116,7 +116,7 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
 async fn names_that_cannot_name_every_owned_object_are_refused() {
     with_namespace("names", |client: Client, ns: String| async move {
         let api: Api<DindDaemon> = Api::namespaced(client, &ns);
-        let longest = "a".repeat(dind_operator::names::MAX_NAME_LEN);
+        let longest = "a".repeat(dind_operator::model::names::MAX_NAME_LEN);
         for (name, reason) in
             [(format!("{longest}b"), "at most 52 characters"), ("ci.daemons".to_string(), "DNS label"), ("9ci".to_string(), "DNS label")]
         {

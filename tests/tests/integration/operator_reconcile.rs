@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use dind_operator::crd::DindDaemon;
-use dind_operator::names::FIELD_MANAGER;
+use dind_operator::model::names::FIELD_MANAGER;
 use dind_tests::operator::{WAIT, condition, create, mark_pod_ready, no_node, owned_objects, pod_created, secret_text};
 use dind_tests::{Operator, eventually, run_tool, with_namespace};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -129,7 +129,7 @@ async fn scaling_keeps_the_certificate_and_the_pod_template() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let cert_after = secret_text(&secrets.get("ci-server-tls").await?, "tls.crt");
         ensure!(cert_after == cert_before, "scaling re-issued the server certificate");
-        let names = dind_operator::tls::inspect(&cert_after)?.dns_names;
+        let names = dind_operator::model::tls::inspect(&cert_after)?.dns_names;
         ensure!(names.contains(&format!("*.ci-daemons.{ns}.svc")), "server names: {names:?}");
         Ok(())
     })
@@ -266,7 +266,7 @@ async fn objects_that_are_not_ours_are_never_written_until_handed_over() {
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
         }))?;
         services.create(&PostParams::default(), &service).await?;
-        let ca = dind_operator::tls::new_ca(&ns, "web", time::OffsetDateTime::now_utc())?;
+        let ca = dind_operator::model::tls::new_ca(&ns, "web", time::OffsetDateTime::now_utc())?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "web-ca"},

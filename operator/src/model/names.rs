@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::kinds::OwnedKind;
+use crate::model::kinds::OwnedKind;
 
 /// The one field manager of every object the operator writes (and the events' reporter).
 pub const FIELD_MANAGER: &str = "dind-operator";

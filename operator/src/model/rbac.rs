@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-use crate::kinds::OwnedKind;
+use crate::model::kinds::OwnedKind;
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {

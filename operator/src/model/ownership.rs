@@ -15,7 +15,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::names::DAEMON_LABEL;
+use crate::model::names::DAEMON_LABEL;
 
 /// The judgement on one existing object.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,10 +15,10 @@ use kube::Resource;
 use kube::runtime::watcher;
 
 use crate::error::{Error, Result};
-use crate::kinds::OwnedKind;
+use crate::model::kinds::OwnedKind;
+use crate::model::tls;
 use crate::objects::{CertSecrets, Owned};
-use crate::tls;
-use crate::watch_map::WatchMap;
+use crate::runtime::watch_map::WatchMap;
 
 /// Identity and version of one owned object.
 ///

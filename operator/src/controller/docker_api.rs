@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::tls::Bundle;
+use crate::model::tls::Bundle;
 
 /// A rustls client config that trusts only this DindDaemon's CA and presents its client cert.
 pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::names;
+use crate::model::names;
 
 /// Where the key came from, for the pod's annotation and the logs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::crd::{DindDaemon, PoolVolume};
-use crate::names::{self, Names};
+use crate::model::names::{self, Names};
 
 /// A lease whose pod never appeared (its admission was followed by a failed create, or the
 /// pod is gone) ends this long after it was taken.
@@ -75,7 +75,7 @@ pub fn lease_of_pod(pod: &Pod) -> Option<(String, String)> {
 /// The free claim for a pod with sticky key `key`: among free claims, the one its key scores
 /// highest on (a pipeline gets its own volume back when it is free).
 pub fn choose<'a>(free: &'a [String], key: &str) -> Option<&'a String> {
-    crate::sticky::choose(key, free)
+    crate::model::sticky::choose(key, free)
 }
 
 /// The pod holding a lease, as far as the lease's end is concerned.

@@ -1,0 +1,15 @@
+//! The runtime: what keeps the operator process up and visible, beside its controller and
+//! webhook (`main` wires them together).
+//!
+//! - [`leader`]: leader election (only the leader reconciles; every replica admits pods);
+//! - [`server`]: `/healthz`, `/readyz` and `/metrics`; [`metrics`]: what they count;
+//! - [`api_client`]: the Kubernetes client, with its timeouts;
+//! - [`watch_map`]: a watch-fed map the controller's caches are made of;
+//! - [`events`]: the one helper that publishes events, for controller and webhook.
+
+pub mod api_client;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod server;
+pub mod watch_map;
