@@ -13,24 +13,18 @@ use super::docker_api;
 use super::memory::{ROUTE_CHECKS, route_recheck};
 use super::prune;
 use crate::crd::DindDaemon;
-use crate::disk::DiskUsage;
 use crate::model::names::{DAEMON_LABEL, Names, parse_claim};
 use crate::model::tls;
-use crate::status;
+use crate::status::{self, DaemonPod};
 
 /// What reconcile saw of the daemons, owned (status borrows it).
 #[derive(Debug, Default)]
 pub struct Seen {
     pub statefulset: Option<StatefulSet>,
-    pub pods: Vec<Pod>,
+    /// Our daemon pods, each with its driver, disk, last prune and whether it is routed.
+    pub daemons: Vec<DaemonPod>,
+    /// Pods that are not ours but mount one of our volumes (`pod`, `claim`).
     pub intruders: Vec<(String, String)>,
-    pub drivers: Vec<(String, String)>,
-    /// Disk usage per pod name, as the daemons reported it.
-    pub disks: Vec<(String, DiskUsage)>,
-    /// The last prune of each pod (name) this process saw.
-    pub prunes: Vec<(String, crate::crd::LastPrune)>,
-    /// Pods the client Service routes to.
-    pub routed: Vec<String>,
     /// Routed by the EndpointSlice but not yet accepting connections: look again after this.
     pub look_again: Option<std::time::Duration>,
     /// Why the StatefulSet cannot create daemon pods (the apiserver's words), while pods are
@@ -54,10 +48,12 @@ pub async fn daemons(
     let concerned = ctx.caches.pods.state_filter(|p| {
         p.metadata.namespace.as_deref() == Some(ns) && (p.labels().get(DAEMON_LABEL) == Some(name) || mounts_claim_of(p, name))
     });
-    let pods: Vec<Pod> = concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| (**p).clone()).collect();
-    let intruders = find_intruders(name, &pods, &concerned);
-    let (drivers, disks) =
-        if ctx.settings.query_daemons { ask_daemons(ctx, dd, ns, names, &pods, certs).await } else { Default::default() };
+    let mut daemons: Vec<DaemonPod> =
+        concerned.iter().filter(|p| p.labels().get(DAEMON_LABEL) == Some(name)).map(|p| DaemonPod::of((**p).clone())).collect();
+    let intruders = find_intruders(name, &daemons, &concerned);
+    if ctx.settings.query_daemons {
+        ask_daemons(ctx, dd, ns, names, &mut daemons, certs).await;
+    }
     let mut routed = routed_pods(ctx, ns, &names.client_service);
     // The EndpointSlice lists a daemon a moment before kube-proxy routes to it (measured: up to
     // ~0.9 s). Where the operator can reach the cluster network as a client does, it connects
@@ -77,7 +73,11 @@ pub async fn daemons(
             tracing::warn!(name = %names.daemon, namespace = ns, "the client Service refuses the operator's connections; Ready follows its EndpointSlice alone");
         }
     }
-    if !disks.is_empty() {
+    for d in &mut daemons {
+        d.routed = routed.contains(&d.name());
+        d.last_prune = d.pod.uid().and_then(|uid| ctx.memory.last_prune(&uid));
+    }
+    if daemons.iter().any(|d| d.disk.is_some()) {
         look_again = Some(look_again.map_or(ctx.settings.disk_every, |l: std::time::Duration| l.min(ctx.settings.disk_every)));
     }
     // Fewer pods than replicas: the StatefulSet controller may be refused (Pod Security
@@ -87,7 +87,7 @@ pub async fn daemons(
     // namespace's events each time: 1000 new DindDaemons took 6× longer to their first status,
     // measured with bench-operator.)
     let mut pods_refused = None;
-    let missing = i32::try_from(pods.len()).unwrap_or(i32::MAX) < dd.spec.replicas;
+    let missing = i32::try_from(daemons.len()).unwrap_or(i32::MAX) < dd.spec.replicas;
     if let (Some(sts), true) = (statefulset.as_ref(), missing) {
         let uid = sts.metadata.uid.as_deref();
         let refusals = ctx
@@ -95,15 +95,14 @@ pub async fn daemons(
             .refusals
             .values_in(ns, |r| r.statefulset == names.statefulset && (r.statefulset_uid.is_none() || r.statefulset_uid.as_deref() == uid));
         // A refusal older than the newest pod was overcome since (e.g. the namespace relabelled).
-        let newest_pod = pods.iter().filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)).max();
+        let newest_pod = daemons.iter().filter_map(|d| d.pod.metadata.creation_timestamp.as_ref().map(|t| t.0)).max();
         pods_refused = status::pods_refused(&refusals, k8s_openapi::jiff::Timestamp::now(), newest_pod);
         if pods_refused.is_some() {
             // Shown until it is older than the refusal window: look again then, at the latest.
             look_again = Some(look_again.map_or(REFUSAL_RECHECK, |l| l.min(REFUSAL_RECHECK)));
         }
     }
-    let prunes = pods.iter().filter_map(|p| Some((p.name_any(), ctx.memory.last_prune(p.uid().as_deref()?)?))).collect();
-    Seen { statefulset, pods, intruders, drivers, disks, prunes, routed, look_again, pods_refused }
+    Seen { statefulset, daemons, intruders, look_again, pods_refused }
 }
 
 /// How often a DindDaemon shown refused is looked at again (a refusal that stops recurring
@@ -148,8 +147,8 @@ fn mounts_claim_of(pod: &Pod, name: &str) -> bool {
 }
 
 /// Pods that are not this DindDaemon's daemons yet mount one of its volumes (`docker-NAME-i`).
-pub fn find_intruders(name: &str, ours: &[Pod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
-    let ours: Vec<String> = ours.iter().map(ResourceExt::name_any).collect();
+pub fn find_intruders(name: &str, ours: &[DaemonPod], all: &[Arc<Pod>]) -> Vec<(String, String)> {
+    let ours: Vec<String> = ours.iter().map(DaemonPod::name).collect();
     let mut found = Vec::new();
     for pod in all.iter().filter(|p| !ours.contains(&p.name_any())) {
         let finished = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
@@ -170,19 +169,12 @@ const DISK_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 /// (asked when `Context::disk_every` has passed; then pruned if due), over each daemon's own mTLS. Pods that are not
 /// ready are not dialled (they would only time out), and the rest are asked at once, not one
 /// after another.
-async fn ask_daemons(
-    ctx: &Context,
-    dd: &DindDaemon,
-    ns: &str,
-    names: &Names,
-    pods: &[Pod],
-    certs: Option<&tls::Bundle>,
-) -> (Vec<(String, String)>, Vec<(String, DiskUsage)>) {
-    let asks = pods.iter().filter(|p| status::pod_ready(p)).filter_map(|pod| {
-        let uid = pod.uid()?;
-        let ip = pod.status.as_ref()?.pod_ip.clone()?;
+async fn ask_daemons(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, daemons: &mut [DaemonPod], certs: Option<&tls::Bundle>) {
+    let asks = daemons.iter_mut().filter(|d| status::pod_ready(&d.pod)).filter_map(|daemon_pod| {
+        let uid = daemon_pod.pod.uid()?;
+        let ip = daemon_pod.pod.status.as_ref()?.pod_ip.clone()?;
         Some(async move {
-            let name = pod.name_any();
+            let name = daemon_pod.name();
             let sni = names.pod_host(&name, ns);
             let tls = certs.map(|c| (c, sni.as_str()));
             let driver = match ctx.memory.driver(&uid) {
@@ -223,13 +215,11 @@ async fn ask_daemons(
                     }
                 },
             };
-            (driver.map(|d| (name.clone(), d)), disk.map(|d| (name, d)))
+            daemon_pod.driver = driver;
+            daemon_pod.disk = disk;
         })
     });
-    let answers = futures::future::join_all(asks).await;
-    let drivers = answers.iter().filter_map(|(d, _)| d.clone()).collect();
-    let disks = answers.into_iter().filter_map(|(_, d)| d).collect();
-    (drivers, disks)
+    futures::future::join_all(asks).await;
 }
 
 #[cfg(test)]
@@ -249,9 +239,9 @@ mod tests {
     #[test]
     fn a_longer_daemon_name_is_not_an_intruder() {
         // Measured: DindDaemon `ci` called the daemon of `ci-big` an intruder (prefix docker-ci-).
-        let ours = vec![pod("ci-0", Some("ci"), "docker-ci-0")];
+        let ours = vec![DaemonPod::of(pod("ci-0", Some("ci"), "docker-ci-0"))];
         let all: Vec<Arc<Pod>> = vec![
-            Arc::new(ours[0].clone()),
+            Arc::new(ours[0].pod.clone()),
             Arc::new(pod("ci-big-0", Some("ci-big"), "docker-ci-big-0")),
             Arc::new(pod("thief", None, "docker-ci-0")),
         ];

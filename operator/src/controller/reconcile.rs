@@ -146,15 +146,11 @@ async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names,
     // 6. Status and events.
     let observed = Observed {
         statefulset: seen_daemons.statefulset.as_ref(),
-        pods: &seen_daemons.pods,
+        daemons: &seen_daemons.daemons,
         intruders: seen_daemons.intruders,
-        drivers: seen_daemons.drivers,
-        disks: seen_daemons.disks,
-        prunes: seen_daemons.prunes,
         apply_error: apply_error.as_ref().map(|e| (e.reason(), e.to_string())),
         pods_refused: seen_daemons.pods_refused.clone(),
         growth,
-        routed: seen_daemons.routed,
     };
     let look_again = seen_daemons.look_again;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -171,7 +167,7 @@ async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names,
     }
     // A daemon that restarted is Degraded until it has stayed up: look again when it has. A
     // Service that does not route yet is asked again shortly.
-    let mut recheck = status::recheck_after(observed.pods, &now).map_or(PERIODIC, |d| d.min(PERIODIC));
+    let mut recheck = status::recheck_after(observed.daemons.iter().map(|d| &d.pod), &now).map_or(PERIODIC, |d| d.min(PERIODIC));
     if let Some(after) = look_again {
         recheck = recheck.min(after);
     }

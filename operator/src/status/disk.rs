@@ -3,12 +3,12 @@
 use crate::crd::{DaemonEndpoint, DindDaemon, EndpointDisk, LastPrune};
 use crate::disk::{self, DiskUsage};
 
-use super::Observed;
+use super::DaemonPod;
 
 /// A daemon's last prune: as this process saw it, else as status showed it (an operator that
 /// restarted remembers none).
-pub(super) fn last_prune(dd: &DindDaemon, observed: &Observed<'_>, pod_name: &str) -> Option<LastPrune> {
-    observed.prunes.iter().find(|(p, _)| p == pod_name).map(|(_, l)| l.clone()).or_else(|| {
+pub(super) fn last_prune(dd: &DindDaemon, daemon: &DaemonPod, pod_name: &str) -> Option<LastPrune> {
+    daemon.last_prune.clone().or_else(|| {
         let before = dd.status.as_ref()?.endpoints.iter().find(|e| e.name == pod_name)?;
         before.disk.as_ref()?.last_prune.clone()
     })

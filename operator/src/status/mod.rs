@@ -26,16 +26,10 @@ pub const DEGRADED: &str = "Degraded";
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
     pub statefulset: Option<&'a StatefulSet>,
-    /// Our daemon pods.
-    pub pods: &'a [Pod],
+    /// Our daemon pods, each with what was learnt of it.
+    pub daemons: &'a [DaemonPod],
     /// Pods that are not ours but mount one of our volumes (`pod`, `claim`).
     pub intruders: Vec<(String, String)>,
-    /// Storage driver per pod name, as the daemons reported it.
-    pub drivers: Vec<(String, String)>,
-    /// Disk usage per pod name, as the daemons reported it.
-    pub disks: Vec<(String, DiskUsage)>,
-    /// The last prune per pod name that this operator process saw (older ones stay in status).
-    pub prunes: Vec<(String, LastPrune)>,
     /// Why the last apply failed, if it did: the `Degraded` reason (`ApplyFailed`,
     /// `NameConflict`) and the refusal, named.
     pub apply_error: Option<(&'static str, String)>,
@@ -43,9 +37,33 @@ pub struct Observed<'a> {
     pub pods_refused: Option<String>,
     /// A raised `storage.size` not yet in effect (see `controller::volumes`).
     pub growth: Option<Growth>,
-    /// Daemon pods the client Service routes to (ready endpoints of its EndpointSlices). A
-    /// daemon is ready only once it answers *and* is routed: Ready means a client can connect.
-    pub routed: Vec<String>,
+}
+
+/// One daemon pod as a reconcile saw it: the pod (slimmed), what its daemon answered, and
+/// whether the client Service routes to it.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonPod {
+    pub pod: Pod,
+    /// Its storage driver, as the daemon reported it.
+    pub driver: Option<String>,
+    /// Its disk usage, as the daemon reported it.
+    pub disk: Option<DiskUsage>,
+    /// Its last prune that this operator process saw (an older one stays in status).
+    pub last_prune: Option<LastPrune>,
+    /// The client Service routes to it (a ready endpoint of its EndpointSlices). A daemon is
+    /// ready only once it answers *and* is routed: Ready means a client can connect.
+    pub routed: bool,
+}
+
+impl DaemonPod {
+    /// A pod nothing was learnt of yet.
+    pub fn of(pod: Pod) -> Self {
+        Self { pod, ..Default::default() }
+    }
+
+    pub fn name(&self) -> String {
+        self.pod.name_any()
+    }
 }
 
 /// Volumes asked to grow (`storage.size` raised) that have not yet.
@@ -117,8 +135,8 @@ fn up_for(started: &Time, now: &Time) -> std::time::Duration {
 
 /// When a restarted daemon will have been up for [`STABLE_AFTER`], if one is on its way there:
 /// the time to look again, since no watch event marks that moment.
-pub fn recheck_after(pods: &[Pod], now: &Time) -> Option<std::time::Duration> {
-    pods.iter()
+pub fn recheck_after<'a>(pods: impl IntoIterator<Item = &'a Pod>, now: &Time) -> Option<std::time::Duration> {
+    pods.into_iter()
         .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
         .filter(|cs| cs.restart_count > 0)
         .filter_map(|cs| cs.state.as_ref()?.running.as_ref()?.started_at.as_ref())
@@ -151,15 +169,13 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     let endpoints: Vec<DaemonEndpoint> = replica_hosts
         .into_iter()
         .map(|(pod_name, host)| {
-            let pod = observed.pods.iter().find(|p| p.name_any() == pod_name);
+            let daemon = observed.daemons.iter().find(|d| d.name() == pod_name);
             DaemonEndpoint {
-                ready: pod.is_some_and(pod_ready) && observed.routed.contains(&pod_name),
-                storage_driver: observed.drivers.iter().find(|(p, _)| *p == pod_name).map(|(_, d)| d.clone()),
-                disk: observed
-                    .disks
-                    .iter()
-                    .find(|(p, _)| *p == pod_name)
-                    .map(|(_, d)| EndpointDisk { last_prune: last_prune(dd, observed, &pod_name), ..endpoint_disk(d, volume) }),
+                ready: daemon.is_some_and(|d| pod_ready(&d.pod) && d.routed),
+                storage_driver: daemon.and_then(|d| d.driver.clone()),
+                disk: daemon.and_then(|d| {
+                    Some(EndpointDisk { last_prune: last_prune(dd, d, &pod_name), ..endpoint_disk(d.disk.as_ref()?, volume) })
+                }),
                 name: pod_name,
                 docker_host: host,
             }
@@ -189,8 +205,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     } else if desired == 0 {
         condition(READY, false, "ScaledToZero", "replicas is 0".into(), generation, &now)
     } else {
-        let unrouted: Vec<String> =
-            observed.pods.iter().filter(|p| pod_ready(p) && !observed.routed.contains(&p.name_any())).map(ResourceExt::name_any).collect();
+        let unrouted: Vec<String> = observed.daemons.iter().filter(|d| pod_ready(&d.pod) && !d.routed).map(DaemonPod::name).collect();
         let detail =
             if unrouted.is_empty() { String::new() } else { format!(" ({} answer; not yet routed by the Service)", unrouted.join(", ")) };
         condition(READY, false, "DaemonsNotReady", format!("{ready_replicas}/{desired} daemons ready{detail}"), generation, &now)
@@ -204,7 +219,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
     } else {
         condition(PROGRESSING, false, "Complete", "the current spec is rolled out".into(), generation, &now)
     };
-    let failures: Vec<String> = observed.pods.iter().filter_map(|p| pod_failure(p, &now)).collect();
+    let failures: Vec<String> = observed.daemons.iter().filter_map(|d| pod_failure(&d.pod, &now)).collect();
     let degraded = if let Some((reason, error)) = &observed.apply_error {
         condition(DEGRADED, true, reason, format!("the spec cannot be applied: {error}"), generation, &now)
     } else if let Some(Growth::Refused(message)) = &observed.growth {

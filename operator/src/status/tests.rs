@@ -57,7 +57,7 @@ fn missing_pods_are_explained_by_the_latest_recent_refusal_with_the_psa_fix() {
         "involvedObject": {"kind": "ReplicaSet", "name": "ci"}, "reason": "FailedCreate", "lastTimestamp": Timestamp::now().to_string()}))
     .unwrap();
     assert_eq!(Refusal::of_event(&other), None);
-    let st = compute(&dd(1), &Observed { pods_refused: Some(why), routed: all_routed(), ..Default::default() }, at(1));
+    let st = compute(&dd(1), &Observed { pods_refused: Some(why), ..Default::default() }, at(1));
     let c = get(&st, DEGRADED);
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "PodsRefused"));
 }
@@ -86,9 +86,14 @@ fn sts(replicas: i32, updated: i32) -> StatefulSet {
     .unwrap()
 }
 
-/// Every daemon pod of these tests is routed by the Service, unless a test says otherwise.
-fn all_routed() -> Vec<String> {
-    (0..4).map(|i| format!("ci-{i}")).collect()
+/// Daemon pods the client Service routes to (as most of these tests have them).
+fn routed(pods: &[Pod]) -> Vec<DaemonPod> {
+    pods.iter().map(|p| DaemonPod { routed: true, ..DaemonPod::of(p.clone()) }).collect()
+}
+
+/// Daemon pods the client Service does not route to yet.
+fn unrouted(pods: &[Pod]) -> Vec<DaemonPod> {
+    pods.iter().cloned().map(DaemonPod::of).collect()
 }
 
 fn at(secs: i64) -> Time {
@@ -108,9 +113,8 @@ fn one_ready_daemon_is_ready_with_the_service_address() {
         &d,
         &Observed {
             statefulset: Some(&s),
-            pods: &pods,
-            drivers: vec![("ci-0".into(), "overlay2".into())],
-            routed: vec!["ci-0".into()],
+            daemons: &[DaemonPod { driver: Some("overlay2".into()), ..routed(&pods).remove(0) }],
+
             ..Default::default()
         },
         at(100),
@@ -131,14 +135,12 @@ fn disk_use_shows_per_daemon_in_the_column_and_past_the_high_water_mark_degrades
     let pods = [pod("ci-0", true), pod("ci-1", true)];
     let s = sts(2, 2);
     let usage = |gib: u64| DiskUsage { images_bytes: gib << 30, images: 3, build_cache_bytes: 1 << 30, ..Default::default() };
-    let observe = |a: u64, b: u64| Observed {
-        statefulset: Some(&s),
-        pods: &pods,
-        routed: all_routed(),
-        disks: vec![("ci-0".into(), usage(a)), ("ci-1".into(), usage(b))],
-        ..Default::default()
+    let with_disks = |a: u64, b: u64| -> Vec<DaemonPod> {
+        routed(&pods).into_iter().zip([a, b]).map(|(d, gib)| DaemonPod { disk: Some(usage(gib)), ..d }).collect()
     };
-    let st = compute(&d, &observe(3, 7), at(1));
+    let (low, high) = (with_disks(3, 7), with_disks(3, 17));
+    let observe = |daemons| Observed { statefulset: Some(&s), daemons, ..Default::default() };
+    let st = compute(&d, &observe(&low), at(1));
     assert_eq!(st.disk.as_deref(), Some("40% of 20Gi"), "the fullest: 7Gi + 1Gi of 20Gi");
     let e = st.endpoints[0].disk.clone().unwrap();
     assert_eq!(
@@ -146,7 +148,7 @@ fn disk_use_shows_per_daemon_in_the_column_and_past_the_high_water_mark_degrades
         (4 << 30, 1 << 30, 3, Some(20), Some(20 << 30))
     );
     assert_eq!(get(&st, DEGRADED).status, "False");
-    let st = compute(&d, &observe(3, 17), at(1));
+    let st = compute(&d, &observe(&high), at(1));
     let degraded = get(&st, DEGRADED);
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "DiskPressure"));
     assert!(degraded.message.contains("ci-1 uses 90% of 20Gi (build cache 1Gi, 3 images)"), "{}", degraded.message);
@@ -160,21 +162,16 @@ fn the_last_prune_shows_per_daemon_and_survives_an_operator_restart() {
     let s = sts(2, 2);
     let prune = LastPrune { time: "2026-12-01T10:00:00Z".into(), freed_bytes: 5 << 20, reason: "Idle".into(), removed: "1 image".into() };
     let usage = DiskUsage { images_bytes: 1 << 30, images: 1, ..Default::default() };
-    let disks = vec![("ci-0".into(), usage.clone()), ("ci-1".into(), usage)];
-    let seen = Observed {
-        statefulset: Some(&s),
-        pods: &pods,
-        routed: all_routed(),
-        disks: disks.clone(),
-        prunes: vec![("ci-1".into(), prune.clone())],
-        ..Default::default()
-    };
+    let restarted: Vec<DaemonPod> = routed(&pods).into_iter().map(|d| DaemonPod { disk: Some(usage.clone()), ..d }).collect();
+    let mut daemons = restarted.clone();
+    daemons[1].last_prune = Some(prune.clone());
+    let seen = Observed { statefulset: Some(&s), daemons: &daemons, ..Default::default() };
     let st = compute(&d, &seen, at(1));
     assert_eq!(st.endpoints[0].disk.as_ref().unwrap().last_prune, None);
     assert_eq!(st.endpoints[1].disk.as_ref().unwrap().last_prune.as_ref(), Some(&prune));
     // A restarted operator has seen no prune: status keeps the one it showed.
     d.status = Some(st);
-    let restarted = Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), disks, ..Default::default() };
+    let restarted = Observed { statefulset: Some(&s), daemons: &restarted, ..Default::default() };
     let st = compute(&d, &restarted, at(2));
     assert_eq!(st.endpoints[1].disk.as_ref().unwrap().last_prune.as_ref(), Some(&prune));
 }
@@ -184,7 +181,8 @@ fn volumes_that_cannot_grow_degrade_and_growing_ones_progress() {
     let d = dd(1);
     let pods = [pod("ci-0", true)];
     let s = sts(1, 1);
-    let seen = |growth| Observed { statefulset: Some(&s), pods: &pods, routed: vec!["ci-0".into()], growth, ..Default::default() };
+    let daemons = routed(&pods);
+    let seen = |growth| Observed { statefulset: Some(&s), daemons: &daemons, growth, ..Default::default() };
     let st = compute(&d, &seen(Some(Growth::Refused("docker-ci-0: forbidden".into()))), at(1));
     let degraded = get(&st, DEGRADED);
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "VolumeNotExpandable"));
@@ -202,7 +200,7 @@ fn several_daemons_point_at_one_daemon_not_a_balancer() {
     let d = dd(2);
     let pods = [pod("ci-0", true), pod("ci-1", false)];
     let s = sts(2, 2);
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, at(1));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&pods), ..Default::default() }, at(1));
     assert_eq!(st.docker_host.as_deref(), Some("tcp://ci-0.ci-daemons.b.svc:2376"));
     assert_eq!(st.endpoints.len(), 2);
     assert!(st.endpoints[0].ready && !st.endpoints[1].ready);
@@ -216,13 +214,13 @@ fn transition_time_is_kept_while_status_holds_and_moves_when_it_flips() {
     let mut d = dd(1);
     let s = sts(1, 1);
     let not_ready = [pod("ci-0", false)];
-    let first = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, routed: all_routed(), ..Default::default() }, at(10));
+    let first = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&not_ready), ..Default::default() }, at(10));
     d.status = Some(first);
-    let second = compute(&d, &Observed { statefulset: Some(&s), pods: &not_ready, routed: all_routed(), ..Default::default() }, at(20));
+    let second = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&not_ready), ..Default::default() }, at(20));
     assert_eq!(get(&second, READY).last_transition_time, at(10));
     d.status = Some(second);
     let ready = [pod("ci-0", true)];
-    let third = compute(&d, &Observed { statefulset: Some(&s), pods: &ready, routed: all_routed(), ..Default::default() }, at(30));
+    let third = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&ready), ..Default::default() }, at(30));
     assert_eq!(get(&third, READY).last_transition_time, at(30));
     assert_eq!(get(&third, DEGRADED).last_transition_time, at(10), "Degraded stayed False");
 }
@@ -236,9 +234,9 @@ fn a_foreign_pod_on_our_volume_is_degraded_and_named() {
         &d,
         &Observed {
             statefulset: Some(&s),
-            pods: &pods,
+            daemons: &routed(&pods),
             intruders: vec![("thief".into(), "docker-ci-0".into())],
-            routed: all_routed(),
+
             ..Default::default()
         },
         at(1),
@@ -262,7 +260,7 @@ fn a_crash_loop_is_degraded_with_dind_inits_last_words() {
     }))
     .unwrap();
     let s = sts(1, 1);
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[crashing], routed: all_routed(), ..Default::default() }, at(1));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&[crashing]), ..Default::default() }, at(1));
     let c = get(&st, DEGRADED);
     assert_eq!(c.reason, "DaemonFailing");
     assert!(c.message.contains("in use by another daemon"), "{}", c.message);
@@ -278,7 +276,7 @@ fn an_image_that_cannot_be_pulled_is_degraded_naming_it_in_the_daemon_or_its_ins
         pod["status"][field] = json!([{"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": message}}}]);
         let pod: Pod = serde_json::from_value(pod).unwrap();
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &[pod], routed: all_routed(), ..Default::default() }, at(1));
+        let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&[pod]), ..Default::default() }, at(1));
         let c = get(&st, DEGRADED);
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DaemonFailing"), "{field}");
         assert!(c.message.contains("ImagePullBackOff") && c.message.contains("reg.example/dind-init:9"), "{field}: {}", c.message);
@@ -293,8 +291,7 @@ fn a_stale_statefulset_is_progressing() {
         "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 0}
     }))
     .unwrap();
-    let st =
-        compute(&d, &Observed { statefulset: Some(&s), pods: &[pod("ci-0", true)], routed: all_routed(), ..Default::default() }, at(1));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&[pod("ci-0", true)]), ..Default::default() }, at(1));
     assert_eq!(get(&st, PROGRESSING).reason, "RollingOut");
 }
 
@@ -321,7 +318,7 @@ fn a_daemon_that_keeps_restarting_is_degraded_until_it_stays_up() {
         [(started(100), 110), (json!({"terminated": {"exitCode": 2}}), 110), (json!({"waiting": {"reason": "CrashLoopBackOff"}}), 110)]
     {
         let pods = [restarted(state.clone(), 4)];
-        let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, at(now));
+        let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&pods), ..Default::default() }, at(now));
         let c = get(&st, DEGRADED);
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DaemonFailing"), "{state}");
         assert!(c.message.contains("given twice"), "dind-init's last words: {}", c.message);
@@ -332,12 +329,12 @@ fn a_daemon_that_keeps_restarting_is_degraded_until_it_stays_up() {
     assert_eq!(again.as_secs(), STABLE_AFTER.as_secs() - 10 + 1);
     // Up long enough: recovered, and nothing left to re-check.
     let later = at(100 + i64::try_from(STABLE_AFTER.as_secs()).unwrap());
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: all_routed(), ..Default::default() }, later.clone());
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&pods), ..Default::default() }, later.clone());
     assert_eq!(get(&st, DEGRADED).status, "False");
     assert_eq!(recheck_after(&pods, &later), None);
     // Never restarted: not failing.
     let fresh = [restarted(started(100), 0)];
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &fresh, routed: all_routed(), ..Default::default() }, at(101));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&fresh), ..Default::default() }, at(101));
     assert_eq!(get(&st, DEGRADED).status, "False");
 }
 
@@ -350,9 +347,9 @@ fn a_refused_apply_is_degraded_with_the_apiservers_words() {
         &d,
         &Observed {
             statefulset: Some(&s),
-            pods: &[pod("ci-0", true)],
+            daemons: &routed(&[pod("ci-0", true)]),
             apply_error: Some(("ApplyFailed", error)),
-            routed: all_routed(),
+
             ..Default::default()
         },
         at(1),
@@ -370,11 +367,11 @@ fn a_daemon_is_ready_only_once_its_service_routes_to_it() {
     let d = dd(1);
     let s = sts(1, 1);
     let pods = [pod("ci-0", true)];
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, ..Default::default() }, at(1));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &unrouted(&pods), ..Default::default() }, at(1));
     let c = get(&st, READY);
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "DaemonsNotReady"));
     assert!(c.message.contains("ci-0 answer; not yet routed"), "{}", c.message);
     assert!(!st.endpoints[0].ready);
-    let st = compute(&d, &Observed { statefulset: Some(&s), pods: &pods, routed: vec!["ci-0".into()], ..Default::default() }, at(2));
+    let st = compute(&d, &Observed { statefulset: Some(&s), daemons: &routed(&pods), ..Default::default() }, at(2));
     assert_eq!(get(&st, READY).status, "True");
 }
