@@ -37,6 +37,10 @@ pub enum Error {
     NameConflict { daemon: String, objects: Vec<String> },
     #[error("the reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    /// A ConfigMap (or key) that `spec.daemon.registryCAs` names is missing: a daemon that
+    /// mounted it would never start, so nothing was written (the message names each entry).
+    #[error("{0}")]
+    RegistryCaMissing(String),
 }
 
 impl From<kube::Error> for Error {
@@ -49,7 +53,7 @@ impl Error {
     /// Whether the apiserver refused an owned object as built (4xx other than a conflict or
     /// throttling): the spec cannot be applied until it changes, so status must say so.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::NameConflict { .. })
+        matches!(self, Error::NameConflict { .. } | Error::RegistryCaMissing(_))
             || matches!(self, Error::Apply { source: kube::Error::Api(s), .. } if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
     }
 
@@ -57,6 +61,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::NameConflict { .. } => "NameConflict",
+            Error::RegistryCaMissing(_) => "RegistryCAMissing",
             _ => "ApplyFailed",
         }
     }
@@ -77,6 +82,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::NameConflict { .. } => "name_conflict",
             Error::Timeout(_) => "timeout",
+            Error::RegistryCaMissing(_) => "registry_ca_missing",
         }
     }
 }

@@ -198,6 +198,16 @@ async fn certify_build_apply(
     seen: &Stamps,
     last: Option<&Applied>,
 ) -> Result<(Option<tls::Bundle>, Option<StatefulSet>)> {
+    // A registry CA whose ConfigMap (or key) is missing would leave new daemon pods in
+    // ContainerCreating for good: refuse the whole apply, naming the field; running daemons
+    // keep serving.
+    let cas = &dd.spec.daemon.registry_cas;
+    if !cas.is_empty() {
+        let found = crate::runtime::config_maps::keys(&ctx.client, ns, cas.iter().map(|c| c.config_map.as_str())).await?;
+        if let Some(problems) = objects::registry_cas::problems(cas, ns, &found) {
+            return Err(Error::RegistryCaMissing(problems));
+        }
+    }
     let tls_on = objects::certificates_wanted(dd);
     // Every name this pass may write must be free, ours or handed over before anything is read
     // or written (`ownership`). Names the caches show as ours cost no request, so a DindDaemon

@@ -142,8 +142,11 @@ pub struct DaemonSpec {
     /// Certificate authorities of private registries that the daemon trusts (a corporate
     /// registry's own CA), so `docker pull`/`push`/`FROM` reach them with TLS verified. Each is
     /// mounted read-only as `/etc/docker/certs.d/REGISTRY/ca.crt`, where dockerd looks for a
-    /// registry's CA. The ConfigMap must exist in the DindDaemon's namespace (the daemon pod
-    /// does not start until it does).
+    /// registry's CA. The ConfigMap, with the key, must exist in the DindDaemon's namespace:
+    /// while one is missing nothing is applied (running daemons keep serving) and `Degraded`
+    /// says `RegistryCAMissing`, naming the entry; in Sidecar mode labelled pods are refused
+    /// at admission, saying the same. Fixed, it is picked up at the next retry (5 s doubling
+    /// to 5 min).
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "registryCAs")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["registry"]))]
     pub registry_cas: Vec<RegistryCa>,

@@ -35,6 +35,8 @@ pub fn operator_rules() -> Vec<PolicyRule> {
     rules.extend([
         // Claims of sidecar volume pools: made, leased (by the webhook), released.
         rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
+        // ConfigMaps that spec.daemon.registryCAs names: do they exist, with the key?
+        rule("", &["configmaps"], &["get"]),
         // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
         rule("", &["pods"], &["get", "list", "watch"]),
         // EndpointSlices of our Services: a daemon is Ready once its Service routes to it.

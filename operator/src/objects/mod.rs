@@ -8,6 +8,7 @@
 mod dind_init;
 mod disruption;
 mod network_policy;
+pub mod registry_cas;
 mod secrets;
 mod services;
 mod sidecar;

@@ -92,7 +92,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
             Listen::SidecarTcp { tls: true }
         }
     };
-    if let Some((volume, mount)) = super::statefulset::registry_cas(dd) {
+    if let Some((volume, mount)) = super::registry_cas::mounted(dd) {
         extra_volumes.push(volume);
         mounts.push(mount);
     }

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use dind_contract::{BIN_DIR, DATA_ROOT, REGISTRY_CERTS_DIR, SERVER_TLS_DIR, args};
+use dind_contract::{BIN_DIR, DATA_ROOT, SERVER_TLS_DIR, args};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, Lifecycle,
-    LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SELinuxOptions, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
-    VolumeResourceRequirements,
+    AppArmorProfile, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SELinuxOptions,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -18,7 +17,7 @@ use super::dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_in
 use super::{Defaults, meta};
 use crate::crd::{DEFAULT_REQUESTS, DindDaemon, SecurityMode};
 use crate::error::Result;
-use crate::model::names::{CLAIM_TEMPLATE, Names, REGISTRY_CAS_VOLUME, TLS_DIGEST_ANNOTATION};
+use crate::model::names::{CLAIM_TEMPLATE, Names, TLS_DIGEST_ANNOTATION};
 use crate::model::tls;
 
 /// Every capability but SYS_RESOURCE (which the Capabilities mode exists to avoid).
@@ -173,38 +172,6 @@ pub fn daemon_container(
     }
 }
 
-/// `spec.daemon.registryCAs` as one projected volume (each ConfigMap key at `REGISTRY/ca.crt`)
-/// and its read-only mount at dockerd's certs.d; None when there are none.
-pub fn registry_cas(dd: &DindDaemon) -> Option<(Volume, VolumeMount)> {
-    let cas = &dd.spec.daemon.registry_cas;
-    if cas.is_empty() {
-        return None;
-    }
-    let sources = cas
-        .iter()
-        .map(|ca| VolumeProjection {
-            config_map: Some(ConfigMapProjection {
-                name: ca.config_map.clone(),
-                items: Some(vec![KeyToPath { key: ca.key.clone(), path: format!("{}/ca.crt", ca.registry), mode: None }]),
-                optional: None,
-            }),
-            ..Default::default()
-        })
-        .collect();
-    let volume = Volume {
-        name: REGISTRY_CAS_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o444) }),
-        ..Default::default()
-    };
-    let mount = VolumeMount {
-        name: REGISTRY_CAS_VOLUME.into(),
-        mount_path: REGISTRY_CERTS_DIR.into(),
-        read_only: Some(true),
-        ..Default::default()
-    };
-    Some((volume, mount))
-}
-
 /// `crd::DEFAULT_REQUESTS`, as a container's resources.
 fn default_resources() -> ResourceRequirements {
     let requests = DEFAULT_REQUESTS.iter().map(|(k, v)| ((*k).to_string(), Quantity((*v).to_string()))).collect();
@@ -253,7 +220,7 @@ pub fn daemon_statefulset(
             ..Default::default()
         });
     }
-    if let Some((volume, mount)) = registry_cas(dd) {
+    if let Some((volume, mount)) = super::registry_cas::mounted(dd) {
         volumes.push(volume);
         mounts.push(mount);
     }

@@ -3,11 +3,12 @@
 //!
 //! - [`leader`]: leader election (only the leader reconciles; every replica admits pods);
 //! - [`server`]: `/healthz`, `/readyz` and `/metrics`; [`metrics`]: what they count;
-//! - [`api_client`]: the Kubernetes client, with its timeouts;
+//! - [`api_client`]: the Kubernetes client, with its timeouts; [`config_maps`]: the ConfigMaps a spec names;
 //! - [`watch_map`]: a watch-fed map the controller's caches are made of;
 //! - [`events`]: the one helper that publishes events, for controller and webhook.
 
 pub mod api_client;
+pub mod config_maps;
 pub mod events;
 pub mod leader;
 pub mod metrics;

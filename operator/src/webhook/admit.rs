@@ -98,6 +98,23 @@ impl Handler {
                 inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
             }
             (Webhook::Sidecar, DaemonMode::Sidecar) => {
+                // A registry CA whose ConfigMap is missing would leave the pod ContainerCreating.
+                let cas = &dd.spec.daemon.registry_cas;
+                if !cas.is_empty() {
+                    let read = crate::runtime::config_maps::keys(&self.client, namespace, cas.iter().map(|c| c.config_map.as_str()));
+                    let found = match tokio::time::timeout(READ_TIMEOUT, read).await {
+                        Ok(Ok(found)) => found,
+                        Ok(Err(e)) => return Err(format!("could not read the ConfigMaps of DindDaemon {daemon:?}'s registryCAs: {e}")),
+                        Err(_) => {
+                            return Err(format!(
+                                "could not read the ConfigMaps of DindDaemon {daemon:?}'s registryCAs within {READ_TIMEOUT:?}"
+                            ));
+                        }
+                    };
+                    if let Some(problems) = objects::registry_cas::problems(cas, namespace, &found) {
+                        return Err(format!("DindDaemon {daemon:?}: {problems}"));
+                    }
+                }
                 // A pod that will be refused takes no volume: check it before leasing one.
                 let unleased =
                     objects::sidecar(&dd, &self.defaults, None).map_err(|e| format!("building the sidecar of {daemon:?}: {e}"))?;

@@ -186,6 +186,56 @@ async fn an_apply_the_apiserver_refuses_is_a_condition_and_an_event_with_backoff
     .await;
 }
 
+/// Seen before: a `registryCAs` entry naming a ConfigMap that does not exist left the daemon
+/// pod `ContainerCreating` (FailedMount events only) with no condition. Now nothing is applied
+/// while a ConfigMap or key is missing, `Degraded/RegistryCAMissing` names the field, and once
+/// the ConfigMap is right the daemons are made.
+#[tokio::test]
+async fn a_registry_ca_config_map_that_is_missing_is_a_condition_naming_the_field_and_nothing_is_applied() {
+    with_namespace("regca", |client: Client, ns: String| async move {
+        let _op = Operator::start(&ns, &[])?;
+        let spec = json!({"nodeSelector": no_node(), "daemon": {"registryCAs": [{"registry": "reg.corp:5000", "configMap": "corp-ca"}]}});
+        create(&client, &ns, "web", spec).await?;
+        let missing = |c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == "RegistryCAMissing"
+        };
+        let degraded = condition(&client, &ns, "web", "Degraded/RegistryCAMissing", WAIT, missing).await?;
+        ensure!(
+            degraded.message.contains("spec.daemon.registryCAs[0] (registry reg.corp:5000): ConfigMap \"corp-ca\" not found"),
+            "{}",
+            degraded.message
+        );
+        ensure!(Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt("web").await?.is_none(), "nothing is half-made");
+        let events = run_tool(
+            "kubectl",
+            &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=web", "-o", "jsonpath={.items[*].reason}"],
+        )
+        .await?;
+        ensure!(events.contains("RegistryCAMissing"), "events: {events}");
+        // The ConfigMap made, with the certificate under another key: the key is named.
+        let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let cm = serde_json::from_value(json!({"metadata": {"name": "corp-ca"}, "data": {"root.pem": "-----BEGIN CERTIFICATE-----"}}))?;
+        config_maps.create(&PostParams::default(), &cm).await?;
+        condition(&client, &ns, "web", "Degraded naming the key", WAIT, |c| {
+            c.reason == "RegistryCAMissing"
+                && c.message.contains("registryCAs[0].key: ConfigMap \"corp-ca\" has no key \"ca.crt\" (it has: root.pem)")
+        })
+        .await?;
+        // Right at last: the daemons are made, mounting it.
+        let fixed = json!({"data": {"ca.crt": "-----BEGIN CERTIFICATE-----"}});
+        config_maps.patch("corp-ca", &PatchParams::default(), &Patch::Merge(&fixed)).await?;
+        let sts = owned_objects(&client, &ns, "web").await?;
+        let volumes = serde_json::to_string(&sts.spec.and_then(|s| s.template.spec).map(|p| p.volumes))?;
+        ensure!(volumes.contains("corp-ca") && volumes.contains("reg.corp:5000/ca.crt"), "{volumes}");
+        condition(&client, &ns, "web", "Degraded no longer RegistryCAMissing", WAIT, |c| {
+            c.type_ == "Degraded" && c.reason != "RegistryCAMissing"
+        })
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
 /// Measured before: DindDaemon `ci` treated the daemon pod of DindDaemon `ci-big` as an
 /// intruder on its volume (claim prefix `docker-ci-`) and went Degraded, telling the user to
 /// delete a healthy pod.

@@ -233,6 +233,15 @@ async fn webhook_sidecar_mode_is_a_template_and_mismatched_labels_are_refused() 
         let err = create_pod(&client, &ns, &missing).await.expect_err("a missing DindDaemon").to_string();
         anyhow::ensure!(err.contains("\"nope\"") && err.contains(&ns), "{err}");
 
+        // A registry CA whose ConfigMap is missing would leave the pod ContainerCreating: the
+        // pod is refused, naming the field.
+        let cas = json!({"mode": "Sidecar", "daemon": {"registryCAs": [{"registry": "reg.corp", "configMap": "corp-ca"}]}});
+        create(&client, &ns, "with-ca", cas).await?;
+        let mut needs_ca = labelled_pod("needs-ca", "with-ca");
+        needs_ca["metadata"]["labels"] = json!({"dind.dev/sidecar": "with-ca"});
+        let err = create_pod(&client, &ns, &needs_ca).await.expect_err("a missing registry CA ConfigMap").to_string();
+        anyhow::ensure!(err.contains("spec.daemon.registryCAs[0]") && err.contains("ConfigMap \"corp-ca\" not found"), "{err}");
+
         // The mode cannot change; sidecar storage is the pod's.
         let err = api
             .patch("job", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": {"mode": "Pool"}})))
