@@ -8,6 +8,9 @@
 #   docker-buildx          buildx v0.38 (github.com/docker/buildx), the CLI plugin behind `docker build`
 #   docker-compose         compose v2.40 (github.com/docker/compose/v2)
 #   sdk.test               a Testcontainers-go v0.45 test (tools/testcontainers), run inside pods
+#   ryuk, ryuk-image       a stand-in for Testcontainers' Ryuk (tools/reaper: moby-ryuk is not
+#                          served here; it speaks Ryuk's protocol), and the image name that
+#                          Testcontainers-go runs it as (its ReaperDefaultImage)
 #
 # The Docker CLI publishes no go.mod (it keeps vendor.mod, and builds through a temporary go.mod,
 # as its own scripts/with-go-mod.sh does). So does this script: it copies the module from the Go
@@ -73,6 +76,16 @@ if [[ ! -x $bin/sdk.test ]]; then
   (cd "$tools/testcontainers" && go test -c -o "$bin/sdk.test.tmp" .)
   mv "$bin/sdk.test.tmp" "$bin/sdk.test"
 fi
+
+if [[ ! -x $bin/ryuk ]]; then
+  log "building the Ryuk stand-in (tools/reaper)"
+  (cd "$tools/reaper" && go build -ldflags "-s -w" -o "$bin/ryuk.tmp" .)
+  mv "$bin/ryuk.tmp" "$bin/ryuk"
+fi
+# The image Testcontainers runs as its reaper: read from the module, so a bump follows.
+tc_dir="$(cd "$tools/testcontainers" && go list -m -f '{{.Dir}}' github.com/testcontainers/testcontainers-go)"
+sed -n 's/^const ReaperDefaultImage = "\(.*\)"$/\1/p' "$tc_dir/internal/config/config.go" >"$bin/ryuk-image"
+[[ -s $bin/ryuk-image ]] || { echo "ReaperDefaultImage not found in $tc_dir/internal/config/config.go" >&2; exit 1; }
 
 touch "$bin/.complete"
 log "all clients built"

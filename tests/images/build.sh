@@ -19,6 +19,8 @@
 #   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
 #   dind-client:test   busybox + today's clients (Docker CLI v29, buildx, compose, a Testcontainers
 #                      test) from tests/clients/build.sh: what build pods run
+#   testcontainers/ryuk:VER  the Ryuk stand-in (tests/clients/tools/reaper), named as
+#                      Testcontainers-go runs it; node.sh pushes it to the harness registry
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -96,6 +98,14 @@ install -D -m 0755 "$clients/docker-compose" "$c/usr/local/lib/docker/cli-plugin
 install -D -m 0755 "$clients/sdk.test" "$c/usr/local/bin/sdk.test"
 tar -C "$c" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-client:test >/dev/null
 log "built dind-client:test"
+# Testcontainers' reaper, as the image name Testcontainers runs (pushed to the harness registry,
+# pulled through the mirror as a user's daemon pulls it from a Hub mirror).
+ryuk_image="$(cat "$clients/ryuk-image")"
+r="$work/ryuk"
+install -D -m 0755 "$clients/ryuk" "$r/ryuk"
+replaced="$replaced $(docker image inspect -f '{{.Id}}' "$ryuk_image" 2>/dev/null || true)"
+tar -C "$r" -c . | docker import -c 'ENTRYPOINT ["/ryuk"]' -c 'EXPOSE 8080' - "$ryuk_image" >/dev/null
+log "built $ryuk_image (the Ryuk stand-in)"
 # The node's sandbox ("pause") image: a shell that sleeps until TERM.
 tar -C "$bb" -c . | docker import \
   -c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]' - dind-pause:test >/dev/null

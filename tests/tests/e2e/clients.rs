@@ -36,6 +36,8 @@ docker run -d --name web2 -p 18081:8080 local/base /bin/sh -c "mkdir -p /www && 
 for i in $(seq 100); do wget -q -O - "http://$host:18081/" 2>/dev/null && break; sleep 0.2; done
 docker rm -f web2 >/dev/null
 echo "step: Testcontainers"
+# Ryuk off here: this DindDaemon (the example) has no registry mirror to pull the reaper image
+# through; e2e registry.rs runs Testcontainers with Ryuk on, through its DindDaemon's mirror.
 TESTCONTAINERS_RYUK_DISABLED=true SDK_TEST_IMAGE=local/base sdk.test -test.run TestMappedPort 2>&1 | tail -1
 echo "all clients done"
 "#;

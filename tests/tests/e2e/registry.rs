@@ -1,6 +1,6 @@
 //! A real registry (tests/registry/registry.sh: TLS from its own CA, htpasswd): the credentials a
 //! job brings survive injection, a daemon trusts a private registry's CA (`registryCAs`), and a
-//! registry mirror a DindDaemon sets serves its pulls.
+//! registry mirror a DindDaemon sets serves its pulls (Testcontainers' Ryuk among them).
 
 use super::*;
 use dind_tests::registry_file;
@@ -25,6 +25,31 @@ if [ -n "$MIRRORED" ]; then
 fi
 echo "registry done"
 "#;
+
+/// Testcontainers-go with Ryuk on (the default): one test that cleans up, one that leaves a
+/// container behind, then a wait for Ryuk to remove it (reconnection timeout 2 s).
+const RYUK_SCRIPT: &str = r#"set -e
+docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null
+echo "step: Testcontainers, Ryuk on"
+out=$(RYUK_RECONNECTION_TIMEOUT=2s SDK_TEST_IMAGE=local/base sdk.test -test.run 'TestMappedPort|TestLeftBehind' 2>&1) || { echo "$out"; exit 1; }
+echo "$out" | tail -n 2
+id=$(echo "$out" | sed -n 's/^left-behind //p' | head -n 1)
+[ -n "$id" ] || { echo "no container id printed"; exit 1; }
+for i in $(seq 60); do
+  if ! docker inspect "$id" >/dev/null 2>&1; then echo reaped; exit 0; fi
+  sleep 1
+done
+echo "left running: $id"; docker ps -a; exit 1
+"#;
+
+fn ryuk_pod() -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ryuk", "labels": {"dind.dev/inject": "ci"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never", "command": ["/bin/sh", "-c", RYUK_SCRIPT]}]},
+    })
+}
 
 /// A build pod labelled for `ci` whose container `build` gets the job's credentials from Secret
 /// `regcred` as `how` says, runs [`REGISTRY_SCRIPT`] with `env`, in docker-env `mode`.
@@ -101,6 +126,20 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
             // The mirror saw the pull (its access log names the repository).
             let mirror_log = registry_file("mirror.log")?;
             ensure!(mirror_log.contains(&format!("library/mirrored-{tag}")), "the mirror did not serve the pull:\n{mirror_log}");
+
+            // Testcontainers with Ryuk on, as users run it: the reaper image is pulled through
+            // the DindDaemon's registry mirror (a Hub mirror for users; here the harness mirror,
+            // which holds the Ryuk stand-in under the name Testcontainers runs), runs in the
+            // daemon with its socket bound in, and removes what a test left behind once the
+            // test's connection is gone.
+            let (log, ran) = run_pod(&client, &builds, "ryuk", &ryuk_pod().to_string()).await?;
+            for want in ["ok  \t", "reaped"] {
+                ensure!(log.contains(want), "ryuk: {want:?} missing:\n{log}");
+            }
+            ensure!(!log.contains("left running"), "ryuk:\n{log}");
+            let mirror_log = registry_file("mirror.log")?;
+            ensure!(mirror_log.contains("testcontainers/ryuk"), "the reaper image did not come through the mirror:\n{mirror_log}");
+            eprintln!("ryuk: Testcontainers with Ryuk on, a left-behind container reaped, in {ran:?}");
 
             // A daemon that does not trust the registry's CA reaches it only as an insecure
             // registry (`insecureRegistries`: TLS unchecked), and refuses it otherwise.

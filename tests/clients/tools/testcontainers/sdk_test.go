@@ -6,6 +6,7 @@ package sdk
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -61,4 +62,26 @@ func TestMappedPort(t *testing.T) {
 	if !strings.Contains(body, "hello-from-testcontainers") {
 		t.Fatalf("GET %s: %q", url, body)
 	}
+}
+
+// TestLeftBehind runs with Ryuk on: it starts a container and does not terminate it, as a test
+// that crashes would, and prints its id. Ryuk (started by Testcontainers in the same daemon, with
+// the daemon's socket bound in) removes it once this process's connection has been gone for
+// RYUK_RECONNECTION_TIMEOUT; the caller checks that it is gone.
+func TestLeftBehind(t *testing.T) {
+	image := os.Getenv("SDK_TEST_IMAGE")
+	if image == "" {
+		t.Fatal("SDK_TEST_IMAGE: the image to run")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{Image: image, Cmd: []string{"sleep", "3600"}},
+		Started:          true,
+	})
+	if err != nil {
+		t.Fatalf("starting the container: %v", err)
+	}
+	t.Logf("left-behind %s", c.GetContainerID())
+	fmt.Printf("left-behind %s\n", c.GetContainerID())
 }

@@ -1,0 +1,3 @@
+module dind.dev/tests/reaper
+
+go 1.26
