@@ -78,6 +78,11 @@ struct RunArgs {
     /// dind-init image for DindDaemons that do not set spec.initImage.
     #[arg(long, env = "DEFAULT_INIT_IMAGE", default_value = concat!("dind-init:", env!("CARGO_PKG_VERSION")))]
     default_init_image: String,
+    /// The nodes support Kubernetes image volumes (beta, on by default, in 1.35; containerd
+    /// 2.1+, CRI-O 1.31+): a daemon image without dind-init gets it mounted from the init image,
+    /// with no install container. Off: copied in by one (works on every node).
+    #[arg(long, env = "DIND_INIT_IMAGE_VOLUME", default_value_t = false, action = clap::ArgAction::Set)]
+    dind_init_image_volume: bool,
     /// Ask each ready daemon for its storage driver over mTLS (needs a route to pod IPs).
     #[arg(long, env = "QUERY_DAEMONS", default_value_t = true, action = clap::ArgAction::Set)]
     query_daemons: bool,
@@ -258,6 +263,7 @@ fn defaults(args: &RunArgs) -> Defaults {
         image: args.default_image.clone(),
         image_dind_init_path: Some(args.default_image_dind_init_path.clone()).filter(|p| !p.is_empty()),
         init_image: args.default_init_image.clone(),
+        init_image_volume: args.dind_init_image_volume,
         operator_namespace: args.operator_namespace.clone(),
     }
 }

@@ -142,7 +142,9 @@ pub struct DindDaemonSpec {
 
     /// Image holding the static `dind-init` binary, copied into the daemon pod by an init
     /// container when the daemon image does not carry it (setting it asks for the copy even
-    /// with the default image). Default: the operator's `--default-init-image`.
+    /// with the default image), or mounted as a Kubernetes image volume where the platform
+    /// team turned that on (chart value `daemon.dindInitImageVolume`). Default: the operator's
+    /// `--default-init-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub init_image: Option<String>,

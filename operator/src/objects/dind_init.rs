@@ -2,6 +2,8 @@
 //! its command-line arguments.
 
 use dind_contract::{BIN_DIR, BINARY, args};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, ImageVolumeSource, Volume};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Defaults;
 use crate::crd::{DindDaemon, DindDaemonSpec};
@@ -14,6 +16,10 @@ pub enum DindInitSource {
     InImage(String),
     /// An install container copies it from this (FROM scratch) image into the `dind-bin` volume.
     Copied(String),
+    /// This (FROM scratch) image is the `dind-bin` volume itself, a Kubernetes image volume
+    /// (beta and on by default since 1.35; containerd 2.1+, CRI-O 1.31+): no install container.
+    /// Where the platform team says its nodes have them (`--dind-init-image-volume`).
+    Mounted(String),
 }
 
 impl DindInitSource {
@@ -32,22 +38,43 @@ impl DindInitSource {
         {
             return Self::InImage(path.clone());
         }
-        Self::Copied(spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone()))
+        let image = spec.init_image.clone().unwrap_or_else(|| defaults.init_image.clone());
+        if defaults.init_image_volume { Self::Mounted(image) } else { Self::Copied(image) }
     }
 
     /// The path the daemon container runs `dind-init` from.
     pub fn binary(&self) -> String {
         match self {
             Self::InImage(path) => path.clone(),
-            Self::Copied(_) => format!("{BIN_DIR}/{BINARY}"),
+            // The init image holds the binary at its root (`/dind-init`): copied into, or
+            // mounted as, the volume at BIN_DIR.
+            Self::Copied(_) | Self::Mounted(_) => format!("{BIN_DIR}/{BINARY}"),
         }
     }
 
     /// The image the install container copies from; `None` when nothing is copied.
     pub fn install_image(&self) -> Option<&str> {
         match self {
-            Self::InImage(_) => None,
+            Self::InImage(_) | Self::Mounted(_) => None,
             Self::Copied(image) => Some(image),
+        }
+    }
+
+    /// The volume named `name` the daemon container mounts read-only at BIN_DIR: an emptyDir
+    /// the install container fills, or the init image itself; `None` when the image carries it.
+    pub fn bin_volume(&self, name: &str) -> Option<Volume> {
+        match self {
+            Self::InImage(_) => None,
+            Self::Copied(_) => Some(Volume {
+                name: name.into(),
+                empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
+                ..Default::default()
+            }),
+            Self::Mounted(image) => Some(Volume {
+                name: name.into(),
+                image: Some(ImageVolumeSource { reference: Some(image.clone()), pull_policy: Some("IfNotPresent".into()) }),
+                ..Default::default()
+            }),
         }
     }
 }

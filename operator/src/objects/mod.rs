@@ -41,6 +41,9 @@ pub struct Defaults {
     /// Where `image` carries `dind-init`; `None`: it does not, an init container copies it in.
     pub image_dind_init_path: Option<String>,
     pub init_image: String,
+    /// The nodes support Kubernetes image volumes: dind-init is mounted from `init_image`
+    /// instead of copied by an install container (see `DindInitSource::Mounted`).
+    pub init_image_volume: bool,
     /// Where the operator's pods run (`POD_NAMESPACE`); `None` out of cluster.
     pub operator_namespace: Option<String>,
 }

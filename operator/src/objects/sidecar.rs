@@ -61,7 +61,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
     let spec = &dd.spec;
     let dind_init = DindInitSource::of(spec, defaults);
     let install_image = dind_init.install_image();
-    let copies = install_image.is_some();
+    let bin_volume = dind_init.bin_volume(names::SIDECAR_BIN_VOLUME);
     let install = install_image.map(|image| {
         let mut install = install_container(image.to_string());
         install.name = names::SIDECAR_INSTALL.into();
@@ -69,7 +69,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         install
     });
     let mut mounts = vec![mount(names::SIDECAR_DATA_VOLUME, DATA_ROOT, false), mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false)];
-    if copies {
+    if bin_volume.is_some() {
         mounts.insert(1, mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, true));
     }
     // What the pod's containers get. The socket is always there (and what the start gate asks).
@@ -110,10 +110,8 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         },
         None => empty_dir(names::SIDECAR_DATA_VOLUME, &size),
     };
-    let mut volumes = vec![empty_dir(names::SIDECAR_BIN_VOLUME, "64Mi"), empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data];
-    if !copies {
-        volumes.remove(0);
-    }
+    let mut volumes: Vec<Volume> = bin_volume.into_iter().collect();
+    volumes.extend([empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data]);
     volumes.extend(extra_volumes);
     Ok(Sidecar { init_containers: install.into_iter().chain([daemon]).collect(), volumes, env: client_env, mounts: client_mounts })
 }

@@ -195,12 +195,8 @@ pub fn daemon_statefulset(
     let install_image = dind_init.install_image();
     let mut volumes = Vec::new();
     let mut mounts = vec![VolumeMount { name: CLAIM_TEMPLATE.into(), mount_path: DATA_ROOT.into(), ..Default::default() }];
-    if install_image.is_some() {
-        volumes.push(Volume {
-            name: "dind-bin".into(),
-            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("64Mi".into())), ..Default::default() }),
-            ..Default::default()
-        });
+    if let Some(bin) = dind_init.bin_volume("dind-bin") {
+        volumes.push(bin);
         mounts.push(VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), read_only: Some(true), ..Default::default() });
     }
     if certs.is_some() {

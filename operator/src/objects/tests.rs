@@ -18,6 +18,7 @@ fn defaults() -> Defaults {
     Defaults {
         image: "docker:28.5.2-dind".into(),
         image_dind_init_path: None,
+        init_image_volume: false,
         init_image: "dind-init:test".into(),
         operator_namespace: Some("ops".into()),
     }
@@ -392,4 +393,35 @@ fn registry_cas_are_mounted_where_dockerd_looks_in_pool_and_sidecar_daemons() {
 fn pod_has_no_registry_cas(dd: &DindDaemon) -> bool {
     let pod = pod(&build(dd, &defaults(), Some(&certs())).unwrap());
     pod.volumes.unwrap_or_default().iter().all(|v| v.name != "dind-registry-cas")
+}
+
+/// Where the nodes have Kubernetes image volumes, a daemon image without dind-init gets the init
+/// image mounted at BIN_DIR instead of an install container copying it there; an image that
+/// carries it is unchanged.
+#[test]
+fn with_image_volumes_dind_init_is_mounted_from_the_init_image_and_nothing_is_copied() {
+    let mounted = Defaults { init_image_volume: true, ..defaults() };
+    let own = json!({"image": "docker:29.0.0-dind"});
+    assert_eq!(DindInitSource::of(&daemon(own.clone()).spec, &mounted), DindInitSource::Mounted("dind-init:test".into()));
+    let carried = Defaults { image_dind_init_path: Some("/usr/local/bin/dind-init".into()), ..mounted.clone() };
+    assert_eq!(DindInitSource::of(&daemon(json!({})).spec, &carried), DindInitSource::InImage("/usr/local/bin/dind-init".into()));
+
+    let binary = format!("{}/dind-init", dind_contract::BIN_DIR);
+    let pool = build(&daemon(own.clone()), &mounted, None).unwrap();
+    let spec = pod(&pool);
+    assert!(spec.init_containers.is_none(), "no install container");
+    assert_eq!(spec.containers[0].command.as_ref().unwrap(), &vec![binary.clone()]);
+    let bin = spec.volumes.iter().flatten().find(|v| v.name == "dind-bin").unwrap();
+    let image = bin.image.as_ref().unwrap();
+    assert_eq!((image.reference.as_deref(), image.pull_policy.as_deref()), (Some("dind-init:test"), Some("IfNotPresent")));
+    assert!(bin.empty_dir.is_none());
+    let mount = spec.containers[0].volume_mounts.iter().flatten().find(|m| m.name == "dind-bin").unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (dind_contract::BIN_DIR, Some(true)));
+
+    let mut sidecar_spec = own;
+    sidecar_spec["mode"] = json!("Sidecar");
+    let s = sidecar(&daemon(sidecar_spec), &mounted, None).unwrap();
+    assert_eq!(s.init_containers.len(), 1, "the daemon alone");
+    assert_eq!(s.init_containers[0].command.as_ref().unwrap(), &vec![binary]);
+    assert!(s.volumes.iter().any(|v| v.image.as_ref().and_then(|i| i.reference.as_deref()) == Some("dind-init:test")));
 }

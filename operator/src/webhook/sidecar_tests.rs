@@ -115,6 +115,7 @@ fn defaults() -> Defaults {
     Defaults {
         image: "docker:28.5.2-dind".into(),
         image_dind_init_path: None,
+        init_image_volume: false,
         init_image: "dind-init:test".into(),
         operator_namespace: None,
     }

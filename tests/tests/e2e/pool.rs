@@ -255,3 +255,31 @@ async fn e2e_delete_removes_everything_and_a_retained_volume_keeps_the_cache() {
     })
     .await;
 }
+
+/// Where the nodes have Kubernetes image volumes (the harness node does: kubelet 1.35, where they
+/// are beta and on, and containerd 2.1), a daemon image of one's own gets dind-init mounted from
+/// the init image, pulled by tag from the registry: no install container, and it builds.
+#[tokio::test]
+async fn e2e_an_image_volume_brings_dind_init_into_an_image_of_ones_own() {
+    require_node();
+    with_namespace("e2e-imgvol", |client: Client, ns: String| async move {
+        install_operator_with(&client, &ns, &ns, &["daemon.dindInitImageVolume=true"]).await?;
+        let dd = json!({"apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon", "metadata": {"name": "ci"},
+            "spec": {"image": OWN_DAEMON_IMAGE, "storage": {"size": "1Gi"}}});
+        kubectl_apply(&ns, &dd.to_string()).await?;
+        let ready = wait_ready(&ns, "ci").await?;
+        let pod: Pod = Api::namespaced(client.clone(), &ns).get("ci-0").await?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        ensure!(spec.init_containers.as_ref().is_none_or(|i| i.is_empty()), "no install container: {:?}", spec.init_containers);
+        let bin = spec.volumes.iter().flatten().find(|v| v.name == "dind-bin").context("no dind-bin volume")?;
+        let reference = bin.image.as_ref().and_then(|i| i.reference.clone()).unwrap_or_default();
+        ensure!(reference.contains("/dind-init:"), "dind-bin is not the init image from the registry: {bin:?}");
+        let command = spec.containers[0].command.clone().unwrap_or_default();
+        ensure!(command == ["/dind/bin/dind-init".to_string()], "{command:?}");
+        let (log, _) = run_build(&client, &ns, "build", "ci").await?;
+        ensure!(log.contains("one\ntwo\nthree"), "{log}");
+        eprintln!("image volume: {reference} mounted at /dind/bin, Ready in {ready:?}");
+        Ok(())
+    })
+    .await;
+}
