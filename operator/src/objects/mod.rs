@@ -48,7 +48,9 @@ pub struct Defaults {
     pub operator_namespace: Option<String>,
 }
 
-/// Whether a DindDaemon needs certificates: the one place TLS on/off is read from the spec.
+/// Whether a DindDaemon's daemons serve mutual TLS (pool daemons with the operator's
+/// certificates, sidecar daemons with ones they make in the pod): the one place TLS on/off is
+/// read from the spec.
 pub fn certificates_wanted(dd: &DindDaemon) -> bool {
     dd.spec.tls.enabled
 }

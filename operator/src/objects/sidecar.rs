@@ -78,7 +78,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
     let mut client_mounts = vec![mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false)];
     let mut extra_volumes = Vec::new();
     let tcp = spec.sidecar.as_ref().is_some_and(|s| s.tcp);
-    let listen = match (tcp, spec.tls.enabled) {
+    let listen = match (tcp, super::certificates_wanted(dd)) {
         (false, _) => Listen::SocketOnly,
         (true, false) => Listen::SidecarTcp { tls: false },
         (true, true) => {

@@ -253,7 +253,7 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
         ready: Some(format!("{ready_replicas}/{desired}")),
         docker_host,
         endpoints,
-        client_secret_name: dd.spec.tls.enabled.then(|| Names::of(&name).client_secret),
+        client_secret_name: crate::objects::certificates_wanted(dd).then(|| Names::of(&name).client_secret),
         storage_driver,
         disk,
         volumes: Vec::new(),

@@ -66,7 +66,7 @@ impl Target {
         Self {
             replicas: (0..dd.spec.replicas).map(|i| names.pod(i)).collect(),
             ready: status.endpoints.iter().filter(|e| e.ready).map(|e| e.name.clone()).collect(),
-            tls: dd.spec.tls.enabled,
+            tls: crate::objects::certificates_wanted(dd),
             port: dd.spec.port,
             client_secret: names.client_secret.clone(),
             init_image: dd.spec.init_image.clone().unwrap_or_else(|| default_init_image.to_string()),
