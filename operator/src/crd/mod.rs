@@ -80,6 +80,8 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     category = "all",
     namespaced,
     status = "DindDaemonStatus",
+    // `kubectl scale dind/NAME --replicas=N`, and a HorizontalPodAutoscaler can drive replicas.
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"ready daemons / desired"}"#,
     printcolumn = r#"{"name":"DockerHost","type":"string","jsonPath":".status.dockerHost","description":"DOCKER_HOST for clients"}"#,
     printcolumn = r#"{"name":"Driver","type":"string","jsonPath":".status.storageDriver","description":"storage driver the daemons run"}"#,

@@ -28,6 +28,15 @@ pub struct DindDaemonStatus {
     #[serde(default)]
     pub ready_replicas: i32,
 
+    /// Daemon pods that exist, ready or not (the scale subresource's `status.replicas`).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// The daemon pods' label selector, as a string (the scale subresource's selector, which
+    /// a HorizontalPodAutoscaler reads to find the pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
     /// Ready daemons over desired, e.g. `1/1` (the Ready column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<String>,

@@ -247,9 +247,12 @@ pub fn compute(dd: &DindDaemon, observed: &Observed<'_>, now: Time) -> DindDaemo
 
     let disk = fullest(&endpoints);
     let docker_host = if desired == 1 { Some(service_host) } else { endpoints.first().map(|e| e.docker_host.clone()) };
+    let selector = Names::of(&name).selector().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     DindDaemonStatus {
         observed_generation: generation,
         ready_replicas,
+        replicas: i32::try_from(observed.daemons.len()).unwrap_or(i32::MAX),
+        selector: Some(selector),
         ready: Some(format!("{ready_replicas}/{desired}")),
         docker_host,
         endpoints,
@@ -310,6 +313,8 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
     DindDaemonStatus {
         observed_generation: generation,
         ready_replicas: 0,
+        replicas: 0,
+        selector: None,
         ready: Some("sidecar".into()),
         docker_host: Some(crate::objects::sidecar_docker_host(dd)),
         endpoints: Vec::new(),

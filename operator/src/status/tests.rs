@@ -127,6 +127,8 @@ fn one_ready_daemon_is_ready_with_the_service_address() {
     assert_eq!(get(&st, PROGRESSING).status, "False");
     assert_eq!(get(&st, DEGRADED).status, "False");
     assert_eq!(st.observed_generation, Some(2));
+    assert_eq!(st.replicas, 1, "daemon pods that exist, for the scale subresource");
+    assert_eq!(st.selector.as_deref(), Some("app.kubernetes.io/name=dind,dind.dev/daemon=ci"));
 }
 
 #[test]

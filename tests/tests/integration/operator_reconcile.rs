@@ -131,6 +131,26 @@ async fn scaling_keeps_the_certificate_and_the_pod_template() {
         ensure!(cert_after == cert_before, "scaling re-issued the server certificate");
         let names = dind_operator::model::tls::inspect(&cert_after)?.dns_names;
         ensure!(names.contains(&format!("*.ci-daemons.{ns}.svc")), "server names: {names:?}");
+
+        // The scale subresource: `kubectl scale` (before: NotFound) and what an HPA reads.
+        run_tool("kubectl", &["scale", "-n", &ns, "dind/ci", "--replicas=3"]).await?;
+        eventually("StatefulSet scaled to 3 by kubectl scale", WAIT, || {
+            let sts_api = sts_api.clone();
+            async move { Ok(sts_api.get("ci").await?.spec.filter(|s| s.replicas == Some(3))) }
+        })
+        .await?;
+        let scale = eventually("the scale subresource shows the selector", WAIT, || {
+            let ns = ns.clone();
+            async move {
+                let out = run_tool("kubectl", &["get", "-n", &ns, "dind/ci", "--subresource=scale", "-o", "json"]).await?;
+                let scale: serde_json::Value = serde_json::from_str(&out)?;
+                Ok((scale["status"]["selector"].as_str().is_some_and(|s| !s.is_empty())).then_some(scale))
+            }
+        })
+        .await?;
+        ensure!(scale["spec"]["replicas"] == 3, "{scale}");
+        let selector = scale["status"]["selector"].as_str().unwrap_or_default();
+        ensure!(selector.contains("dind.dev/daemon=ci"), "{selector}");
         Ok(())
     })
     .await;
