@@ -40,11 +40,15 @@ async fn main() -> anyhow::Result<()> {
     let images = dind_tests::chart_image_sets();
     let id = suffix();
     let ways = [("copied", format!("bench-copy-{id}"), "false"), ("mounted", format!("bench-mount-{id}"), "true")];
-    for (_, ns, volume) in &ways {
+    for (label, ns, volume) in &ways {
         namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
         let watch = format!("watchNamespaces={{{ns}}}");
         let volume = format!("daemon.dindInitImageVolume={volume}");
-        let mut args = vec!["install", "op", CHART, "-n", ns.as_str(), "--set", &watch, "--set", &volume, "--wait", "--timeout", "180s"];
+        // Two installs at once: distinct releases, and no admission policy (each would refuse the
+        // other's namespace, and their cluster-scoped policies would share a name).
+        let release = format!("op-{label}");
+        let mut args = vec!["install", &release, CHART, "-n", ns.as_str(), "--set", &watch, "--set", &volume];
+        args.extend(["--set", "policy.enabled=false", "--wait", "--timeout", "180s"]);
         for set in &images {
             args.extend(["--set", set.as_str()]);
         }
@@ -83,8 +87,8 @@ async fn main() -> anyhow::Result<()> {
         median(started[0].clone()),
         median(started[1].clone())
     );
-    for (_, ns, _) in &ways {
-        run_tool("helm", &["uninstall", "op", "-n", ns]).await?;
+    for (label, ns, _) in &ways {
+        run_tool("helm", &["uninstall", &format!("op-{label}"), "-n", ns]).await?;
         namespaces.delete(ns, &DeleteParams::background()).await?;
     }
     Ok(())

@@ -355,9 +355,11 @@ async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rul
     with_namespace("policy", |client: Client, ns: String| async move {
         let release = format!("pol-{}", suffix());
         let only_here = chart_policy_only_in(&ns);
-        let render = |namespaces: &'static str| {
+        let render = |namespaces: &'static str, watched: Option<&'static str>| {
             let (release, ns, only_here) = (release.clone(), ns.clone(), only_here.clone());
             async move {
+                // The operator watches this namespace unless the call says which.
+                let watch = format!("watchNamespaces={{{}}}", watched.unwrap_or(&ns));
                 let rendered = helm(&[
                     "template",
                     &release,
@@ -374,6 +376,8 @@ async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rul
                     "policy.allowedSecurityModes={Capabilities}",
                     "--set",
                     namespaces,
+                    "--set",
+                    &watch,
                 ])
                 .await?;
                 let file = std::env::temp_dir().join(format!("dind-policy-{}.yaml", suffix()));
@@ -381,12 +385,13 @@ async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rul
                 anyhow::Ok(file.to_string_lossy().to_string())
             }
         };
-        let file = render("policy.allowedNamespaces={*}").await?;
+        let file = render("policy.allowedNamespaces={*}", None).await?;
         run_tool("kubectl", &["apply", "-f", &file]).await?;
-        let narrowed = render("policy.allowedNamespaces={builds}").await?;
-        let result = tenant_is_refused(&client, &ns, &narrowed).await;
+        let narrowed = render("policy.allowedNamespaces={builds}", None).await?;
+        let unserved = render("policy.allowedNamespaces={*}", Some("elsewhere")).await?;
+        let result = tenant_is_refused(&client, &ns, &narrowed, &unserved).await;
         let _ = run_tool("kubectl", &["delete", "--ignore-not-found", "-f", &file]).await;
-        for f in [file, narrowed] {
+        for f in [file, narrowed, unserved] {
             let _ = std::fs::remove_file(f);
         }
         result
@@ -394,7 +399,7 @@ async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rul
     .await;
 }
 
-async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str) -> anyhow::Result<()> {
+async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str, unserved: &str) -> anyhow::Result<()> {
     use dind_operator::crd::DindDaemon;
     // The tenant: may create (and read) DindDaemons in its namespace, nothing else.
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tenant"}}))?;
@@ -479,5 +484,21 @@ async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str) -> anyhow:
         }
     })
     .await?;
+    // An operator that watches another namespace (before: created, then never a status or an
+    // event): refused at once, naming watchNamespaces and what to ask for.
+    run_tool("kubectl", &["apply", "-f", unserved]).await?;
+    let message = eventually("the policy of an operator watching elsewhere in force", Duration::from_secs(30), || {
+        let attempt = try_create(json!({"security": capabilities}));
+        async move {
+            Ok(match attempt.await? {
+                Err(kube::Error::Api(s)) if s.message.contains("dind-operator policy watchNamespaces:") => Some(s.message),
+                Err(kube::Error::Api(s)) if s.message.contains("allowedNamespaces") => None,
+                Err(e) => anyhow::bail!("refused for another reason: {e}"),
+                Ok(_) => anyhow::bail!("created in a namespace no operator serves"),
+            })
+        }
+    })
+    .await?;
+    ensure!(message.contains(&format!("no dind-operator serves namespace {ns} (it watches: elsewhere)")), "{message}");
     Ok(())
 }
