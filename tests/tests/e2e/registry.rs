@@ -133,7 +133,7 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
             // daemon with its socket bound in, and removes what a test left behind once the
             // test's connection is gone.
             let (log, ran) = run_pod(&client, &builds, "ryuk", &ryuk_pod().to_string()).await?;
-            for want in ["ok  \t", "reaped"] {
+            for want in ["PASS", "reaped"] {
                 ensure!(log.contains(want), "ryuk: {want:?} missing:\n{log}");
             }
             ensure!(!log.contains("left running"), "ryuk:\n{log}");
