@@ -32,6 +32,9 @@ pub struct Sidecar {
     pub volumes: Vec<Volume>,
     pub env: Vec<EnvVar>,
     pub mounts: Vec<VolumeMount>,
+    /// `spec.security.runtimeClassName`: the pod's runtime class (a pod-level setting: every
+    /// container of the pod runs under it, as the daemon must).
+    pub runtime_class_name: Option<String>,
 }
 
 fn env(name: &str, value: String) -> EnvVar {
@@ -113,5 +116,11 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
     let mut volumes: Vec<Volume> = bin_volume.into_iter().collect();
     volumes.extend([empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data]);
     volumes.extend(extra_volumes);
-    Ok(Sidecar { init_containers: install.into_iter().chain([daemon]).collect(), volumes, env: client_env, mounts: client_mounts })
+    Ok(Sidecar {
+        init_containers: install.into_iter().chain([daemon]).collect(),
+        volumes,
+        env: client_env,
+        mounts: client_mounts,
+        runtime_class_name: spec.security.runtime_class_name.clone(),
+    })
 }

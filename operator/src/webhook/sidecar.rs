@@ -140,9 +140,24 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     }
     new["spec"]["initContainers"] = Value::Array(inits);
     new["spec"]["containers"] = Value::Array(containers);
+    // The daemon's runtime class is the pod's (a pod-level field): set it, or refuse a pod that
+    // asks for another (before: dropped, so a daemon meant for sysbox ran privileged under runc).
+    if let Some(wanted) = &parts.runtime_class_name {
+        match pod["spec"]["runtimeClassName"].as_str() {
+            None => new["spec"]["runtimeClassName"] = json!(wanted),
+            Some(have) if have == wanted => {}
+            Some(have) => {
+                return Err(Refusal(format!(
+                    "the pod asks for runtimeClassName {have:?}, but DindDaemon {daemon:?}'s daemon runs under {wanted:?} (spec.security.runtimeClassName), which is the whole pod's: drop the pod's, or use a DindDaemon of that runtime class"
+                )));
+            }
+        }
+    }
 
     let mut patch = Vec::new();
-    for (parent, key) in [("metadata", "annotations"), ("spec", "volumes"), ("spec", "initContainers"), ("spec", "containers")] {
+    for (parent, key) in
+        [("metadata", "annotations"), ("spec", "volumes"), ("spec", "initContainers"), ("spec", "containers"), ("spec", "runtimeClassName")]
+    {
         if pod[parent].get(key) != new[parent].get(key) {
             patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));
         }

@@ -154,3 +154,25 @@ fn with_tcp_and_tls_off_the_containers_get_plain_tcp_and_no_certificates() {
     assert_eq!(out["spec"]["containers"][0]["env"], json!([{"name": "DOCKER_HOST", "value": "tcp://localhost:2375"}]));
     assert!(!out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-certs"));
 }
+
+/// Seen before: a Sidecar DindDaemon with `security.runtimeClassName` injected a pod with none,
+/// so a daemon meant for sysbox ran privileged under runc. The runtime class is the pod's.
+#[test]
+fn the_daemons_runtime_class_becomes_the_pods_and_another_is_refused() {
+    let parts = parts_of(json!({"mode": "Sidecar", "security": {"runtimeClassName": "sysbox-runc"}}));
+    let pod = runner_pod();
+    let patched = apply(&pod, &plan(&pod, "job", &parts).unwrap().patch);
+    assert_eq!(patched["spec"]["runtimeClassName"], "sysbox-runc");
+    // Re-invoked: nothing more to do.
+    assert!(plan(&patched, "job", &parts).unwrap().patch.is_empty());
+    let mut same = runner_pod();
+    same["spec"]["runtimeClassName"] = json!("sysbox-runc");
+    assert_eq!(apply(&same, &plan(&same, "job", &parts).unwrap().patch)["spec"]["runtimeClassName"], "sysbox-runc");
+    let mut other = runner_pod();
+    other["spec"]["runtimeClassName"] = json!("gvisor");
+    let refusal = plan(&other, "job", &parts).unwrap_err().0;
+    assert!(refusal.contains("\"gvisor\"") && refusal.contains("spec.security.runtimeClassName"), "{refusal}");
+    // Without one, the pod keeps whatever it has.
+    let plain = parts_of(json!({"mode": "Sidecar"}));
+    assert!(apply(&other, &plan(&other, "job", &plain).unwrap().patch)["spec"]["runtimeClassName"] == "gvisor");
+}
