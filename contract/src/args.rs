@@ -15,6 +15,7 @@ pub mod flag {
     pub const TLS_DIR: &str = "tls-dir";
     pub const TLS_GENERATE: &str = "tls-generate";
     pub const SOCKET: &str = "socket";
+    pub const SOCKET_GROUP: &str = "socket-group";
     pub const MTU: &str = "mtu";
     pub const STORAGE_DRIVER: &str = "storage-driver";
     pub const REGISTRY_MIRROR: &str = "registry-mirror";
@@ -56,6 +57,9 @@ pub struct Run {
     pub tls_dir: Option<String>,
     pub tls_generate: Option<String>,
     pub socket: Option<String>,
+    /// The unix socket's group (dockerd `--group`): a sidecar's, which the pod's containers
+    /// get as a supplemental group.
+    pub socket_group: Option<u32>,
     pub mtu: Option<u32>,
     pub storage_driver: Option<String>,
     pub registry_mirrors: Vec<String>,
@@ -81,6 +85,9 @@ impl Run {
         }
         if let Some(v) = &self.socket {
             push(&mut out, flag::SOCKET, v);
+        }
+        if let Some(v) = self.socket_group {
+            push(&mut out, flag::SOCKET_GROUP, v);
         }
         if let Some(v) = self.tls {
             push(&mut out, flag::TLS, v);

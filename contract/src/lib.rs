@@ -89,6 +89,10 @@ pub mod client_pod {
     /// dockerd's socket (`DOCKER_HOST=unix://SOCKET`).
     pub const SOCKET_DIR: &str = "/dind/sock";
     pub const SOCKET: &str = "/dind/sock/docker.sock";
+    /// The socket's group (dockerd `--group`), which the webhook adds to the pod's
+    /// `securityContext.supplementalGroups`: a container of any uid in the pod may use the
+    /// daemon, and nothing outside the pod sees the socket (it lives in the pod's emptyDir).
+    pub const SOCKET_GID: u32 = 2375;
 }
 
 /// Storage drivers `dind-init` knows how to place; anything else is refused by name.
@@ -143,6 +147,12 @@ pub const DIRECTIVES: &[Directive] = &[
     flag(Some("exec-root"), &["exec-root"], None, "nothing: dind-init places it"),
     flag(Some("pidfile"), &["pidfile"], Some('p'), "nothing: dind-init places it"),
     flag(Some("shutdown-timeout"), &["shutdown-timeout"], None, "nothing: the operator sets it below the pod's grace period"),
+    flag(
+        Some("group"),
+        &["group"],
+        Some('G'),
+        "nothing: dind-init sets the socket's group (in Sidecar mode, one the pod's containers have)",
+    ),
     flag(Some("tls"), &["tls"], None, "spec.tls.enabled"),
     flag(Some("tlsverify"), &["tlsverify"], None, "spec.tls.enabled"),
     flag(Some("tlscacert"), &["tlscacert"], None, "spec.tls (the operator issues the certificates)"),
@@ -218,31 +228,28 @@ mod tests {
         {
             assert!(owned_flag(arg).is_some(), "{arg} should be owned");
         }
-        for arg in ["--shutdown-timeout=30", "--exec-root=/x", "--mtu=1400", "--storage-driver=vfs", "--registry-mirror=https://m"] {
+        for arg in [
+            "--shutdown-timeout=30",
+            "--exec-root=/x",
+            "--mtu=1400",
+            "--storage-driver=vfs",
+            "--registry-mirror=https://m",
+            "-G",
+            "-Gdocker",
+            "--group=0",
+        ] {
             assert!(owned_flag(arg).is_some(), "{arg} should be owned");
         }
         // A boolean group without an owned letter, a value-taking letter whose value contains
         // an owned letter, values, and flags we leave to the user.
-        for arg in [
-            "-D",
-            "--debug",
-            "-lH",
-            "--log-level=debug",
-            "tcp://0.0.0.0:2377",
-            "-",
-            "--hosts-file",
-            "--tlsfoo",
-            "--experimental",
-            "-G",
-            "-Gdocker",
-        ] {
+        for arg in ["-D", "--debug", "-lH", "--log-level=debug", "tcp://0.0.0.0:2377", "-", "--hosts-file", "--tlsfoo", "--experimental"] {
             assert!(owned_flag(arg).is_none(), "{arg} should not be owned");
         }
     }
 
     #[test]
     fn keys_cover_every_directive_with_a_key() {
-        for k in ["hosts", "tls", "tlsverify", "data-root", "exec-root", "pidfile", "shutdown-timeout", "mtu", "storage-driver"] {
+        for k in ["hosts", "group", "tls", "tlsverify", "data-root", "exec-root", "pidfile", "shutdown-timeout", "mtu", "storage-driver"] {
             assert!(owned_key(k).is_some(), "{k}");
         }
         assert!(owned_key("log-level").is_none());

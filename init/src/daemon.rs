@@ -38,6 +38,9 @@ pub fn dockerd_args(cfg: &Config, config_file: &Path) -> Vec<String> {
     if cfg.tcp {
         args.insert(2, format!("--host=tcp://0.0.0.0:{}", cfg.port));
     }
+    if let Some(gid) = cfg.socket_group {
+        args.push(format!("--group={gid}"));
+    }
     match &cfg.tls {
         Some(tls) => args.extend([
             "--tlsverify".to_string(),
@@ -90,6 +93,16 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_group_is_dockerds_group_and_a_user_may_not_set_one() {
+        let c = cfg(&["--tcp=false", "--socket=/dind/sock/docker.sock", "--socket-group=2375"], &[]);
+        assert!(dockerd_args(&c, Path::new("/x.json")).contains(&"--group=2375".to_string()));
+        assert!(!dockerd_args(&cfg(&[], &[]), Path::new("/x.json")).iter().any(|a| a.starts_with("--group")));
+        for arg in ["--group=0", "-G", "-DG"] {
+            assert!(crate::config::parse(&["--".to_string(), arg.to_string()], &Default::default()).is_err(), "{arg}");
+        }
+    }
+
+    #[test]
     fn without_tcp_only_the_unix_socket_listens() {
         let c = cfg(&["--tcp=false", "--socket=/dind/sock/docker.sock"], &[]);
         let args = dockerd_args(&c, Path::new("/x.json"));
@@ -116,7 +129,7 @@ mod tests {
 
     #[test]
     fn what_dind_init_sets_is_exactly_the_contracts_directives() {
-        let c = cfg(&["--mtu=1400", "--registry-mirror=https://m", "--insecure-registry=r:5000"], &[]);
+        let c = cfg(&["--mtu=1400", "--registry-mirror=https://m", "--insecure-registry=r:5000", "--socket-group=2375"], &[]);
         let args = dockerd_args(&c, Path::new("/run/dind-init/daemon.json"));
         for arg in args.iter().filter(|a| a.starts_with('-')) {
             let d = dind_contract::owned_flag(arg).unwrap_or_else(|| panic!("{arg} is set by dind-init but not in the contract"));

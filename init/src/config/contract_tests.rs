@@ -15,9 +15,15 @@ fn listen(run: &mut Run, mode: u8, port: u16) {
     match mode {
         0 => (run.port, run.tls_dir) = (Some(port), Some(dind_contract::SERVER_TLS_DIR.into())),
         1 => (run.port, run.tls) = (Some(port), Some(false)),
-        2 => (run.tcp, run.socket) = (Some(false), Some(client_pod::SOCKET.into())),
-        3 => (run.port, run.socket, run.tls_generate) = (Some(port), Some(client_pod::SOCKET.into()), Some(generated_tls::DIR.into())),
-        _ => (run.port, run.socket, run.tls) = (Some(port), Some(client_pod::SOCKET.into()), Some(false)),
+        2 => (run.tcp, run.socket, run.socket_group) = (Some(false), Some(client_pod::SOCKET.into()), Some(client_pod::SOCKET_GID)),
+        3 => {
+            (run.port, run.socket, run.tls_generate) = (Some(port), Some(client_pod::SOCKET.into()), Some(generated_tls::DIR.into()));
+            run.socket_group = Some(client_pod::SOCKET_GID);
+        }
+        _ => {
+            (run.port, run.socket, run.tls) = (Some(port), Some(client_pod::SOCKET.into()), Some(false));
+            run.socket_group = Some(client_pod::SOCKET_GID);
+        }
     }
 }
 
@@ -72,6 +78,7 @@ proptest! {
         }
         prop_assert_eq!(c.tls_generate, run.tls_generate.map(PathBuf::from));
         prop_assert_eq!(c.socket, PathBuf::from(run.socket.as_deref().unwrap_or(dind_contract::SOCKET)));
+        prop_assert_eq!(c.socket_group, run.socket_group);
         prop_assert_eq!(c.mtu, run.mtu);
         prop_assert_eq!(c.storage_driver, run.storage_driver);
         prop_assert_eq!(c.registry_mirrors, run.registry_mirrors);

@@ -97,6 +97,8 @@ pub struct Config {
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
     pub socket: PathBuf,
+    /// The socket's numeric group (dockerd `--group`); `None`: dockerd's default.
+    pub socket_group: Option<u32>,
     pub log: LogTarget,
     pub iptables: Iptables,
     pub dockerd: String,

@@ -44,6 +44,12 @@ pub(super) const SETTINGS: &[Setting] = &[
     },
     Setting { flag: "tls-cert", env: &["DIND_INIT_TLS_CERT"], repeatable: false, help: "server certificate (default TLS_DIR/tls.crt)" },
     Setting { flag: "tls-key", env: &["DIND_INIT_TLS_KEY"], repeatable: false, help: "server key (default TLS_DIR/tls.key)" },
+    Setting {
+        flag: flag::SOCKET_GROUP,
+        env: &["DIND_INIT_SOCKET_GROUP"],
+        repeatable: false,
+        help: "numeric group of the unix socket, mode 0660 (default: dockerd's, the docker group)",
+    },
     Setting { flag: flag::MTU, env: &["DIND_INIT_MTU"], repeatable: false, help: "MTU of dockerd's networks, 576-9000 (default: eth0's)" },
     Setting {
         flag: flag::STORAGE_DRIVER,

@@ -186,6 +186,10 @@ fn run_config(
         None if tls_on => dind_contract::TLS_PORT,
         None => dind_contract::PLAINTEXT_PORT,
     };
+    let socket_group = match one("socket-group") {
+        Some(r) => Some(u32::try_from(parse_number(&r, 0, 2_147_483_647)?).map_err(|_| ConfigError::new(r.origin, "out of range"))?),
+        None => None,
+    };
     let mtu = match one("mtu") {
         Some(r) => Some(u32::try_from(parse_number(&r, 576, 9000)?).map_err(|_| ConfigError::new(r.origin, "out of range"))?),
         None => None,
@@ -272,6 +276,7 @@ fn run_config(
         data_root: path("data-root", dind_contract::DATA_ROOT)?,
         exec_root: path("exec-root", dind_contract::EXEC_ROOT)?,
         socket: path("socket", dind_contract::SOCKET)?,
+        socket_group,
         log,
         iptables,
         dockerd: one("dockerd").map_or_else(|| "dockerd".to_string(), |r| r.value),

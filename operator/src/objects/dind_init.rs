@@ -116,10 +116,12 @@ pub fn dind_init_args(dd: &DindDaemon, listen: Listen) -> Result<Vec<String>> {
         Listen::SocketOnly => {
             run.tcp = Some(false);
             run.socket = Some(dind_contract::client_pod::SOCKET.to_string());
+            run.socket_group = Some(dind_contract::client_pod::SOCKET_GID);
         }
         Listen::SidecarTcp { tls } => {
             run.port = Some(port(spec.port)?);
             run.socket = Some(dind_contract::client_pod::SOCKET.to_string());
+            run.socket_group = Some(dind_contract::client_pod::SOCKET_GID);
             if tls {
                 run.tls_generate = Some(dind_contract::generated_tls::DIR.to_string());
             } else {

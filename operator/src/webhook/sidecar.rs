@@ -140,6 +140,19 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     }
     new["spec"]["initContainers"] = Value::Array(inits);
     new["spec"]["containers"] = Value::Array(containers);
+    // The socket's group is every container's (a supplemental group of the pod), so a job of
+    // any uid may use it (before: root and the docker group only; a `runAsUser: 1001`
+    // container got "permission denied"). The socket lives in the pod's own emptyDir.
+    if !new["spec"]["securityContext"].is_object() {
+        new["spec"]["securityContext"] = json!({});
+    }
+    let gid = json!(dind_contract::client_pod::SOCKET_GID);
+    let groups = &mut new["spec"]["securityContext"]["supplementalGroups"];
+    match groups.as_array_mut() {
+        Some(list) if list.contains(&gid) => {}
+        Some(list) => list.push(gid),
+        None => *groups = json!([gid]),
+    }
     // The daemon's runtime class is the pod's (a pod-level field): set it, or refuse a pod that
     // asks for another (before: dropped, so a daemon meant for sysbox ran privileged under runc).
     if let Some(wanted) = &parts.runtime_class_name {
@@ -155,9 +168,14 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     }
 
     let mut patch = Vec::new();
-    for (parent, key) in
-        [("metadata", "annotations"), ("spec", "volumes"), ("spec", "initContainers"), ("spec", "containers"), ("spec", "runtimeClassName")]
-    {
+    for (parent, key) in [
+        ("metadata", "annotations"),
+        ("spec", "volumes"),
+        ("spec", "initContainers"),
+        ("spec", "containers"),
+        ("spec", "runtimeClassName"),
+        ("spec", "securityContext"),
+    ] {
         if pod[parent].get(key) != new[parent].get(key) {
             patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));
         }

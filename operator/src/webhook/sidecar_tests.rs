@@ -176,3 +176,21 @@ fn the_daemons_runtime_class_becomes_the_pods_and_another_is_refused() {
     let plain = parts_of(json!({"mode": "Sidecar"}));
     assert!(apply(&other, &plan(&other, "job", &plain).unwrap().patch)["spec"]["runtimeClassName"] == "gvisor");
 }
+
+/// Seen before: a container with `runAsUser: 1001` got "permission denied" on the socket
+/// (root:docker, 0660). The socket's group is now a supplemental group of the whole pod.
+#[test]
+fn every_container_of_the_pod_gets_the_sockets_group_and_the_pods_own_settings_stay() {
+    let gid = dind_contract::client_pod::SOCKET_GID;
+    let pod = runner_pod();
+    let patched = apply(&pod, &plan(&pod, "job", &parts()).unwrap().patch);
+    assert_eq!(patched["spec"]["securityContext"]["supplementalGroups"], json!([gid]));
+    let mut own = runner_pod();
+    own["spec"]["securityContext"] = json!({"runAsUser": 1001, "supplementalGroups": [5], "futureField": true});
+    let patched = apply(&own, &plan(&own, "job", &parts()).unwrap().patch);
+    assert_eq!(patched["spec"]["securityContext"], json!({"runAsUser": 1001, "supplementalGroups": [5, gid], "futureField": true}));
+    assert!(plan(&patched, "job", &parts()).unwrap().patch.is_empty(), "re-invoked: nothing twice");
+    // dockerd is told the same group.
+    let args = &parts().init_containers[1].args;
+    assert!(args.iter().flatten().any(|a| *a == format!("--socket-group={gid}")), "{args:?}");
+}

@@ -16,6 +16,13 @@ docker run --rm -v "$PWD":/src local/base cat /src/data.txt | sed 's/^/bind moun
 docker run --rm app cat /data.txt /built.txt | tr '\n' ' ' | sed 's/^/image: /'
 "#;
 
+/// A container of uid 1001 in the job's pod asks the sidecar's daemon for its version.
+const NONROOT_SCRIPT: &str = r#"for i in $(seq 60); do
+  v=$(HOME=/tmp docker version --format '{{.Server.Version}}' 2>&1) && { echo "uid $(id -u): server $v"; exit 0; }
+  sleep 1
+done
+echo "uid $(id -u): $v"; exit 1"#;
+
 #[tokio::test]
 async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
     require_node();
@@ -36,7 +43,12 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
                         "spec": {"restartPolicy": "Never",
                             "containers": [{"name": "runner", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
                                 "workingDir": "/home/runner/_work", "command": ["/bin/sh", "-c", SIDECAR_JOB_SCRIPT],
-                                "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}]}],
+                                "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}]},
+                                // A non-root container of the same pod (before: permission denied
+                                // on the socket, root:docker 0660).
+                                {"name": "nonroot", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
+                                "securityContext": {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": true},
+                                "command": ["/bin/sh", "-c", NONROOT_SCRIPT]}],
                             "volumes": [{"name": "work", "emptyDir": {}}]}}}
                 });
                 let started = Instant::now();
@@ -53,6 +65,8 @@ async fn e2e_sidecar_job_builds_from_its_workspace_and_completes() {
                     ensure!(log.contains(want), "{want:?} missing from the runner's log ({daemon}):\n{log}");
                 }
                 ensure!(!log.contains("Cannot connect"), "{log}");
+                let nonroot = kubectl(&["logs", "-n", &builds, &name, "-c", "nonroot"]).await?;
+                ensure!(nonroot.contains("uid 1001: server "), "the non-root container ({daemon}):\n{nonroot}");
                 let inits: Vec<String> = pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
                 let want_inits = if extra.is_empty() { vec!["dind-daemon"] } else { vec!["dind-install", "dind-daemon"] };
                 ensure!(inits == want_inits, "{daemon}: init containers {inits:?}");
