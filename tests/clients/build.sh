@@ -8,6 +8,8 @@
 #   docker-buildx          buildx v0.38 (github.com/docker/buildx), the CLI plugin behind `docker build`
 #   docker-compose         compose v2.40 (github.com/docker/compose/v2)
 #   sdk.test               a Testcontainers-go v0.45 test (tools/testcontainers), run inside pods
+#   buildkitd, buildctl    BuildKit v0.34 (tools/buildkit), for the image the buildx
+#                          docker-container driver runs (moby/buildkit:buildx-stable-1)
 #   ryuk, ryuk-image       a stand-in for Testcontainers' Ryuk (tools/reaper: moby-ryuk is not
 #                          served here; it speaks Ryuk's protocol), and the image name that
 #                          Testcontainers-go runs it as (its ReaperDefaultImage)
@@ -77,6 +79,8 @@ if [[ ! -x $bin/sdk.test ]]; then
   mv "$bin/sdk.test.tmp" "$bin/sdk.test"
 fi
 
+build buildkit "" buildkitd github.com/moby/buildkit/cmd/buildkitd
+build buildkit "" buildctl github.com/moby/buildkit/cmd/buildctl
 if [[ ! -x $bin/ryuk ]]; then
   log "building the Ryuk stand-in (tools/reaper)"
   (cd "$tools/reaper" && go build -ldflags "-s -w" -o "$bin/ryuk.tmp" .)

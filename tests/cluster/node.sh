@@ -207,7 +207,7 @@ up() {
   "$here/../images/build.sh" --containerd >/dev/null
   local version
   version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../../Cargo.toml" | head -n1)"
-  "$here/../registry/registry.sh" push "dind-operator:$version" "dind-init:$version" "dind-daemon:$version" \
+  "$here/../registry/registry.sh" push "dind-operator:$version" "dind-init:$version" "dind-daemon:$version" moby/buildkit:buildx-stable-1 \
     "$(cat "$("$here/../clients/build.sh" | tail -n 1)/ryuk-image")"
 
   log "starting kubelet, kube-proxy and CoreDNS"

@@ -19,6 +19,8 @@
 #   dind-busybox:test  busybox + docker CLI: the base of test builds and of build pods
 #   dind-client:test   busybox + today's clients (Docker CLI v29, buildx, compose, a Testcontainers
 #                      test) from tests/clients/build.sh: what build pods run
+#   moby/buildkit:buildx-stable-1  BuildKit (tests/clients/tools/buildkit) with the engine's runc,
+#                      the image buildx's docker-container driver runs; node.sh pushes it
 #   testcontainers/ryuk:VER  the Ryuk stand-in (tests/clients/tools/reaper), named as
 #                      Testcontainers-go runs it; node.sh pushes it to the harness registry
 set -euo pipefail
@@ -30,6 +32,8 @@ load_containerd=false
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 log() { echo ">> [images $(date +%T)] $*" >&2; }
 work="$(mktemp -d)"
+# The image buildx's docker-container driver runs unless told otherwise (buildx's default).
+buildkit_image=moby/buildkit:buildx-stable-1
 trap 'rm -rf "$work"' EXIT
 tags=("dind-init:$version" "dind-operator:$version" dind-daemon:test "dind-daemon:$version" dind-busybox:test
       dind-client:test dind-pause:test)
@@ -98,6 +102,19 @@ install -D -m 0755 "$clients/docker-compose" "$c/usr/local/lib/docker/cli-plugin
 install -D -m 0755 "$clients/sdk.test" "$c/usr/local/bin/sdk.test"
 tar -C "$c" -c . | docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - dind-client:test >/dev/null
 log "built dind-client:test"
+# BuildKit as the image the buildx docker-container driver runs by default (pushed to the
+# harness registry, pulled through the mirror as users pull it from a Hub mirror): buildkitd,
+# buildctl, and the engine's runc as buildkit-runc, laid out like moby/buildkit's image.
+k="$work/buildkit"
+engine="$(tests/engine/build.sh | tail -n 1)"
+install -D -m 0755 "$clients/buildkitd" "$k/usr/bin/buildkitd"
+install -D -m 0755 "$clients/buildctl" "$k/usr/bin/buildctl"
+install -D -m 0755 "$engine/runc" "$k/usr/bin/buildkit-runc"
+mkdir -p "$k/tmp" "$k/etc/buildkit" "$k/var/lib/buildkit"
+chmod 1777 "$k/tmp"
+replaced="$replaced $(docker image inspect -f '{{.Id}}' "$buildkit_image" 2>/dev/null || true)"
+tar -C "$k" -c . | docker import -c 'ENTRYPOINT ["buildkitd"]' -c 'ENV PATH=/usr/bin:/bin' -c 'VOLUME /var/lib/buildkit' - "$buildkit_image" >/dev/null
+log "built $buildkit_image (BuildKit for buildx's docker-container driver)"
 # Testcontainers' reaper, as the image name Testcontainers runs (pushed to the harness registry,
 # pulled through the mirror as a user's daemon pulls it from a Hub mirror).
 ryuk_image="$(cat "$clients/ryuk-image")"

@@ -42,6 +42,34 @@ done
 echo "left running: $id"; docker ps -a; exit 1
 "#;
 
+/// buildx's docker-container driver: a BuildKit container started by the DindDaemon (privileged,
+/// which Docker 28.5 runs in the daemon pod), its image pulled through the mirror, its own pulls
+/// from the mirror with the CA given in its config; a RUN step, loaded back into the daemon.
+const BUILDKIT_SCRIPT: &str = r#"set -e
+printf '%s\n' "$CA" > /tmp/ca.crt
+printf '[registry."%s"]\n  ca = ["/tmp/ca.crt"]\n' "$MIRROR" > /tmp/buildkitd.toml
+echo "step: buildx create --driver docker-container --bootstrap"
+docker buildx create --name dc --driver docker-container --buildkitd-config /tmp/buildkitd.toml --bootstrap dind >/dev/null 2>&1 \
+  || docker buildx create --name dc2 --driver docker-container --buildkitd-config /tmp/buildkitd.toml --bootstrap dind
+docker buildx inspect dc | grep -E '^(Driver|Status|BuildKit version)'
+mkdir -p /tmp/app && cd /tmp/app
+printf 'FROM %s/library/%s\nRUN echo from-buildkit > /b.txt\n' "$MIRROR" "$MIRRORED" > Dockerfile
+echo "step: buildx build --builder dc --load"
+docker buildx build -q --builder dc --load -t bk:1 . >/dev/null
+docker run --rm bk:1 cat /b.txt
+docker buildx rm dc >/dev/null && echo removed
+"#;
+
+fn buildkit_pod(env: &[(&str, String)]) -> serde_json::Value {
+    let env: Vec<_> = env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "buildkit", "labels": {"dind.dev/inject": "ci"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never", "env": env, "command": ["/bin/sh", "-c", BUILDKIT_SCRIPT]}]},
+    })
+}
+
 fn ryuk_pod() -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -140,6 +168,16 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
             let mirror_log = registry_file("mirror.log")?;
             ensure!(mirror_log.contains("testcontainers/ryuk"), "the reaper image did not come through the mirror:\n{mirror_log}");
             eprintln!("ryuk: Testcontainers with Ryuk on, a left-behind container reaped, in {ran:?}");
+
+            // buildx's docker-container driver boots in the DindDaemon and builds.
+            let env = [("CA", ca.clone()), ("MIRROR", mirror.clone()), ("MIRRORED", mirrored.clone())];
+            let (log, ran) = run_pod(&client, &builds, "buildkit", &buildkit_pod(&env).to_string()).await?;
+            for want in ["docker-container", "running", "from-buildkit", "removed"] {
+                ensure!(log.contains(want), "buildkit: {want:?} missing:\n{log}");
+            }
+            let mirror_log = registry_file("mirror.log")?;
+            ensure!(mirror_log.contains("moby/buildkit"), "the BuildKit image did not come through the mirror:\n{mirror_log}");
+            eprintln!("buildkit: buildx docker-container driver booted, built with a RUN step and loaded, in {ran:?}");
 
             // A daemon that does not trust the registry's CA reaches it only as an insecure
             // registry (`insecureRegistries`: TLS unchecked), and refuses it otherwise.
