@@ -72,24 +72,28 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
 
 /// `spec.egress` as NetworkPolicy egress rules: each allowed CIDR with the denied CIDRs inside
 /// it as exceptions (NetworkPolicy requires an exception to lie within its block; a denied CIDR
-/// outside every allowed one is denied anyway), and DNS anywhere.
+/// outside every allowed one is denied anyway), and DNS (port 53) to any resolver but the
+/// denied CIDRs (before: to any address, so port 53 of the metadata service was open).
 pub fn egress_rules(egress: &EgressSpec) -> Vec<NetworkPolicyEgressRule> {
-    let blocks = egress
-        .allowed_cidrs
-        .iter()
-        .map(|allowed| {
-            let except: Vec<String> = egress.denied_cidrs.iter().filter(|d| cidr_within(d, allowed)).cloned().collect();
-            NetworkPolicyPeer {
-                ip_block: Some(IPBlock { cidr: allowed.clone(), except: (!except.is_empty()).then_some(except) }),
-                ..Default::default()
-            }
-        })
-        .collect();
+    let peers = |cidrs: &[String]| -> Vec<NetworkPolicyPeer> {
+        cidrs
+            .iter()
+            .map(|allowed| {
+                let except: Vec<String> = egress.denied_cidrs.iter().filter(|d| cidr_within(d, allowed)).cloned().collect();
+                NetworkPolicyPeer {
+                    ip_block: Some(IPBlock { cidr: allowed.clone(), except: (!except.is_empty()).then_some(except) }),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    };
+    let blocks = peers(&egress.allowed_cidrs);
+    let anywhere = peers(&["0.0.0.0/0".to_string(), "::/0".to_string()]);
     let dns = ["UDP", "TCP"]
         .into_iter()
         .map(|protocol| NetworkPolicyPort { port: Some(IntOrString::Int(53)), protocol: Some(protocol.into()), ..Default::default() })
         .collect();
-    vec![NetworkPolicyEgressRule { to: Some(blocks), ports: None }, NetworkPolicyEgressRule { to: None, ports: Some(dns) }]
+    vec![NetworkPolicyEgressRule { to: Some(blocks), ports: None }, NetworkPolicyEgressRule { to: Some(anywhere), ports: Some(dns) }]
 }
 
 /// Whether CIDR `inner` lies within CIDR `outer` (same family, longer or equal prefix, same

@@ -245,7 +245,10 @@ fn egress_is_open_by_default_and_restricted_on_request_with_the_metadata_service
     assert_eq!(blocks[1].except.as_deref(), Some(&["fd00:ec2::254/128".to_string()][..]));
     let dns: Vec<_> = rules[1].ports.clone().unwrap().into_iter().map(|p| (p.port, p.protocol)).collect();
     assert_eq!(dns, [(Some(IntOrString::Int(53)), Some("UDP".into())), (Some(IntOrString::Int(53)), Some("TCP".into()))]);
-    assert!(rules[1].to.is_none(), "DNS to any resolver");
+    // DNS to any resolver but the denied CIDRs (seen before: to any address, the metadata
+    // service's port 53 included).
+    let dns_to: Vec<_> = rules[1].to.clone().unwrap().into_iter().map(|p| p.ip_block.unwrap()).collect();
+    assert_eq!(dns_to, blocks, "DNS anywhere but where egress is denied");
     // Narrowed to a registry network: a denied CIDR outside it needs no exception.
     let narrow = daemon(
         json!({"egress": {"restricted": true, "allowedCIDRs": ["10.20.0.0/16"], "deniedCIDRs": ["10.20.5.0/24", "169.254.169.254/32"]}}),

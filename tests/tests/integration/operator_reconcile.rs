@@ -721,6 +721,9 @@ async fn a_restricted_egress_denies_the_metadata_service_in_the_network_policy()
         ensure!(np.policy_types.as_deref() == Some(&["Ingress".to_string(), "Egress".to_string()][..]), "{:?}", np.policy_types);
         let egress = serde_json::to_value(&np.egress)?;
         ensure!(egress[0]["to"][0]["ipBlock"] == json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}), "{egress}");
+        // DNS too: port 53 of the metadata service is not open (before: DNS to any address).
+        ensure!(egress[1]["ports"][0]["port"] == 53, "{egress}");
+        ensure!(egress[1]["to"][0]["ipBlock"] == json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}), "{egress}");
         let api: Api<DindDaemon> = Api::namespaced(client.clone(), &ns);
         api.patch("ci", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"egress": {"restricted": false}}}))).await?;
         eventually("egress rules removed", WAIT, || {
