@@ -34,6 +34,13 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     if injected_before.is_some_and(|d| d != daemon) {
         return Err(Refusal(format!("the pod already has the sidecar of DindDaemon {:?}", injected_before.unwrap_or_default())));
     }
+    // In a hostNetwork pod dockerd would run in the node's network namespace: its bridge,
+    // iptables rules and published ports on the node itself (seen before: injected anyway).
+    if pod["spec"]["hostNetwork"].as_bool() == Some(true) {
+        return Err(Refusal(format!(
+            "the pod sets hostNetwork: true, so the sidecar of DindDaemon {daemon:?} would run dockerd in the node's network namespace (its bridge, iptables rules and published ports on the node); run the job without hostNetwork"
+        )));
+    }
     let ours = [names::SIDECAR_INSTALL, names::SIDECAR_DAEMON];
     let mut new = pod.clone();
     let mut inits = new["spec"]["initContainers"].as_array().cloned().unwrap_or_default();

@@ -194,3 +194,15 @@ fn every_container_of_the_pod_gets_the_sockets_group_and_the_pods_own_settings_s
     let args = &parts().init_containers[1].args;
     assert!(args.iter().flatten().any(|a| *a == format!("--socket-group={gid}")), "{args:?}");
 }
+
+/// Seen before: a `hostNetwork` pod got a sidecar whose dockerd ran in the node's network
+/// namespace.
+#[test]
+fn a_host_network_pod_is_refused() {
+    let mut pod = runner_pod();
+    pod["spec"]["hostNetwork"] = json!(true);
+    let refusal = plan(&pod, "job", &parts()).unwrap_err().0;
+    assert!(refusal.contains("hostNetwork") && refusal.contains("\"job\""), "{refusal}");
+    pod["spec"]["hostNetwork"] = json!(false);
+    assert!(plan(&pod, "job", &parts()).is_ok());
+}
