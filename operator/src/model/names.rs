@@ -48,6 +48,12 @@ pub const CERTS_VOLUME: &str = "dind-client-certs";
 /// The daemon's registry CAs (`spec.daemon.registryCAs`), pool and sidecar alike.
 pub const REGISTRY_CAS_VOLUME: &str = "dind-registry-cas";
 pub const CONFIG_VOLUME: &str = "dind-docker-config";
+/// An empty volume the injected containers (which run the DindDaemon's images) mount where
+/// Kubernetes would put the pod's service-account token, so they never get it.
+pub const NO_TOKEN_VOLUME: &str = "dind-no-token";
+/// Where Kubernetes mounts a pod's service-account token (its ServiceAccount admission plugin
+/// skips a container that already mounts something there).
+pub const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Pod label that asks for a daemon of its own (a `Sidecar`-mode DindDaemon's name).
 pub const SIDECAR_LABEL: &str = "dind.dev/sidecar";
 /// Pod annotation the webhook writes once a pod has its sidecar (value: the DindDaemon).

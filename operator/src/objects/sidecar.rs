@@ -68,10 +68,16 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
     let install = install_image.map(|image| {
         let mut install = install_container(image.to_string());
         install.name = names::SIDECAR_INSTALL.into();
-        install.volume_mounts = Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false)]);
+        install.volume_mounts =
+            Some(vec![mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, false), mount(names::NO_TOKEN_VOLUME, names::TOKEN_DIR, true)]);
         install
     });
-    let mut mounts = vec![mount(names::SIDECAR_DATA_VOLUME, DATA_ROOT, false), mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false)];
+    // The DindDaemon's images run in the job's pod, but not with its service-account token.
+    let mut mounts = vec![
+        mount(names::SIDECAR_DATA_VOLUME, DATA_ROOT, false),
+        mount(names::SIDECAR_SOCKET_VOLUME, SOCKET_DIR, false),
+        mount(names::NO_TOKEN_VOLUME, names::TOKEN_DIR, true),
+    ];
     if bin_volume.is_some() {
         mounts.insert(1, mount(names::SIDECAR_BIN_VOLUME, BIN_DIR, true));
     }
@@ -114,7 +120,7 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         None => empty_dir(names::SIDECAR_DATA_VOLUME, &size),
     };
     let mut volumes: Vec<Volume> = bin_volume.into_iter().collect();
-    volumes.extend([empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), data]);
+    volumes.extend([empty_dir(names::SIDECAR_SOCKET_VOLUME, "1Mi"), empty_dir(names::NO_TOKEN_VOLUME, "1Mi"), data]);
     volumes.extend(extra_volumes);
     Ok(Sidecar {
         init_containers: install.into_iter().chain([daemon]).collect(),

@@ -150,7 +150,11 @@ fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32, sources
         timeout_secs: wait_seconds,
         merge: Vec::new(),
     };
-    let mut mounts = vec![json!({"name": names::CONFIG_VOLUME, "mountPath": client_pod::CONFIG_DIR})];
+    // The DindDaemon's init image runs here: not with the pod's service-account token.
+    let mut mounts = vec![
+        json!({"name": names::CONFIG_VOLUME, "mountPath": client_pod::CONFIG_DIR}),
+        json!({"name": names::NO_TOKEN_VOLUME, "mountPath": names::TOKEN_DIR, "readOnly": true}),
+    ];
     if target.tls {
         setup.certs = Some(client_pod::CERTS_DIR.to_string());
         mounts.push(json!({"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR, "readOnly": true}));
@@ -297,6 +301,7 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     // Volumes.
     let mut volumes = new["spec"]["volumes"].as_array().cloned().unwrap_or_default();
     ensure_volume(&mut volumes, json!({"name": names::CONFIG_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}))?;
+    ensure_volume(&mut volumes, json!({"name": names::NO_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}))?;
     if target.tls {
         ensure_volume(
             &mut volumes,

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use dind_operator::crd::DindDaemon;
 use dind_tests::operator::{WAIT, create, no_node};
 use dind_tests::webhook::{self, create_pod, env_of, labelled_pod};
@@ -45,6 +47,15 @@ async fn webhook_injects_a_labelled_pod_and_leaves_the_rest_alone() {
         let spec = admitted.spec.clone().unwrap_or_default();
         let wait = spec.init_containers.clone().unwrap_or_default();
         anyhow::ensure!(wait.first().map(|c| c.name.as_str()) == Some("dind-wait"), "{wait:?}");
+        // The DindDaemon's init image runs without the pod's service-account token (before: the
+        // apiserver's ServiceAccount plugin mounted it into dind-wait too); the job keeps its own.
+        let token = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+            let at = "/var/run/secrets/kubernetes.io/serviceaccount";
+            c.volume_mounts.iter().flatten().filter(|m| m.mount_path == at).map(|m| m.name.clone()).collect()
+        };
+        anyhow::ensure!(token(&wait[0]) == ["dind-no-token"], "dind-wait: {:?}", token(&wait[0]));
+        let build = spec.containers.iter().find(|c| c.name == "build").context("build container")?;
+        anyhow::ensure!(token(build).iter().any(|n| n.starts_with("kube-api-access")), "build: {:?}", token(build));
         anyhow::ensure!(
             spec.volumes.iter().flatten().any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("ci-client")),
             "client Secret not mounted"
