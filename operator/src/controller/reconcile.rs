@@ -107,6 +107,8 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
 /// on its own but the volume pool, if it has one.
 #[instrument(skip_all, fields(namespace = ns, name = %names.daemon, mode = "Sidecar"))]
 async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names) -> Result<Action> {
+    // Leases end when their pods do, as the pod cache shows them: wait until it has listed.
+    ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
     let (volumes, leased, taken) =
         if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, ns, names).await? } else { (Vec::new(), false, Vec::new()) };
     let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));

@@ -34,7 +34,16 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
             Err(e) => return Err(e.into()),
         }
     }
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?.items;
+    // The holders, from the watch-fed pod cache (sidecar pods keep their lease annotation and
+    // phase; see `slim_pod`): no list of the namespace's pods per pass (before: every pod,
+    // unpaginated, each pass of each pool).
+    let pods: Vec<Pod> = ctx
+        .caches
+        .pods
+        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns) && p.labels().contains_key(names::SIDECAR_LABEL))
+        .into_iter()
+        .map(|p| (*p).clone())
+        .collect();
     let holders = volume_pool::holders(&pods);
     let now = k8s_openapi::jiff::Timestamp::now();
     for claim in &mut claims {

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::applied::StampCache;
 use crate::crd::DindDaemon;
-use crate::model::names::{DAEMON_LABEL, SIDECAR_LABEL, parse_claim};
+use crate::model::names::{DAEMON_LABEL, POD_LEASE_ANNOTATION, SIDECAR_LABEL, parse_claim};
 
 /// A metadata-only watch of one kind of owned object: its stamps and its trigger stream.
 pub(super) fn owned_metadata<K>(
@@ -176,7 +176,9 @@ pub fn slim_statefulset(sts: &mut StatefulSet) {
 /// IP and container states. A thousand pending pods then cost little memory.
 pub fn slim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
-    meta.annotations = None;
+    // Of the annotations, only a sidecar pod's volume lease (which pool claim it holds): the
+    // volume pool reads its holders from this cache, not from a list of the namespace's pods.
+    let lease = meta.annotations.take().and_then(|mut a| a.remove_entry(POD_LEASE_ANNOTATION));
     meta.managed_fields = None;
     meta.owner_references = None;
     meta.generate_name = None;
@@ -188,6 +190,7 @@ pub fn slim_pod(pod: &mut Pod) {
         labels.into_iter().filter(|(k, _)| k == DAEMON_LABEL || k == SIDECAR_LABEL).collect();
     let sidecar = kept.contains_key(SIDECAR_LABEL);
     meta.labels = (!kept.is_empty()).then_some(kept);
+    meta.annotations = lease.filter(|_| sidecar).map(|(k, v)| std::collections::BTreeMap::from([(k, v)]));
     // The watch sees every pod (a foreign pod on a daemon's volume must be seen, and no
     // selector can ask for that), so what is kept of the others is next to nothing: only claims
     // named like a daemon's volume (`docker-NAME-i`), and a status only for pods that are

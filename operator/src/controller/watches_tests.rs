@@ -130,7 +130,8 @@ fn an_unrelated_pod_keeps_only_its_identity() {
 #[test]
 fn a_sidecar_pod_keeps_its_label_and_phase_and_wakes_its_dind_daemon() {
     let mut pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "job-x", "namespace": "b", "labels": {"dind.dev/sidecar": "job", "app": "ci"}},
+        "metadata": {"name": "job-x", "namespace": "b", "labels": {"dind.dev/sidecar": "job", "app": "ci"},
+            "annotations": {"dind.dev/volume-lease": "job-cache-0/abc", "big": "x"}},
         "spec": {"containers": [{"name": "c", "image": "x"}]},
         "status": {"phase": "Succeeded"}
     }))
@@ -138,6 +139,9 @@ fn a_sidecar_pod_keeps_its_label_and_phase_and_wakes_its_dind_daemon() {
     slim_pod(&mut pod);
     assert_eq!(pod.metadata.labels.clone().unwrap().len(), 1);
     assert_eq!(pod.status.as_ref().unwrap().phase.as_deref(), Some("Succeeded"));
+    // Its lease stays (the volume pool reads holders from the cache), nothing else.
+    assert_eq!(crate::model::volume_pool::lease_of_pod(&pod), Some(("job-cache-0".into(), "abc".into())));
+    assert_eq!(pod.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
     let woken = daemons_of_pod(pod);
     assert_eq!(woken.len(), 1);
     assert_eq!(woken[0].name, "job");
