@@ -109,9 +109,9 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
 async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names) -> Result<Action> {
     // Leases end when their pods do, as the pod cache shows them: wait until it has listed.
     ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
-    let (volumes, leased, taken) =
-        if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, ns, names).await? } else { (Vec::new(), false, Vec::new()) };
-    let new_status = status::sidecar(dd, volumes, &taken, Time(k8s_openapi::jiff::Timestamp::now()));
+    let pool = if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, ns, names).await? } else { Default::default() };
+    let leased = pool.leased;
+    let new_status = status::sidecar(dd, pool.volumes, &pool.taken, &pool.stuck, Time(k8s_openapi::jiff::Timestamp::now()));
     announce_transitions(ctx, dd, dd.status.as_ref(), &new_status).await;
     write_status(ctx, dd, ns, names, &new_status).await?;
     Ok(match (dd.spec.volume_pool.is_some(), leased) {

@@ -13,10 +13,22 @@ use crate::error::{Error, Result};
 use crate::model::names::{self, Names};
 use crate::model::volume_pool;
 
-/// The pool's status, whether any volume is leased (then the pool is looked at again soon: a
-/// lease ends when its pod does, and pods do not wake this DindDaemon), and the claim names
-/// taken by claims that are not the pool's (never leased: the pool label selects its claims).
-pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Result<(Vec<PoolVolume>, bool, Vec<String>)> {
+/// What a pass over the pool found.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// The pool as status shows it.
+    pub volumes: Vec<PoolVolume>,
+    /// Whether any volume is leased (then the pool is looked at again soon: a lease ends when
+    /// its pod does, and pods do not wake this DindDaemon).
+    pub leased: bool,
+    /// Claim names taken by claims that are not the pool's (never leased: the pool label
+    /// selects its claims).
+    pub taken: Vec<String>,
+    /// Leases whose pod has been terminating too long (`volume_pool::stuck`).
+    pub stuck: Vec<(String, String, i64)>,
+}
+
+pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Result<Pool> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let owner = dd.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
     let selector = format!("{}={}", names::VOLUME_POOL_LABEL, names.daemon);
@@ -78,5 +90,6 @@ pub async fn keep(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names) -> Re
         }
     }
     let leased = claims.iter().any(|c| volume_pool::lease_of(c).is_some());
-    Ok((volume_pool::status(&claims, &holders), leased, taken))
+    let stuck = volume_pool::stuck(&holders, now);
+    Ok(Pool { volumes: volume_pool::status(&claims, &holders), leased, taken, stuck })
 }

@@ -23,6 +23,10 @@ use crate::model::names::{self, Names};
 /// pod is gone) ends this long after it was taken.
 pub const UNCLAIMED_GRACE: SignedDuration = SignedDuration::from_secs(60);
 
+/// A holder terminating longer than this is stuck (its node is likely lost: the kubelet that
+/// would finish the deletion is gone), and the volume with it: status says so.
+pub const STUCK_AFTER: SignedDuration = SignedDuration::from_secs(600);
+
 /// The claims a DindDaemon's pool should have.
 pub fn claims(dd: &DindDaemon, names: &Names, owner: &OwnerReference) -> Vec<PersistentVolumeClaim> {
     let Some(pool) = &dd.spec.volume_pool else { return Vec::new() };
@@ -85,6 +89,21 @@ pub struct Holder {
     pub pod: String,
     /// Succeeded or Failed: its containers are done and its volumes are released.
     pub finished: bool,
+    /// When its deletion was asked for (`metadata.deletionTimestamp`), if it was.
+    pub terminating_since: Option<Timestamp>,
+}
+
+/// Leases whose holder has been terminating for [`STUCK_AFTER`] or more, as `(claim, pod,
+/// minutes)`: the lease ends only once the pod is gone, which on a lost node is never.
+pub fn stuck(holders: &BTreeMap<(String, String), Holder>, now: Timestamp) -> Vec<(String, String, i64)> {
+    holders
+        .iter()
+        .filter(|(_, h)| !h.finished)
+        .filter_map(|((claim, _), h)| {
+            let since = now.duration_since(h.terminating_since?);
+            (since >= STUCK_AFTER).then(|| (claim.clone(), h.pod.clone(), since.as_secs() / 60))
+        })
+        .collect()
 }
 
 /// Whether a lease has ended: its pod finished, or no pod holds it and either a pod was seen
@@ -107,6 +126,7 @@ pub fn holders(pods: &[Pod]) -> BTreeMap<(String, String), Holder> {
             let holder = Holder {
                 pod: format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
                 finished: matches!(phase, "Succeeded" | "Failed"),
+                terminating_since: p.metadata.deletion_timestamp.as_ref().map(|t| t.0),
             };
             Some((key, holder))
         })
@@ -168,8 +188,8 @@ mod tests {
     fn a_lease_ends_when_its_pod_finished_or_never_came() {
         let now: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
         let lease = Lease { id: "a".into(), at: Some("2026-11-30T11:59:30Z".parse().unwrap()) };
-        let running = Holder { pod: "ci/p".into(), finished: false };
-        let done = Holder { pod: "ci/p".into(), finished: true };
+        let running = Holder { pod: "ci/p".into(), finished: false, terminating_since: None };
+        let done = Holder { pod: "ci/p".into(), finished: true, terminating_since: None };
         assert!(!ended(&lease, Some(&running), false, now));
         assert!(ended(&lease, Some(&done), true, now));
         assert!(!ended(&lease, None, false, now), "30 s after admission the pod may still be on its way");
@@ -196,5 +216,19 @@ mod tests {
         let others: Vec<String> = free.iter().filter(|c| **c != first).cloned().collect();
         assert!(choose(&others, "pipeline-1").is_some(), "taken: another free one");
         assert_eq!(choose(&[], "pipeline-1"), None);
+    }
+
+    #[test]
+    fn a_holder_terminating_past_the_bound_is_stuck_and_named() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let since = |secs: i64| Some(Timestamp::from_second(10_000 - secs).unwrap());
+        let holder = |pod: &str, terminating_since| Holder { pod: pod.into(), finished: false, terminating_since };
+        let holders: BTreeMap<(String, String), Holder> = [
+            (("job-cache-0".to_string(), "a".to_string()), holder("ci/lost", since(1800))),
+            (("job-cache-1".to_string(), "b".to_string()), holder("ci/leaving", since(30))),
+            (("job-cache-2".to_string(), "c".to_string()), holder("ci/running", None)),
+        ]
+        .into();
+        assert_eq!(stuck(&holders, now), [("job-cache-0".to_string(), "ci/lost".to_string(), 30)]);
     }
 }

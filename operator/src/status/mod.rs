@@ -281,8 +281,15 @@ fn keep_transition_times(dd: &DindDaemon, conditions: [Condition; 3]) -> Vec<Con
 /// The status of a `Sidecar`-mode DindDaemon: a template, Ready once accepted (and its pool's
 /// claims made); its daemons start and stop with the pods that ask for them. `volumes`: the
 /// pool, if it has one (`volume_pool::status`); `taken`: pool claim names held by objects that
-/// are not ours (`Degraded/NameConflict`: the pool is that much smaller).
-pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[String], now: Time) -> DindDaemonStatus {
+/// are not ours (`Degraded/NameConflict`: the pool is that much smaller); `stuck`: leases whose
+/// pod has been terminating too long, `(claim, pod, minutes)` (`Degraded/LeaseStuck`).
+pub fn sidecar(
+    dd: &DindDaemon,
+    volumes: Vec<crate::crd::PoolVolume>,
+    taken: &[String],
+    stuck: &[(String, String, i64)],
+    now: Time,
+) -> DindDaemonStatus {
     let generation = dd.metadata.generation;
     let name = dd.name_any();
     let ready = condition(
@@ -300,15 +307,23 @@ pub fn sidecar(dd: &DindDaemon, volumes: Vec<crate::crd::PoolVolume>, taken: &[S
     );
     let progressing =
         condition(PROGRESSING, false, "Complete", "nothing to roll out: sidecars start with their pods".into(), generation, &now);
-    let degraded = if taken.is_empty() {
-        condition(DEGRADED, false, "AsExpected", "no daemon runs on its own".into(), generation, &now)
-    } else {
+    let degraded = if !taken.is_empty() {
         let message = format!(
             "claims of these names exist and are not this pool's, so the pool is short of them: {}; delete them, or label them {}={name} to hand them over",
             taken.join(", "),
             crate::model::names::VOLUME_POOL_LABEL
         );
         condition(DEGRADED, true, "NameConflict", message, generation, &now)
+    } else if !stuck.is_empty() {
+        let held: Vec<String> =
+            stuck.iter().map(|(claim, pod, minutes)| format!("{claim} is held by pod {pod}, terminating for {minutes} min")).collect();
+        let message = format!(
+            "{}: a lease ends only once its pod is gone, and a pod on a lost node never goes; if its node is lost, kubectl delete pod --force --grace-period=0 frees the volume",
+            held.join("; ")
+        );
+        condition(DEGRADED, true, "LeaseStuck", message, generation, &now)
+    } else {
+        condition(DEGRADED, false, "AsExpected", "no daemon runs on its own".into(), generation, &now)
     };
     DindDaemonStatus {
         observed_generation: generation,

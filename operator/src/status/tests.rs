@@ -8,7 +8,7 @@ fn a_sidecar_template_is_ready_with_the_socket_and_no_endpoints() {
     let spec: DindDaemonSpec = serde_json::from_value(json!({"mode": "Sidecar"})).unwrap();
     let mut d = DindDaemon::new("job", spec);
     d.metadata.generation = Some(1);
-    let s = sidecar(&d, Vec::new(), &[], Time(Timestamp::now()));
+    let s = sidecar(&d, Vec::new(), &[], &[], Time(Timestamp::now()));
     assert_eq!(s.ready.as_deref(), Some("sidecar"));
     assert_eq!(s.docker_host.as_deref(), Some("unix:///dind/sock/docker.sock"));
     assert!(s.endpoints.is_empty() && s.client_secret_name.is_none());
@@ -18,10 +18,17 @@ fn a_sidecar_template_is_ready_with_the_socket_and_no_endpoints() {
     let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
     assert_eq!(degraded.status, "False");
     // A pool claim's name held by someone else's claim: said, by name.
-    let s = sidecar(&d, Vec::new(), &["job-cache-1".into()], Time(Timestamp::now()));
+    let s = sidecar(&d, Vec::new(), &["job-cache-1".into()], &[], Time(Timestamp::now()));
     let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "NameConflict"));
     assert!(degraded.message.contains("job-cache-1") && degraded.message.contains("dind.dev/volume-pool=job"), "{}", degraded.message);
+    // Seen before: a lease held by a pod stuck Terminating (a lost node) never ended, silently.
+    let stuck = [("job-cache-0".to_string(), "ci/lost".to_string(), 30)];
+    let s = sidecar(&d, Vec::new(), &[], &stuck, Time(Timestamp::now()));
+    let degraded = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "LeaseStuck"));
+    assert!(degraded.message.contains("job-cache-0 is held by pod ci/lost, terminating for 30 min"), "{}", degraded.message);
+    assert!(degraded.message.contains("--force --grace-period=0"), "{}", degraded.message);
 }
 
 #[test]
