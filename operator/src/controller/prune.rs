@@ -143,11 +143,7 @@ struct Plan<'a> {
 async fn remove(daemon: &Daemon<'_>, plan: &Plan<'_>) -> Removed {
     let mut removed = Removed::default();
     let until = format!("{}s", plan.unused_for.as_secs().max(1));
-    let containers = json!({"until": [until], "label!": [KEEP_LABEL]});
-    match post(daemon, &format!("/containers/prune?filters={}", query(&containers))).await {
-        Ok(v) => removed.containers = count(&v["ContainersDeleted"]),
-        Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning containers"),
-    }
+    removed.containers = remove_containers(daemon, plan.unused_for).await;
     match post(daemon, &format!("/networks/prune?filters={}", query(&json!({"until": [until]})))).await {
         Ok(v) => removed.networks = count(&v["NetworksDeleted"]),
         Err(e) => tracing::warn!(pod = daemon.pod, error = %e, "pruning networks"),
@@ -192,6 +188,48 @@ async fn remove(daemon: &Daemon<'_>, plan: &Plan<'_>) -> Removed {
     removed
 }
 
+/// Whether a container is labelled [`KEEP_LABEL`]: never pruned, never counted as work.
+fn kept(c: &Value) -> bool {
+    c["Labels"].as_object().is_some_and(|l| l.contains_key(KEEP_LABEL))
+}
+
+/// Deletes stopped containers (but those labelled [`KEEP_LABEL`]) that stopped more than
+/// `unused_for` ago (`prune::stopped_long_enough`; Docker's own prune counts from creation). One
+/// started meanwhile is refused by Docker and kept.
+async fn remove_containers(daemon: &Daemon<'_>, unused_for: Duration) -> u32 {
+    let filters = json!({"status": ["exited", "dead", "created"]});
+    let list = match get(daemon, &format!("/containers/json?all=1&filters={}", query(&filters))).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(pod = daemon.pod, error = %e, "listing stopped containers");
+            return 0;
+        }
+    };
+    let now = Timestamp::now().as_second();
+    let mut removed = 0;
+    for c in list.as_array().into_iter().flatten().filter(|c| !kept(c)) {
+        let (Some(id), Some(created)) = (c["Id"].as_str(), c["Created"].as_i64()) else { continue };
+        let finished = match get(daemon, &format!("/containers/{}/json", encode(id))).await {
+            // Never started: "0001-01-01T00:00:00Z", before the epoch.
+            Ok(info) => {
+                info["State"]["FinishedAt"].as_str().and_then(|t| t.parse::<Timestamp>().ok()).map(|t| t.as_second()).filter(|s| *s > 0)
+            }
+            Err(e) => {
+                tracing::debug!(pod = daemon.pod, container = id, error = %e, "container not inspected; kept");
+                continue;
+            }
+        };
+        if !prune::stopped_long_enough(created, finished, now, unused_for) {
+            continue;
+        }
+        match call(daemon, "DELETE", &format!("/containers/{}", encode(id))).await {
+            Ok(_) => removed += 1,
+            Err(e) => tracing::debug!(pod = daemon.pod, container = id, error = %e, "container not removed"),
+        }
+    }
+    removed
+}
+
 /// Deletes anonymous volumes no container uses, created more than `unused_for` ago.
 async fn remove_volumes(daemon: &Daemon<'_>, unused_for: Duration) -> u32 {
     let path = format!("/volumes?filters={}", query(&json!({"dangling": ["true"]})));
@@ -221,7 +259,6 @@ async fn remove_volumes(daemon: &Daemon<'_>, unused_for: Duration) -> u32 {
 /// Containers running, but those labelled [`KEEP_LABEL`].
 async fn running_containers(daemon: &Daemon<'_>) -> Result<u32, String> {
     let list = get(daemon, "/containers/json").await?;
-    let kept = |c: &Value| c["Labels"].as_object().is_some_and(|l| l.contains_key(KEEP_LABEL));
     Ok(u32::try_from(list.as_array().into_iter().flatten().filter(|c| !kept(c)).count()).unwrap_or(u32::MAX))
 }
 

@@ -48,6 +48,15 @@ pub fn due(usage: &DiskUsage, running: u32, volume: Option<u64>, high_water_perc
     }
 }
 
+/// Whether a stopped container has been unused for `unused_for`: counted from when it stopped
+/// (`finished`, unix seconds; a container that never ran counts from its creation), not from its
+/// creation (Docker's own `container prune --filter until=` counts from creation, so a container
+/// that ran for days and stopped a minute ago would lose its logs and files at once).
+pub fn stopped_long_enough(created: i64, finished: Option<i64>, now: i64, unused_for: Duration) -> bool {
+    let last = finished.map_or(created, |f| f.max(created));
+    now.saturating_sub(last) >= i64::try_from(unused_for.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// A Go duration (`24h`, `1h30m`, `90s`, `500ms`): what the CRD admits for `unusedFor`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -345,5 +354,17 @@ mod tests {
         let used = |b: u64| DiskUsage { images_bytes: b, ..Default::default() };
         assert_eq!(freed(&used(100), &used(30)), 70);
         assert_eq!(freed(&used(30), &used(100)), 0);
+    }
+
+    #[test]
+    fn stopped_containers_count_from_when_they_stopped() {
+        let day = 86_400;
+        let unused_for = Duration::from_secs(3600);
+        // Seen before: made a week ago, stopped a minute ago: pruned at once (by creation time).
+        assert!(!stopped_long_enough(0, Some(7 * day - 60), 7 * day, unused_for));
+        assert!(stopped_long_enough(0, Some(7 * day - 3600), 7 * day, unused_for));
+        // Never started: from its creation.
+        assert!(stopped_long_enough(0, None, 3600, unused_for));
+        assert!(!stopped_long_enough(0, None, 3599, unused_for));
     }
 }
