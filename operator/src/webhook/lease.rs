@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -80,6 +80,25 @@ pub(super) async fn for_pod(
     dry_run: bool,
 ) -> Result<(Option<String>, Option<String>), String> {
     if let Some(held) = pod["metadata"]["annotations"][names::POD_LEASE_ANNOTATION].as_str() {
+        // Ours from an earlier invocation of this same admission, or copied from another pod's
+        // manifest (seen before: trusted, so the copy got a volume another job held: two
+        // daemons on one volume). The pod being admitted does not exist yet: any pod that
+        // exists with this lease is another.
+        if held.contains('/') {
+            let other = tokio::time::timeout(timeout, holder_of(client, namespace, dd, held)).await;
+            match other {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(other))) => {
+                    return Err(format!(
+                        "the pod brings annotation {}={held}, the volume lease of pod {other}: leases are the webhook's to give; remove it (and {}) from the manifest",
+                        names::POD_LEASE_ANNOTATION,
+                        names::SIDECAR_ANNOTATION
+                    ));
+                }
+                Ok(Err(e)) => return Err(format!("checking the volume lease the pod brings ({held}): {e}")),
+                Err(_) => return Err(format!("checking the volume lease the pod brings ({held}) took longer than {timeout:?}")),
+            }
+        }
         return Ok((held.split_once('/').map(|(claim, _)| claim.to_string()), None));
     }
     let Some(pool) = &dd.spec.volume_pool else { return Ok((None, None)) };
@@ -116,4 +135,15 @@ async fn warn(client: &Client, dd: &DindDaemon, reason: &str, note: String) {
     let reporter = kube::runtime::events::Reporter { controller: names::FIELD_MANAGER.into(), instance: None };
     let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
     crate::runtime::events::publish(&recorder, dd, kube::runtime::events::EventType::Warning, reason, "Admit", note).await;
+}
+
+/// The pod of `dd`'s sidecars in `namespace` that holds lease `held` (`CLAIM/ID`), if one exists.
+async fn holder_of(client: &Client, namespace: &str, dd: &DindDaemon, held: &str) -> Result<Option<String>, kube::Error> {
+    let selector = format!("{}={}", names::SIDECAR_LABEL, dd.name_any());
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default().labels(&selector)).await?;
+    Ok(pods
+        .items
+        .iter()
+        .find(|p| p.annotations().get(names::POD_LEASE_ANNOTATION).map(String::as_str) == Some(held))
+        .map(ResourceExt::name_any))
 }

@@ -375,6 +375,12 @@ async fn webhook_sidecar_volume_pool_leases_each_volume_once_even_across_an_oper
         let next_lease = next.metadata.annotations.unwrap_or_default().get("dind.dev/volume-lease").cloned().unwrap_or_default();
         // (Another volume may have come free meanwhile: an orphaned lease ending after its grace.)
         anyhow::ensure!(next_lease.starts_with("job-cache-"), "the next pod got no volume although {claim} was free: {next_lease}");
+        // A manifest copied from that pod (its lease annotation and all) is refused (before: it
+        // got the volume next holds: two daemons, one volume).
+        let mut copy = sidecar_pod("copy", "job");
+        copy["metadata"]["annotations"] = json!({"dind.dev/volume-lease": next_lease, "dind.dev/sidecar-injected": "job"});
+        let err = create_pod(&client, &ns, &copy).await.expect_err("a copied lease").to_string();
+        anyhow::ensure!(err.contains("the volume lease of pod next"), "{err}");
         let status = api.get("job").await?.status.unwrap_or_default();
         anyhow::ensure!(
             status.volumes.iter().any(|v| v.name == claim) || status.volumes.len() == 2,
