@@ -243,7 +243,37 @@ async fn install_then_uninstall_leaves_only_the_crd() {
         ensure!(!can("create", "statefulsets.apps", "kube-system").await?, "the operator can create StatefulSets in kube-system");
         ensure!(can("create", "statefulsets.apps", "default").await?, "the operator cannot work in its watched namespace");
         ensure!(can("get", "secrets", "default").await?, "the operator cannot read Secrets where its DindDaemons live");
+
+        // Tenants: a team bound to the built-in `edit` may manage DindDaemons, one bound to
+        // `view` may read them (before: neither could even list them).
+        for (user, role) in [("alice", "edit"), ("bob", "view")] {
+            let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("{user}-{role}"), "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]});
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+                .create(&Default::default(), &serde_json::from_value(binding)?)
+                .await?;
+        }
+        let tenant_can = |verb: &'static str, resource: &'static str, user: &'static str| {
+            let ns = ns.clone();
+            async move {
+                let out = run_tool("kubectl", &["auth", "can-i", verb, resource, "-n", &ns, "--as", user]).await;
+                anyhow::Ok(out.is_ok_and(|o| o.trim() == "yes"))
+            }
+        };
+        // The controller-manager aggregates the chart's rules into the built-in roles.
+        eventually("edit aggregates the DindDaemon rules", Duration::from_secs(30), || async {
+            Ok(tenant_can("create", "dinddaemons.dind.dev", "alice").await?.then_some(()))
+        })
+        .await?;
+        ensure!(tenant_can("patch", "dinddaemons.dind.dev/scale", "alice").await?, "edit cannot scale");
+        ensure!(tenant_can("list", "dinddaemons.dind.dev", "bob").await?, "view cannot list DindDaemons");
+        ensure!(!tenant_can("create", "dinddaemons.dind.dev", "bob").await?, "view can create DindDaemons");
+        ensure!(!tenant_can("patch", "dinddaemons.dind.dev/status", "alice").await?, "edit can write status");
         helm(&["uninstall", &release, "-n", &ns, "--wait"]).await?;
+        let tenant_roles = Api::<ClusterRole>::all(client.clone());
+        ensure!(tenant_roles.get_opt(&format!("{full}-edit")).await?.is_none(), "the tenant ClusterRole left behind");
         ensure!(Api::<Deployment>::namespaced(client.clone(), &ns).get_opt(&full).await?.is_none(), "Deployment left behind");
         let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "default");
         ensure!(roles.get_opt(&full).await?.is_none(), "Role in the watched namespace left behind");
