@@ -40,6 +40,24 @@ pub struct Memory {
     /// Pool leases (`ns/claim/id`) this process has seen held by a pod: when that pod is gone
     /// the lease ends at once (without this memory, after the grace; see `volume_pool::ended`).
     pub held_leases: Mutex<std::collections::BTreeSet<String>>,
+    /// Disk answers (`/system/df`, up to `MAX_DF_ANSWER` each) being read at once, process-wide.
+    pub disk_reads: DiskReads,
+}
+
+/// At most [`DiskReads::AT_ONCE`] daemons' disk answers are read at a time in the whole process
+/// (16 reconciles at once, each asking all its replicas, would otherwise hold up to hundreds of
+/// 16 MiB answers at once under the operator's 256 Mi limit).
+#[derive(Debug)]
+pub struct DiskReads(pub tokio::sync::Semaphore);
+
+impl DiskReads {
+    pub const AT_ONCE: usize = 4;
+}
+
+impl Default for DiskReads {
+    fn default() -> Self {
+        Self(tokio::sync::Semaphore::new(Self::AT_ONCE))
+    }
 }
 
 /// What pruning remembers of one daemon pod.
@@ -219,6 +237,26 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn no_more_disk_answers_are_read_at_once_than_the_bound() {
+        let memory = std::sync::Arc::new(Memory::default());
+        let (now, most) = (std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0)));
+        let reads = (0..20).map(|_| {
+            let (memory, now, most) = (memory.clone(), now.clone(), most.clone());
+            tokio::spawn(async move {
+                let _permit = memory.disk_reads.0.acquire().await.unwrap();
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        for r in reads.collect::<Vec<_>>() {
+            r.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), DiskReads::AT_ONCE);
+    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_to_five_minutes() {

@@ -165,6 +165,13 @@ pub fn find_intruders(name: &str, ours: &[DaemonPod], all: &[Arc<Pod>]) -> Vec<(
 pub const DISK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const DISK_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A daemon's disk answer, read while holding one of the process's few disk-read permits
+/// (`memory::DiskReads`): what bounds the raw answers held at once.
+async fn read_disk(ctx: &Context, ip: &str, port: i32, tls: Option<(&tls::Bundle, &str)>) -> Result<crate::disk::DiskUsage, String> {
+    let _reading = ctx.memory.disk_reads.0.acquire().await.map_err(|e| e.to_string())?;
+    docker_api::disk_usage(ip, port, tls).await
+}
+
 /// What the ready daemons told: their storage drivers (asked once per pod) and disk usage
 /// (asked when `Context::disk_every` has passed; then pruned if due), over each daemon's own mTLS. Pods that are not
 /// ready are not dialled (they would only time out), and the rest are asked at once, not one
@@ -193,7 +200,7 @@ async fn ask_daemons(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, da
             let disk = match ctx.memory.disk(&uid) {
                 // (A little early counts as due: the requeue after DISK_EVERY lands just short of it.)
                 Some((at, usage)) if at.elapsed() + DISK_SLACK.min(ctx.settings.disk_every / 4) < ctx.settings.disk_every => Some(usage),
-                known => match docker_api::disk_usage(&ip, dd.spec.port, tls).await {
+                known => match read_disk(ctx, &ip, dd.spec.port, tls).await {
                     Ok(usage) => {
                         let daemon = prune::Daemon { pod: &name, uid: &uid, addr: format!("{ip}:{}", dd.spec.port), tls };
                         // Bounded as a whole: a slow daemon must not hold the reconcile past its deadline.
