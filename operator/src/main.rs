@@ -78,6 +78,11 @@ struct RunArgs {
     /// dind-init image for DindDaemons that do not set spec.initImage.
     #[arg(long, env = "DEFAULT_INIT_IMAGE", default_value = concat!("dind-init:", env!("CARGO_PKG_VERSION")))]
     default_init_image: String,
+    /// The platform team's placement, `KEY=VALUE,...`: node labels every daemon pod (pool and
+    /// sidecar) is scheduled by, over whatever a spec or a pod asks (e.g. a dedicated node
+    /// pool). Empty: none.
+    #[arg(long, env = "PLACEMENT_NODE_SELECTOR", default_value = "", value_parser = node_selector)]
+    placement_node_selector: std::collections::BTreeMap<String, String>,
     /// The nodes support Kubernetes image volumes (beta, on by default, in 1.35; containerd
     /// 2.1+, CRI-O 1.31+): a daemon image without dind-init gets it mounted from the init image,
     /// with no install container. Off: copied in by one (works on every node).
@@ -265,7 +270,20 @@ fn defaults(args: &RunArgs) -> Defaults {
         init_image: args.default_init_image.clone(),
         init_image_volume: args.dind_init_image_volume,
         operator_namespace: args.operator_namespace.clone(),
+        placement: args.placement_node_selector.clone(),
     }
+}
+
+/// `--placement-node-selector`: `KEY=VALUE` pairs, comma-separated, or empty.
+fn node_selector(value: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    value
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| match pair.trim().split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("{pair:?} is not KEY=VALUE")),
+        })
+        .collect()
 }
 
 /// `--default-image-dind-init-path`: empty, or an absolute path.

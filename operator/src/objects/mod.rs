@@ -46,6 +46,20 @@ pub struct Defaults {
     pub init_image_volume: bool,
     /// Where the operator's pods run (`POD_NAMESPACE`); `None` out of cluster.
     pub operator_namespace: Option<String>,
+    /// The platform team's placement: node labels every daemon pod (pool and sidecar) must be
+    /// scheduled by, over whatever the spec or the pod asks (`--placement-node-selector`).
+    pub placement: std::collections::BTreeMap<String, String>,
+}
+
+/// `selector` with the platform's `placement` laid over it (the platform's values win): what a
+/// daemon pod is scheduled by. `None` when both are empty.
+pub fn placed(
+    selector: Option<&std::collections::BTreeMap<String, String>>,
+    defaults: &Defaults,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut out = selector.cloned().unwrap_or_default();
+    out.extend(defaults.placement.iter().map(|(k, v)| (k.clone(), v.clone())));
+    (!out.is_empty()).then_some(out)
 }
 
 /// Whether a DindDaemon's daemons serve mutual TLS (pool daemons with the operator's

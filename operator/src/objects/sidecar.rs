@@ -35,6 +35,9 @@ pub struct Sidecar {
     /// `spec.security.runtimeClassName`: the pod's runtime class (a pod-level setting: every
     /// container of the pod runs under it, as the daemon must).
     pub runtime_class_name: Option<String>,
+    /// The platform's placement (`Defaults::placement`): node labels the whole pod must be
+    /// scheduled by, since its daemon is.
+    pub placement: std::collections::BTreeMap<String, String>,
 }
 
 fn env(name: &str, value: String) -> EnvVar {
@@ -128,5 +131,6 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         env: client_env,
         mounts: client_mounts,
         runtime_class_name: spec.security.runtime_class_name.clone(),
+        placement: defaults.placement.clone(),
     })
 }

@@ -278,7 +278,7 @@ pub fn daemon_statefulset(
                     enable_service_links: Some(false),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(DOCKERD_SHUTDOWN_TIMEOUT + 30),
-                    node_selector: spec.node_selector.clone(),
+                    node_selector: super::placed(spec.node_selector.as_ref(), defaults),
                     tolerations: spec.tolerations.clone(),
                     affinity: spec.affinity.clone(),
                     runtime_class_name: spec.security.runtime_class_name.clone(),

@@ -19,6 +19,7 @@ fn defaults() -> Defaults {
         image: "docker:28.5.2-dind".into(),
         image_dind_init_path: None,
         init_image_volume: false,
+        placement: Default::default(),
         init_image: "dind-init:test".into(),
         operator_namespace: Some("ops".into()),
     }
@@ -427,4 +428,18 @@ fn with_image_volumes_dind_init_is_mounted_from_the_init_image_and_nothing_is_co
     assert_eq!(s.init_containers.len(), 1, "the daemon alone");
     assert_eq!(s.init_containers[0].command.as_ref().unwrap(), &vec![binary]);
     assert!(s.volumes.iter().any(|v| v.image.as_ref().and_then(|i| i.reference.as_deref()) == Some("dind-init:test")));
+}
+
+/// The platform's placement is laid over a pool daemon's nodeSelector, its values winning: a spec
+/// that names a control-plane host still needs the dedicated pool's label.
+#[test]
+fn the_platforms_placement_is_laid_over_the_specs_node_selector() {
+    let placed = Defaults { placement: [("dind.dev/pool".to_string(), "builds".to_string())].into(), ..defaults() };
+    let dd = daemon(json!({"nodeSelector": {"kubernetes.io/hostname": "cp-1", "dind.dev/pool": "gpu"}}));
+    let selector = pod(&build(&dd, &placed, None).unwrap()).node_selector.unwrap();
+    assert_eq!(
+        selector,
+        [("dind.dev/pool".to_string(), "builds".to_string()), ("kubernetes.io/hostname".to_string(), "cp-1".to_string())].into()
+    );
+    assert!(pod(&build(&daemon(json!({})), &defaults(), None).unwrap()).node_selector.is_none(), "none without placement");
 }

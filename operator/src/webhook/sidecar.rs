@@ -160,6 +160,25 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
         Some(list) => list.push(gid),
         None => *groups = json!([gid]),
     }
+    // The platform's placement is the pod's (its daemon runs on the node the pod does): laid
+    // over the pod's nodeSelector; a pod that asks for another value of one of its labels is
+    // refused (before: sidecar pods were placed wherever the job asked, control planes included).
+    for (key, value) in &parts.placement {
+        match new["spec"]["nodeSelector"][key.as_str()].as_str() {
+            Some(have) if have != value => {
+                return Err(Refusal(format!(
+                    "the pod's nodeSelector asks for {key}={have}, but daemons run only on nodes labelled {key}={value} (the platform's placement)"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                if !new["spec"]["nodeSelector"].is_object() {
+                    new["spec"]["nodeSelector"] = json!({});
+                }
+                new["spec"]["nodeSelector"][key.as_str()] = json!(value);
+            }
+        }
+    }
     // The daemon's runtime class is the pod's (a pod-level field): set it, or refuse a pod that
     // asks for another (before: dropped, so a daemon meant for sysbox ran privileged under runc).
     if let Some(wanted) = &parts.runtime_class_name {
@@ -182,6 +201,7 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
         ("spec", "containers"),
         ("spec", "runtimeClassName"),
         ("spec", "securityContext"),
+        ("spec", "nodeSelector"),
     ] {
         if pod[parent].get(key) != new[parent].get(key) {
             patch.push(json!({"op": "add", "path": format!("/{parent}/{key}"), "value": new[parent][key]}));

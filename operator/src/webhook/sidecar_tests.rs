@@ -116,6 +116,7 @@ fn defaults() -> Defaults {
         image: "docker:28.5.2-dind".into(),
         image_dind_init_path: None,
         init_image_volume: false,
+        placement: Default::default(),
         init_image: "dind-init:test".into(),
         operator_namespace: None,
     }
@@ -205,4 +206,27 @@ fn a_host_network_pod_is_refused() {
     assert!(refusal.contains("hostNetwork") && refusal.contains("\"job\""), "{refusal}");
     pod["spec"]["hostNetwork"] = json!(false);
     assert!(plan(&pod, "job", &parts()).is_ok());
+}
+
+/// The platform's placement (a dedicated node pool) is laid over the sidecar pod's nodeSelector
+/// (before: sidecar pods got no placement check at all); a pod asking for another value of one
+/// of its labels is refused.
+#[test]
+fn the_platforms_placement_is_the_sidecar_pods() {
+    let dd: DindDaemon = serde_json::from_value(json!({
+        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
+        "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": {"mode": "Sidecar"}
+    }))
+    .unwrap();
+    let placed = Defaults { placement: [("dind.dev/pool".to_string(), "builds".to_string())].into(), ..defaults() };
+    let parts = sidecar(&dd, &placed, None).unwrap();
+    let mut pod = runner_pod();
+    pod["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": "cp-1"});
+    let patched = apply(&pod, &plan(&pod, "job", &parts).unwrap().patch);
+    assert_eq!(patched["spec"]["nodeSelector"], json!({"kubernetes.io/hostname": "cp-1", "dind.dev/pool": "builds"}));
+    assert!(plan(&patched, "job", &parts).unwrap().patch.is_empty(), "re-invoked: nothing more");
+    let mut other = runner_pod();
+    other["spec"]["nodeSelector"] = json!({"dind.dev/pool": "gpu"});
+    let refusal = plan(&other, "job", &parts).unwrap_err().0;
+    assert!(refusal.contains("dind.dev/pool=gpu") && refusal.contains("dind.dev/pool=builds"), "{refusal}");
 }

@@ -138,6 +138,13 @@ async fn the_default_daemon_image_carries_dind_init_and_others_get_a_copy() -> a
     let refused = helm(&["template", "dind", CHART, "--set", "daemon.dindInitPath=bin/dind-init"]).await;
     let message = format!("{:#}", refused.err().context("a relative dindInitPath was rendered")?);
     ensure!(message.contains("dindInitPath"), "{message}");
+    // The platform's placement and image volumes reach the operator as flags.
+    let placed =
+        helm(&["template", "dind", CHART, "--set", "placement.nodeSelector.pool=builds", "--set", "daemon.dindInitImageVolume=true"])
+            .await?;
+    ensure!(arg(&placed, "- --placement-node-selector=").as_deref() == Some("pool=builds"), "{placed}");
+    ensure!(arg(&placed, "- --dind-init-image-volume=").as_deref() == Some("true"), "{placed}");
+    ensure!(arg(&local, "- --placement-node-selector=").is_none(), "no placement by default");
     Ok(())
 }
 
