@@ -262,10 +262,16 @@ async fn install_then_uninstall_leaves_only_the_crd() {
                 .create(&Default::default(), &serde_json::from_value(binding)?)
                 .await?;
         }
+        // `RESOURCE/SUB` is a subresource here (kubectl reads `TYPE/NAME`, so it goes as
+        // --subresource).
         let tenant_can = |verb: &'static str, resource: &'static str, user: &'static str| {
             let ns = ns.clone();
             async move {
-                let out = run_tool("kubectl", &["auth", "can-i", verb, resource, "-n", &ns, "--as", user]).await;
+                let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+                let sub = sub.map(|s| format!("--subresource={s}"));
+                let mut args = vec!["auth", "can-i", verb, resource, "-n", &ns, "--as", user];
+                args.extend(sub.as_deref());
+                let out = run_tool("kubectl", &args).await;
                 anyhow::Ok(out.is_ok_and(|o| o.trim() == "yes"))
             }
         };
