@@ -362,7 +362,7 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
 }
 
 /// Sets `parent[map][key] = value`, making the map if it is missing.
-fn set(parent: &mut Value, map: &str, key: &str, value: &str) {
+pub(super) fn set(parent: &mut Value, map: &str, key: &str, value: &str) {
     if !parent[map].is_object() {
         parent[map] = Value::Object(Map::new());
     }

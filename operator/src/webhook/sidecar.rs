@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use super::inject::{Plan, Refusal, opt_outs};
+use super::inject::{Plan, Refusal, opt_outs, set};
 use crate::model::names;
 use crate::objects::Sidecar;
 
@@ -171,12 +171,7 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
                 )));
             }
             Some(_) => {}
-            None => {
-                if !new["spec"]["nodeSelector"].is_object() {
-                    new["spec"]["nodeSelector"] = json!({});
-                }
-                new["spec"]["nodeSelector"][key.as_str()] = json!(value);
-            }
+            None => set(&mut new["spec"], "nodeSelector", key, value),
         }
     }
     // The daemon's runtime class is the pod's (a pod-level field): set it, or refuse a pod that

@@ -102,12 +102,16 @@ fn a_leased_volume_replaces_the_emptydir() {
 }
 
 fn parts_of(spec: Value) -> Sidecar {
+    parts_with(spec, &defaults())
+}
+
+fn parts_with(spec: Value, defaults: &Defaults) -> Sidecar {
     let dd: DindDaemon = serde_json::from_value(json!({
         "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
         "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": spec
     }))
     .unwrap();
-    sidecar(&dd, &defaults(), None).unwrap()
+    sidecar(&dd, defaults, None).unwrap()
 }
 
 /// The operator's defaults in these tests: an image without dind-init, so it is copied in.
@@ -213,13 +217,8 @@ fn a_host_network_pod_is_refused() {
 /// of its labels is refused.
 #[test]
 fn the_platforms_placement_is_the_sidecar_pods() {
-    let dd: DindDaemon = serde_json::from_value(json!({
-        "apiVersion": "dind.dev/v1alpha1", "kind": "DindDaemon",
-        "metadata": {"name": "job", "namespace": "ci", "uid": "u1"}, "spec": {"mode": "Sidecar"}
-    }))
-    .unwrap();
     let placed = Defaults { placement: [("dind.dev/pool".to_string(), "builds".to_string())].into(), ..defaults() };
-    let parts = sidecar(&dd, &placed, None).unwrap();
+    let parts = parts_with(json!({"mode": "Sidecar"}), &placed);
     let mut pod = runner_pod();
     pod["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": "cp-1"});
     let patched = apply(&pod, &plan(&pod, "job", &parts).unwrap().patch);

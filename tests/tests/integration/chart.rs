@@ -215,6 +215,17 @@ async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_man
     Ok(())
 }
 
+/// `kubectl auth can-i VERB RESOURCE -n NAMESPACE --as WHO`: yes or no (it answers "no" with
+/// exit status 1). `RESOURCE/SUB` is a subresource (kubectl reads `TYPE/NAME`, so it goes as
+/// `--subresource`).
+async fn can_i(who: &str, verb: &str, resource: &str, namespace: &str) -> anyhow::Result<bool> {
+    let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let sub = sub.map(|s| format!("--subresource={s}"));
+    let mut args = vec!["auth", "can-i", verb, resource, "-n", namespace, "--as", who];
+    args.extend(sub.as_deref());
+    Ok(run_tool("kubectl", &args).await.is_ok_and(|o| o.trim() == "yes"))
+}
+
 #[tokio::test]
 async fn install_then_uninstall_leaves_only_the_crd() {
     with_namespace("helm-install", |client: Client, ns: String| async move {
@@ -240,11 +251,7 @@ async fn install_then_uninstall_leaves_only_the_crd() {
         let who = format!("system:serviceaccount:{ns}:{full}");
         let can = |verb: &'static str, resource: &'static str, namespace: &'static str| {
             let who = who.clone();
-            async move {
-                // `kubectl auth can-i` answers "no" with exit status 1.
-                let out = run_tool("kubectl", &["auth", "can-i", verb, resource, "-n", namespace, "--as", &who]).await;
-                anyhow::Ok(out.is_ok_and(|o| o.trim() == "yes"))
-            }
+            async move { can_i(&who, verb, resource, namespace).await }
         };
         ensure!(!can("list", "secrets", "kube-system").await?, "the operator can list Secrets in kube-system");
         ensure!(!can("create", "statefulsets.apps", "kube-system").await?, "the operator can create StatefulSets in kube-system");
@@ -262,18 +269,9 @@ async fn install_then_uninstall_leaves_only_the_crd() {
                 .create(&Default::default(), &serde_json::from_value(binding)?)
                 .await?;
         }
-        // `RESOURCE/SUB` is a subresource here (kubectl reads `TYPE/NAME`, so it goes as
-        // --subresource).
         let tenant_can = |verb: &'static str, resource: &'static str, user: &'static str| {
             let ns = ns.clone();
-            async move {
-                let (resource, sub) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
-                let sub = sub.map(|s| format!("--subresource={s}"));
-                let mut args = vec!["auth", "can-i", verb, resource, "-n", &ns, "--as", user];
-                args.extend(sub.as_deref());
-                let out = run_tool("kubectl", &args).await;
-                anyhow::Ok(out.is_ok_and(|o| o.trim() == "yes"))
-            }
+            async move { can_i(user, verb, resource, &ns).await }
         };
         // The controller-manager aggregates the chart's rules into the built-in roles.
         eventually("edit aggregates the DindDaemon rules", Duration::from_secs(30), || async {

@@ -18,11 +18,17 @@ import (
 	"github.com/testcontainers/testcontainers-go/wait"
 )
 
-func TestMappedPort(t *testing.T) {
+// testImage is the image the tests run (SDK_TEST_IMAGE: one with busybox httpd and sleep).
+func testImage(t *testing.T) string {
 	image := os.Getenv("SDK_TEST_IMAGE")
 	if image == "" {
 		t.Fatal("SDK_TEST_IMAGE: the image to run (one with busybox httpd)")
 	}
+	return image
+}
+
+func TestMappedPort(t *testing.T) {
+	image := testImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
@@ -69,10 +75,7 @@ func TestMappedPort(t *testing.T) {
 // the daemon's socket bound in) removes it once this process's connection has been gone for
 // RYUK_RECONNECTION_TIMEOUT; the caller checks that it is gone.
 func TestLeftBehind(t *testing.T) {
-	image := os.Getenv("SDK_TEST_IMAGE")
-	if image == "" {
-		t.Fatal("SDK_TEST_IMAGE: the image to run")
-	}
+	image := testImage(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
