@@ -97,6 +97,9 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
     }
     let uid = dd.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let names = Names::of(&dd.name_any());
+    // Until the caches have listed, a missing object may only be unlisted (pool mode), and a
+    // lease's pod may only be unseen (sidecar mode): wait, in both.
+    ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
     match dd.spec.mode {
         DaemonMode::Sidecar => reconcile_sidecar(dd, ctx, &ns, &names).await,
         DaemonMode::Pool => reconcile_pool(dd, ctx, &ns, &names, &key, &uid).await,
@@ -107,8 +110,6 @@ async fn reconcile_inner(dd: &DindDaemon, ctx: &Context) -> Result<Action> {
 /// on its own but the volume pool, if it has one.
 #[instrument(skip_all, fields(namespace = ns, name = %names.daemon, mode = "Sidecar"))]
 async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names) -> Result<Action> {
-    // Leases end when their pods do, as the pod cache shows them: wait until it has listed.
-    ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
     let pool = if dd.spec.volume_pool.is_some() { volume_pool::keep(ctx, dd, ns, names).await? } else { Default::default() };
     let leased = pool.leased;
     let new_status = status::sidecar(dd, pool.volumes, &pool.taken, &pool.stuck, Time(k8s_openapi::jiff::Timestamp::now()));
@@ -124,8 +125,7 @@ async fn reconcile_sidecar(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Nam
 /// A `Pool` DindDaemon: its StatefulSet of daemons and everything they need, in named steps.
 #[instrument(skip_all, fields(namespace = ns, name = %names.daemon, mode = "Pool"))]
 async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names, key: &str, uid: &str) -> Result<Action> {
-    // 1. Read. Until the caches have listed, a missing object may only be unlisted: wait.
-    ctx.caches_ready.clone().wait_for(|ready| *ready).await.map_err(|_| Error::CachesClosed)?;
+    // 1. Read (the caches have listed: see `reconcile_inner`).
     let seen = ctx.caches.owned.stamps(ns, names);
     let last = ctx.memory.last_apply(key, uid);
 
