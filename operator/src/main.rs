@@ -95,6 +95,11 @@ struct RunArgs {
     /// (see the DindDaemon's `spec.cache`), in seconds.
     #[arg(long, env = "DISK_INTERVAL_SECONDS", default_value_t = dind_operator::controller::DISK_EVERY.as_secs(), value_parser = clap::value_parser!(u64).range(5..=3600))]
     disk_interval_seconds: u64,
+    /// On SIGTERM, how long the operator keeps working (answering admissions, reconciling) with
+    /// `/readyz` failing before it stops, in seconds: time for the Service to stop sending it
+    /// admissions (see docs/design.md, "Webhook availability").
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60))]
+    drain_seconds: u64,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -162,7 +167,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let liveness = Arc::new(Liveness::default());
-    let health = Arc::new(Health { registry, ready: false.into(), liveness: liveness.clone() });
+    let resolver = args.webhook.webhook_addr.map(|_| Arc::new(webhook::Resolver::default()));
+    let health =
+        Arc::new(Health { registry, ready: false.into(), liveness: liveness.clone(), draining: Arc::default(), webhook: resolver.clone() });
 
     // One shutdown signal for the HTTP server, the lease and every controller.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -174,8 +181,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::spawn({
         let stop_tx = stop_tx.clone();
+        let health = health.clone();
+        let drain = std::time::Duration::from_secs(args.drain_seconds);
         async move {
             wait_for_signal().await;
+            // Drain first: not ready (the Service stops routing new admissions here), still
+            // answering (those already routed here, each with Connection: close). A second
+            // signal stops at once.
+            health.draining.store(true, Ordering::Relaxed);
+            tracing::info!(?drain, "draining: not ready, still answering");
+            tokio::select! {
+                () = tokio::time::sleep(drain) => {}
+                () = wait_for_signal() => {}
+            }
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
             // Graceful shutdown lets in-flight work finish, but not forever (an apiserver that
@@ -187,7 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let http = tokio::spawn(server::serve(args.http_addr, health.clone(), stopped()));
     // Every replica admits pods, leader or not.
-    let webhook = args.webhook.webhook_addr.map(|addr| {
+    let webhook = args.webhook.webhook_addr.zip(resolver).map(|(addr, resolver)| {
         let source = webhook_source(&args.webhook, &args.lease_namespace);
         let handler = webhook::Handler {
             client: client.clone(),
@@ -195,7 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
         };
-        tokio::spawn(webhook::run(client.clone(), addr, source, handler, stopped()))
+        tokio::spawn(webhook::run(client.clone(), addr, source, handler, resolver, health.draining.clone(), stopped()))
     });
 
     // Ready once the CRD is served to us (Helm installs it; we never do).

@@ -19,6 +19,29 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Whether reconciles still finish (see [`Liveness`]).
     pub liveness: Arc<Liveness>,
+    /// Set on SIGTERM: `/readyz` fails from then on, so the Service stops sending this replica
+    /// new admissions while it still answers those already on their way (see `main`'s drain).
+    pub draining: Arc<AtomicBool>,
+    /// The webhook's serving certificate, when this replica serves the webhook: not ready until
+    /// it holds one (a replica that cannot yet finish a TLS handshake gets no admissions).
+    pub webhook: Option<Arc<crate::webhook::Resolver>>,
+}
+
+impl Health {
+    /// Ready: the API answers and the CRD is served, the webhook (if served) has its
+    /// certificate, and the replica is not draining.
+    pub fn is_ready(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: shutting down");
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("starting: the DindDaemon CRD is not served to us yet");
+        }
+        if self.webhook.as_ref().is_some_and(|r| !r.is_set()) {
+            return Err("starting: the webhook has no serving certificate yet");
+        }
+        Ok(())
+    }
 }
 
 /// Reconciles that timed out in a row, with no reconcile finishing in between. An operator
@@ -64,7 +87,10 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if health.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+    match health.is_ready() {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 /// Serves until `shutdown` resolves.
@@ -84,9 +110,28 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    fn health(webhook: Option<Arc<crate::webhook::Resolver>>) -> Arc<Health> {
+        Arc::new(Health { registry: Registry::default(), ready: true.into(), liveness: Arc::default(), draining: Arc::default(), webhook })
+    }
+
+    /// A replica takes admissions only once it can finish a TLS handshake, and stops taking them
+    /// as soon as it drains.
+    #[tokio::test]
+    async fn readyz_waits_for_the_webhook_certificate_and_fails_once_draining() {
+        let resolver = Arc::new(crate::webhook::Resolver::default());
+        let health = health(Some(resolver.clone()));
+        let (code, why) = readyz(State(health.clone())).await;
+        assert_eq!((code, why), (StatusCode::SERVICE_UNAVAILABLE, "starting: the webhook has no serving certificate yet"));
+        let ca = crate::model::tls::make_ca("test", time::OffsetDateTime::now_utc(), time::Duration::days(1)).unwrap();
+        resolver.set(&ca).unwrap();
+        assert_eq!(readyz(State(health.clone())).await.0, StatusCode::OK);
+        health.draining.store(true, Ordering::Relaxed);
+        assert_eq!(readyz(State(health)).await, (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down"));
+    }
+
     #[tokio::test]
     async fn healthz_fails_once_reconciles_keep_timing_out_and_recovers_when_one_finishes() {
-        let health = Arc::new(Health { registry: Registry::default(), ready: true.into(), liveness: Arc::default() });
+        let health = health(None);
         assert_eq!(healthz(State(health.clone())).await.0, StatusCode::OK);
         for _ in 0..Liveness::LIMIT {
             health.liveness.timed_out();

@@ -27,6 +27,7 @@ pub mod sidecar;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use kube::Client;
 
@@ -34,17 +35,19 @@ pub use admit::{Handler, Webhook};
 pub use keeper::Source;
 pub use serve::Resolver;
 
-/// Serves the webhook on `addr` and keeps its certificate, until `shutdown`.
+/// Serves the webhook on `addr` and keeps its certificate in `resolver`, until `shutdown`;
+/// `draining`: see [`serve`].
 pub async fn run(
     client: Client,
     addr: SocketAddr,
     source: Source,
     handler: Handler,
+    resolver: Arc<Resolver>,
+    draining: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let resolver = Arc::new(Resolver::default());
     let keeper = tokio::spawn(keeper::run(client, source, resolver.clone()));
-    let served = serve::serve(addr, resolver, handler, shutdown).await;
+    let served = serve::serve(addr, resolver, handler, draining, shutdown).await;
     keeper.abort();
     served
 }

@@ -11,6 +11,7 @@ mod clients;
 mod pool;
 mod registry;
 mod sidecar;
+mod webhook_ha;
 
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,8 @@ async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &
     run_tool("helm", &args).await?;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d = deploys.get("op-dind-operator").await?;
-    ensure!(d.status.and_then(|s| s.ready_replicas) == Some(1), "operator not ready");
+    let want = d.spec.as_ref().and_then(|s| s.replicas);
+    ensure!(d.status.and_then(|s| s.ready_replicas) == want, "operator not ready ({want:?} replicas wanted)");
     Ok(())
 }
 

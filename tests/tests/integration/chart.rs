@@ -151,30 +151,44 @@ async fn the_default_daemon_image_carries_dind_init_and_others_get_a_copy() -> a
 /// Two operators must never write at once: replicas > 1 without leader election is refused by
 /// the schema, naming the field; and without election an upgrade stops the old operator before
 /// the new one starts (strategy Recreate), while with it a rolling update is safe (the new one
-/// waits for the Lease).
+/// waits for the Lease). The default is two replicas, rolled one new ready before one old stops,
+/// so the webhook always has a replica that answers (issue 24).
 #[tokio::test]
 async fn two_writers_at_once_are_impossible() -> anyhow::Result<()> {
     let err = helm(&["template", "dind", CHART, "--set", "replicas=2", "--set", "leaderElection.enabled=false"])
         .await
         .expect_err("replicas=2 without leader election");
     ensure!(err.to_string().contains("/leaderElection/enabled"), "the refusal does not name the field: {err}");
-    let strategy = |rendered: &str| -> anyhow::Result<Option<String>> {
+    let deployment = |rendered: &str| -> anyhow::Result<Deployment> {
         let deployment = rendered.split("\n---").find(|d| d.contains("kind: Deployment")).context("no Deployment")?;
-        let d: Deployment = serde_yaml::from_str(deployment)?;
-        Ok(d.spec.and_then(|s| s.strategy).and_then(|s| s.type_))
+        Ok(serde_yaml::from_str(deployment)?)
     };
-    let single = helm(&["template", "dind", CHART]).await?;
-    ensure!(strategy(&single)?.as_deref() == Some("Recreate"), "one replica without election must not roll");
-    ensure!(!single.contains("--leader-election"), "the default single replica runs without election");
+    let strategy = |rendered: &str| -> anyhow::Result<(Option<String>, Option<String>)> {
+        let s = deployment(rendered)?.spec.and_then(|s| s.strategy).unwrap_or_default();
+        let unavailable = s.rolling_update.and_then(|r| r.max_unavailable).map(|m| match m {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i.to_string(),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+        });
+        Ok((s.type_, unavailable))
+    };
+    let single = helm(&["template", "dind", CHART, "--set", "replicas=1"]).await?;
+    ensure!(strategy(&single)?.0.as_deref() == Some("Recreate"), "one replica without election must not roll");
+    ensure!(!single.contains("--leader-election"), "a single replica runs without election");
     ensure!(!single.contains("kind: PodDisruptionBudget"), "a budget for one replica would block every drain");
-    for set in ["replicas=2", "leaderElection.enabled=true"] {
-        let rendered = helm(&["template", "dind", CHART, "--set", set]).await?;
-        ensure!(rendered.contains("--leader-election"), "{set}: election off");
-        ensure!(strategy(&rendered)?.is_none(), "{set}: with election on a rolling update is safe");
+    let default = helm(&["template", "dind", CHART]).await?;
+    ensure!(deployment(&default)?.spec.and_then(|s| s.replicas) == Some(2), "two replicas by default");
+    for rendered in
+        [default.clone(), helm(&["template", "dind", CHART, "--set", "replicas=1", "--set", "leaderElection.enabled=true"]).await?]
+    {
+        ensure!(rendered.contains("--leader-election"), "election off: {rendered}");
+        ensure!(strategy(&rendered)? == (Some("RollingUpdate".into()), Some("0".into())), "with election on, roll with none unavailable");
     }
+    // Drained gracefully: the grace covers the drain and the shutdown after it.
+    let pod = deployment(&default)?.spec.context("spec")?.template.spec.context("pod spec")?;
+    ensure!(pod.termination_grace_period_seconds == Some(30), "grace {:?}", pod.termination_grace_period_seconds);
+    ensure!(default.contains("- --drain-seconds=5"), "no drain flag");
     // With two replicas a drain keeps one operator running.
-    let two = helm(&["template", "dind", CHART, "--set", "replicas=2"]).await?;
-    let budget = two.split("\n---").find(|d| d.contains("kind: PodDisruptionBudget")).context("no operator PodDisruptionBudget")?;
+    let budget = default.split("\n---").find(|d| d.contains("kind: PodDisruptionBudget")).context("no operator PodDisruptionBudget")?;
     let budget: serde_json::Value = serde_yaml::from_str(budget)?;
     ensure!(budget["spec"]["minAvailable"] == 1, "{budget}");
     ensure!(budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "dind-operator", "{budget}");
