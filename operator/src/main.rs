@@ -86,6 +86,11 @@ struct RunArgs {
     /// The nodes support Kubernetes image volumes (beta, on by default, in 1.35; containerd
     /// 2.1+, CRI-O 1.31+): a daemon image without dind-init gets it mounted from the init image,
     /// with no install container. Off: copied in by one (works on every node).
+    /// Taint keys a daemon pod may tolerate, comma-separated; `*`: any (the default). Sidecar pods
+    /// tolerating another key (or every taint) are refused; the chart's policy refuses such
+    /// DindDaemons.
+    #[arg(long, env = "PLACEMENT_TOLERATION_KEYS", value_delimiter = ',', default_value = "*")]
+    placement_toleration_keys: Vec<String>,
     #[arg(long, env = "DIND_INIT_IMAGE_VOLUME", default_value_t = false, action = clap::ArgAction::Set)]
     dind_init_image_volume: bool,
     /// Ask each ready daemon for its storage driver over mTLS (needs a route to pod IPs).
@@ -289,6 +294,7 @@ fn defaults(args: &RunArgs) -> Defaults {
         init_image_volume: args.dind_init_image_volume,
         operator_namespace: args.operator_namespace.clone(),
         placement: args.placement_node_selector.clone(),
+        toleration_keys: Some(args.placement_toleration_keys.clone()).filter(|keys| !keys.iter().any(|k| k == "*")),
     }
 }
 

@@ -23,6 +23,55 @@ pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {
     rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).map_err(|e| e.to_string())
 }
 
+/// What a daemon presented in a TLS handshake, verified against the DindDaemon's CA.
+#[derive(Debug)]
+pub enum Presented {
+    /// Its leaf certificate (DER).
+    Leaf(Vec<u8>),
+    /// A certificate the CA did not issue (the CA was renewed since the daemon started).
+    Untrusted,
+}
+
+/// Only a TLS handshake with the daemon at `addr`: the certificate it serves.
+pub async fn presented_certificate(addr: &str, certs: &Bundle, server_name: &str) -> Result<Presented, String> {
+    let handshake = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(certs)?));
+        let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+        match connector.connect(name, stream).await {
+            Ok(s) => {
+                let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+                leaf.map(Presented::Leaf).ok_or_else(|| "no certificate presented".to_string())
+            }
+            Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+                )) => Ok(Presented::Untrusted),
+                _ => Err(e.to_string()),
+            },
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), handshake).await.map_err(|_| "timed out".to_string())?
+}
+
+/// Whether the daemon works for someone now: a running container (`/containers/json` lists only
+/// running ones), or a build-cache record in use (a build under way; BuildKit marks what it has
+/// mounted).
+pub async fn busy(addr: &str, tls: Option<(&Bundle, &str)>) -> Result<bool, String> {
+    let running = tokio::time::timeout(Duration::from_secs(3), get(addr, tls, "/containers/json?limit=1"))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let running: serde_json::Value = serde_json::from_str(&running).map_err(|e| format!("/containers/json is not JSON: {e}"))?;
+    if running.as_array().is_none_or(|a| !a.is_empty()) {
+        return Ok(true);
+    }
+    let df = tokio::time::timeout(DF_TIMEOUT, call(addr, tls, "GET", "/system/df?type=build-cache", MAX_DF_ANSWER))
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let df: serde_json::Value = serde_json::from_str(&df).map_err(|e| format!("/system/df is not JSON: {e}"))?;
+    Ok(df["BuildCache"].as_array().is_some_and(|records| records.iter().any(|r| r["InUse"] == true)))
+}
+
 /// The daemon's storage driver, from `/info`. `tls`: the certificates and the server name to
 /// verify, or None for a daemon with TLS off.
 pub async fn storage_driver(ip: &str, port: i32, tls: Option<(&Bundle, &str)>) -> Result<String, String> {

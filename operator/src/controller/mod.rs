@@ -4,10 +4,12 @@
 //! - `watches`: what each watch keeps (slimming) and which of its events wake a reconcile;
 //! - `reconcile`: one pass over a DindDaemon, in named steps, and the retry policy;
 //! - `apply`: server-side apply of the owned objects; `observe`: the daemons as they run;
+//! - `cert_roll`: a daemon restarted, when idle, to serve its renewed certificate;
 //! - `events`: Kubernetes events; `memory`: what is remembered between passes.
 
 pub mod applied;
 mod apply;
+mod cert_roll;
 mod claims;
 pub mod docker_api;
 mod events;

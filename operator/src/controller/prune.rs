@@ -65,7 +65,7 @@ async fn note_and_prune(
     let now_unix = Timestamp::now().as_second();
     // The first look reads the last minute (the daemon's events are kept in memory only).
     let since = memory.events_until.unwrap_or(now_unix - 60);
-    match containers_created(daemon, since, now_unix).await {
+    match images_used(daemon, since, now_unix).await {
         Ok(used) => {
             memory.uses.note(&usage.image_list, &used, Instant::now());
             memory.events_until = Some(now_unix);
@@ -262,18 +262,30 @@ async fn running_containers(daemon: &Daemon<'_>) -> Result<u32, String> {
     Ok(u32::try_from(list.as_array().into_iter().flatten().filter(|c| !kept(c)).count()).unwrap_or(u32::MAX))
 }
 
-/// The image references of containers created between `since` and `until` (unix seconds),
-/// from the daemon's events (it keeps the last few hundred in memory).
-async fn containers_created(daemon: &Daemon<'_>, since: i64, until: i64) -> Result<Vec<String>, String> {
-    let filters = json!({"type": ["container"], "event": ["create"]});
+/// The images used between `since` and `until` (unix seconds), from the daemon's events (it
+/// keeps the last few hundred in memory): see [`uses_in_events`].
+async fn images_used(daemon: &Daemon<'_>, since: i64, until: i64) -> Result<Vec<String>, String> {
+    let filters = json!({"type": ["container", "image"], "event": ["create", "tag", "pull", "push", "load", "import", "save"]});
     let path = format!("/events?since={since}&until={until}&filters={}", query(&filters));
-    let body = call(daemon, "GET", &path).await?;
-    let stream = serde_json::Deserializer::from_str(&body).into_iter::<Value>();
+    uses_in_events(&call(daemon, "GET", &path).await?)
+}
+
+/// The image references in a stream of Docker events: of containers created (`docker run --rm`
+/// leaves no container to see), and of images tagged (a build's result, even when every step was
+/// cached and the image id is an old one), pulled, pushed, loaded, imported or saved (an image
+/// between `docker build` and `docker push` is in use).
+pub fn uses_in_events(body: &str) -> Result<Vec<String>, String> {
     let mut used = Vec::new();
-    for event in stream {
+    for event in serde_json::Deserializer::from_str(body).into_iter::<Value>() {
         let event = event.map_err(|e| format!("an event is not JSON: {e}"))?;
-        let image = event["Actor"]["Attributes"]["image"].as_str().or_else(|| event["from"].as_str());
-        used.extend(image.map(str::to_string));
+        let attributes = &event["Actor"]["Attributes"];
+        match event["Type"].as_str() {
+            Some("image") => {
+                used.extend(event["Actor"]["ID"].as_str().map(str::to_string));
+                used.extend(attributes["name"].as_str().map(str::to_string));
+            }
+            _ => used.extend(attributes["image"].as_str().or_else(|| event["from"].as_str()).map(str::to_string)),
+        }
     }
     Ok(used)
 }
@@ -320,6 +332,29 @@ fn encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_tagged_pushed_or_run_count_as_used() {
+        let events = [
+            json!({"Type": "container", "Action": "create", "Actor": {"ID": "c1", "Attributes": {"image": "recent/used"}}}),
+            json!({"Type": "image", "Action": "tag", "Actor": {"ID": "sha256:0123456789abcdef", "Attributes": {"name": "team/app:1"}}}),
+            json!({"Type": "image", "Action": "push", "Actor": {"ID": "team/app:1", "Attributes": {"name": "team/app"}}}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+        let used = uses_in_events(&events).unwrap();
+        assert_eq!(used, ["recent/used", "sha256:0123456789abcdef", "team/app:1", "team/app:1", "team/app"]);
+        let built = crate::disk::Image {
+            id: "sha256:0123456789abcdef0000".into(),
+            tags: vec!["old/cached:1".into()],
+            containers: 0,
+            size: 1,
+            shared_size: 0,
+        };
+        assert!(used.iter().any(|r| crate::disk::prune::references(r, &built)), "a cached rebuild tags an old image id: used");
+    }
 
     #[test]
     fn query_parameters_are_percent_encoded() {

@@ -28,7 +28,7 @@ use super::applied::{self, Applied, Stamp, Stamps};
 use super::apply::{SecretWrite, apply_all};
 use super::events::{announce_transitions, publish};
 use super::memory::backoff;
-use super::{Context, claims, observe, volume_pool, volumes};
+use super::{Context, cert_roll, claims, observe, volume_pool, volumes};
 use crate::crd::{DaemonMode, DindDaemon};
 use crate::error::{Error, Result};
 use crate::model::kinds::OwnedKind;
@@ -144,6 +144,11 @@ async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names,
     let seen_daemons = observe::daemons(ctx, dd, ns, names, key, applied_sts, certs.as_ref()).await;
     let template = seen_daemons.statefulset.as_ref().and_then(objects::claim_size);
     let growth = volumes::grow(ctx, dd, ns, names, template).await?;
+    // 5b. A renewed certificate reaches each daemon when it is idle (see `model::cert_roll`).
+    let roll_again = match (&certs, ctx.settings.query_daemons) {
+        (Some(certs), true) => cert_roll::roll(ctx, dd, ns, names, &seen_daemons.daemons, certs).await,
+        _ => None,
+    };
 
     // 6. Status and events.
     let observed = Observed {
@@ -170,7 +175,7 @@ async fn reconcile_pool(dd: &DindDaemon, ctx: &Context, ns: &str, names: &Names,
     // A daemon that restarted is Degraded until it has stayed up: look again when it has. A
     // Service that does not route yet is asked again shortly.
     let mut recheck = status::recheck_after(observed.daemons.iter().map(|d| &d.pod), &now).map_or(PERIODIC, |d| d.min(PERIODIC));
-    if let Some(after) = look_again {
+    for after in [look_again, roll_again].into_iter().flatten() {
         recheck = recheck.min(after);
     }
     Ok(Action::requeue(recheck))
@@ -234,6 +239,7 @@ async fn certify_build_apply(
         // The claim template stays as the StatefulSet was made (a raised size grows the claims).
         let existing = ctx.caches.owned.statefulsets.get(&ObjectRef::new(&names.statefulset).within(ns));
         objects::keep_claim_size(&mut owned.statefulset, existing.as_deref().and_then(objects::claim_size));
+        objects::keep_cert_digest(&mut owned.statefulset, existing.as_deref());
         if owned.disruption_budget.is_none() && seen.contains_key(&applied::key(OwnedKind::PodDisruptionBudget, &names.disruption_budget)) {
             owned.disruption_budget = Some(objects::disruption_budget(dd)?);
         }

@@ -117,6 +117,9 @@ pub struct Image {
     pub tags: Vec<String>,
     /// Containers (running or stopped) made from it; -1 when the daemon did not count.
     pub containers: i64,
+    /// Its size, and how much of it it shares with other images (-1: not counted).
+    pub size: i64,
+    pub shared_size: i64,
 }
 
 impl DiskUsage {
@@ -150,6 +153,8 @@ pub fn parse_df(body: &str) -> Result<DiskUsage, String> {
                     .map(|t| t.iter().filter_map(Value::as_str).filter(|t| *t != "<none>:<none>").map(str::to_string).collect())
                     .unwrap_or_default(),
                 containers: i["Containers"].as_i64().unwrap_or(-1),
+                size: i["Size"].as_i64().unwrap_or(-1),
+                shared_size: i["SharedSize"].as_i64().unwrap_or(-1),
             })
             .collect(),
     })
@@ -232,7 +237,7 @@ mod tests {
     fn df_reads_as_docker_system_df_does() {
         let body = json!({
             "LayersSize": 1000,
-            "Images": [{"Id": "a", "RepoTags": ["x:1", "y:2"], "Containers": 1}, {"Id": "b", "RepoTags": ["<none>:<none>"]}],
+            "Images": [{"Id": "a", "RepoTags": ["x:1", "y:2"], "Containers": 1, "Size": 30, "SharedSize": 10}, {"Id": "b", "RepoTags": ["<none>:<none>"]}],
             "Containers": [{"SizeRw": 10, "State": "running"}, {"SizeRw": 5, "State": "exited"}],
             "Volumes": [{"UsageData": {"Size": 7}}, {"UsageData": {"Size": -1}}],
             "BuildCache": [{"Size": 100, "Shared": false, "InUse": true}, {"Size": 50, "Shared": true}, {"Size": 20}]
@@ -249,8 +254,8 @@ mod tests {
                 build_cache_in_use: 1,
                 running: 1,
                 image_list: vec![
-                    Image { id: "a".into(), tags: vec!["x:1".into(), "y:2".into()], containers: 1 },
-                    Image { id: "b".into(), tags: vec![], containers: -1 },
+                    Image { id: "a".into(), tags: vec!["x:1".into(), "y:2".into()], containers: 1, size: 30, shared_size: 10 },
+                    Image { id: "b".into(), tags: vec![], containers: -1, size: -1, shared_size: -1 },
                 ],
             }
         );

@@ -151,12 +151,20 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// The images to delete: no container uses them, none of their tags matches `keep`, and the
-/// operator has not seen them used for `unused_for`.
+/// Whether every layer of `image` is shared with another image: it is the base (`FROM`) of an
+/// image the daemon still holds. Deleting it frees nothing, and the next build of that image
+/// pulls it again; it may go once the images built on it have.
+pub fn base_of_another(image: &Image) -> bool {
+    image.size > 0 && image.shared_size >= image.size
+}
+
+/// The images to delete: no container uses them, none of their tags matches `keep`, no image
+/// the daemon holds is built on them, and the operator has not seen them used for `unused_for`.
 pub fn images_to_delete<'a>(images: &'a [Image], uses: &ImageUse, keep: &[String], unused_for: Duration, now: Instant) -> Vec<&'a Image> {
     images
         .iter()
         .filter(|i| i.containers == 0)
+        .filter(|i| !base_of_another(i))
         .filter(|i| !i.tags.iter().any(|t| keep.iter().any(|p| glob(p, t) || glob(p, &normalized(t)))))
         .filter(|i| uses.unused_for(&i.id, now) >= unused_for)
         .collect()
@@ -234,7 +242,23 @@ mod tests {
     use super::*;
 
     fn image(id: &str, tags: &[&str], containers: i64) -> Image {
-        Image { id: id.into(), tags: tags.iter().map(|t| t.to_string()).collect(), containers }
+        Image { id: id.into(), tags: tags.iter().map(|t| t.to_string()).collect(), containers, size: 100, shared_size: 0 }
+    }
+
+    /// A base image used only as `FROM` (no container ever ran it) is kept while an image
+    /// built on it is there: before, it was deleted once idle and pulled again by the next build.
+    #[test]
+    fn a_base_image_stays_while_an_image_built_on_it_does() {
+        let base = Image { shared_size: 100, ..image("sha256:base", &["golang:1.25"], 0) };
+        let app = Image { size: 300, shared_size: 100, ..image("sha256:app", &["team/app:1"], 0) };
+        let unknown = Image { size: -1, shared_size: -1, ..image("sha256:old", &["old:1"], 0) };
+        let images = [base, app, unknown];
+        let (mut uses, t0) = (ImageUse::default(), Instant::now());
+        uses.note(&images, &[], t0);
+        let later = t0 + Duration::from_secs(7200);
+        let doomed: Vec<&str> =
+            images_to_delete(&images, &uses, &[], Duration::from_secs(3600), later).iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(doomed, ["sha256:app", "sha256:old"], "the base goes only after the images built on it");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! - [`names`]: every generated name, label and annotation, and the field manager;
 //! - [`kinds`]: the one list of kinds a DindDaemon owns;
 //! - [`ownership`]: whether an object of a generated name is ours, handed over, or in the way;
-//! - [`tls`]: the certificates, and when they are renewed;
+//! - [`tls`]: the certificates, and when they are renewed; [`cert_roll`]: which daemon restarts
+//!   to serve a renewed one;
 //! - [`sticky`]: which replica a client pod gets; [`volume_pool`]: which pool volume;
 //! - [`rbac`]: the operator's RBAC rules (the chart is generated from them).
 
+pub mod cert_roll;
 pub mod kinds;
 pub mod names;
 pub mod ownership;

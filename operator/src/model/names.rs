@@ -15,8 +15,9 @@ pub const DAEMON_LABEL: &str = "dind.dev/daemon";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Label a pod needs to reach a daemon through the NetworkPolicy; value: the DindDaemon's name.
 pub const CLIENT_LABEL: &str = "dind.dev/client";
-/// Pod-template annotation: a digest of the server certificate, so a re-issue rolls the pods
-/// (dockerd reads its certificates only at start).
+/// Pod-template annotation of StatefulSets made before issue 24: a digest of the server
+/// certificate, which rolled every daemon at a renewal. Kept where it is (see
+/// `objects::keep_cert_digest`), never written anew.
 pub const TLS_DIGEST_ANNOTATION: &str = "dind.dev/server-cert-digest";
 /// Where the operator itself runs: its pods may reach daemons to read their storage driver.
 pub const OPERATOR_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "dind-operator");

@@ -46,7 +46,18 @@ pub struct CertInfo {
 
 pub fn inspect(cert_pem: &str) -> Result<CertInfo, Error> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| Error::Tls(format!("PEM: {e}")))?;
-    let cert = pem.parse_x509().map_err(|e| Error::Tls(format!("X.509: {e}")))?;
+    inspect_der(&pem.contents)
+}
+
+/// The first certificate of `cert_pem`, as DER.
+pub fn der_of(cert_pem: &str) -> Result<Vec<u8>, Error> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| Error::Tls(format!("PEM: {e}")))?;
+    Ok(pem.contents)
+}
+
+/// [`inspect`] of a DER certificate (as a TLS peer presents it).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Tls(format!("X.509: {e}")))?;
     let mut dns_names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {

@@ -27,7 +27,7 @@ use kube::{Resource, ResourceExt};
 pub use dind_init::{DOCKERD_SHUTDOWN_TIMEOUT, DindInitSource, Listen, dind_init_args};
 pub use secrets::{CA_KEY, pair_from_secret, pairs_from_secrets};
 pub use sidecar::{Sidecar, sidecar, sidecar_docker_host};
-pub use statefulset::{CAPABILITIES, claim_size, keep_claim_size};
+pub use statefulset::{CAPABILITIES, claim_size, keep_cert_digest, keep_claim_size};
 
 use crate::crd::DindDaemon;
 use crate::error::{Error, Result};
@@ -49,6 +49,9 @@ pub struct Defaults {
     /// The platform team's placement: node labels every daemon pod (pool and sidecar) must be
     /// scheduled by, over whatever the spec or the pod asks (`--placement-node-selector`).
     pub placement: std::collections::BTreeMap<String, String>,
+    /// The taint keys daemon pods may tolerate (`--placement-toleration-keys`); None: any. Pool
+    /// daemons' tolerations are the chart policy's to check; a sidecar pod's, the webhook's.
+    pub toleration_keys: Option<Vec<String>>,
 }
 
 /// `selector` with the platform's `placement` laid over it (the platform's values win): what a

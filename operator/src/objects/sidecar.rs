@@ -38,6 +38,8 @@ pub struct Sidecar {
     /// The platform's placement (`Defaults::placement`): node labels the whole pod must be
     /// scheduled by, since its daemon is.
     pub placement: std::collections::BTreeMap<String, String>,
+    /// The taint keys the pod may tolerate (`Defaults::toleration_keys`); None: any.
+    pub toleration_keys: Option<Vec<String>>,
 }
 
 fn env(name: &str, value: String) -> EnvVar {
@@ -132,5 +134,6 @@ pub fn sidecar(dd: &DindDaemon, defaults: &Defaults, claim: Option<&str>) -> Res
         mounts: client_mounts,
         runtime_class_name: spec.security.runtime_class_name.clone(),
         placement: defaults.placement.clone(),
+        toleration_keys: defaults.toleration_keys.clone(),
     })
 }

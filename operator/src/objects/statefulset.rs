@@ -267,7 +267,8 @@ pub fn daemon_statefulset(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(names.labels()),
-                    annotations: certs.map(|c| BTreeMap::from([(TLS_DIGEST_ANNOTATION.to_string(), certs_digest(&c.server.cert_pem))])),
+                    // No certificate digest: a renewed certificate must not restart every
+                    // daemon at once (see `model::cert_roll`).
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -291,14 +292,18 @@ pub fn daemon_statefulset(
     })
 }
 
-/// A short digest of the server certificate (FNV-1a; identity, not security).
-fn certs_digest(pem: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in pem.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+/// Keeps the certificate digest an operator before 0.1 (issue 24) put in the pod template of the
+/// StatefulSet that exists: dropping it would restart every daemon at the upgrade, which is what
+/// leaving it out prevents.
+pub fn keep_cert_digest(sts: &mut StatefulSet, existing: Option<&StatefulSet>) {
+    let Some(value) =
+        existing.and_then(|e| e.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(TLS_DIGEST_ANNOTATION).cloned())
+    else {
+        return;
+    };
+    if let Some(meta) = sts.spec.as_mut().map(|s| s.template.metadata.get_or_insert_with(Default::default)) {
+        meta.annotations.get_or_insert_with(BTreeMap::new).insert(TLS_DIGEST_ANNOTATION.to_string(), value);
     }
-    format!("{hash:016x}")
 }
 
 /// The size of a StatefulSet's volume claim template (`storage.size` when it was made).

@@ -15,6 +15,10 @@ use super::inject::{Plan, Refusal, opt_outs, set};
 use crate::model::names;
 use crate::objects::Sidecar;
 
+/// Tolerations Kubernetes adds to every pod itself (the DefaultTolerationSeconds admission
+/// plugin: how long a pod stays on a node that stopped answering): always allowed.
+const KUBERNETES_OWN_TOLERATIONS: [&str; 2] = ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"];
+
 /// Volume kinds that hold a workspace (writable, shared within the pod).
 const WORKSPACE_KINDS: &[&str] = &["emptyDir", "persistentVolumeClaim", "hostPath", "ephemeral", "csi", "nfs"];
 
@@ -172,6 +176,25 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
             }
             Some(_) => {}
             None => set(&mut new["spec"], "nodeSelector", key, value),
+        }
+    }
+    // The platform's allowed toleration keys are the pod's too: a pod that tolerates another
+    // taint (or every taint) would take its privileged daemon onto nodes kept from daemons.
+    if let Some(allowed) = &parts.toleration_keys {
+        for t in pod["spec"]["tolerations"].as_array().into_iter().flatten() {
+            let key = t["key"].as_str().unwrap_or_default();
+            if key.is_empty() && t["operator"] == "Exists" {
+                return Err(Refusal(format!(
+                    "the pod tolerates every taint (operator Exists without a key), but daemons may tolerate only taints {} (the platform's placement.allowedTolerationKeys)",
+                    allowed.join(", ")
+                )));
+            }
+            if !key.is_empty() && !allowed.iter().any(|a| a == key) && !KUBERNETES_OWN_TOLERATIONS.contains(&key) {
+                return Err(Refusal(format!(
+                    "the pod tolerates taint {key:?}, but daemons may tolerate only taints {} (the platform's placement.allowedTolerationKeys)",
+                    if allowed.is_empty() { "of no key".to_string() } else { allowed.join(", ") }
+                )));
+            }
         }
     }
     // The daemon's runtime class is the pod's (a pod-level field): set it, or refuse a pod that

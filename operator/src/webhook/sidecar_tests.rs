@@ -121,6 +121,7 @@ fn defaults() -> Defaults {
         image_dind_init_path: None,
         init_image_volume: false,
         placement: Default::default(),
+        toleration_keys: None,
         init_image: "dind-init:test".into(),
         operator_namespace: None,
     }
@@ -228,4 +229,25 @@ fn the_platforms_placement_is_the_sidecar_pods() {
     other["spec"]["nodeSelector"] = json!({"dind.dev/pool": "gpu"});
     let refusal = plan(&other, "job", &parts).unwrap_err().0;
     assert!(refusal.contains("dind.dev/pool=gpu") && refusal.contains("dind.dev/pool=builds"), "{refusal}");
+}
+
+/// Allowed toleration keys hold for sidecar pods too (before: a job's pod tolerating, say,
+/// CriticalAddonsOnly took its privileged daemon onto nodes kept for the control plane). The
+/// tolerations Kubernetes adds to every pod itself are always allowed.
+#[test]
+fn a_sidecar_pod_tolerates_only_the_allowed_taints() {
+    let limited = Defaults { toleration_keys: Some(vec!["dind.dev/pool".to_string()]), ..defaults() };
+    let parts = parts_with(json!({"mode": "Sidecar"}), &limited);
+    let mut pod = runner_pod();
+    pod["spec"]["tolerations"] = json!([
+        {"key": "dind.dev/pool", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+    ]);
+    assert!(plan(&pod, "job", &parts).is_ok());
+    pod["spec"]["tolerations"].as_array_mut().unwrap().push(json!({"key": "CriticalAddonsOnly", "operator": "Exists"}));
+    let refusal = plan(&pod, "job", &parts).unwrap_err().0;
+    assert!(refusal.contains("\"CriticalAddonsOnly\"") && refusal.contains("allowedTolerationKeys"), "{refusal}");
+    pod["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
+    assert!(plan(&pod, "job", &parts).unwrap_err().0.contains("every taint"));
+    assert!(plan(&pod, "job", &parts_with(json!({"mode": "Sidecar"}), &defaults())).is_ok(), "no list: any");
 }

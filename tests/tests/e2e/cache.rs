@@ -102,7 +102,7 @@ async fn e2e_the_build_cache_is_kept_under_its_target_and_status_shows_the_disk(
 }
 
 /// A small base image (busybox and its libraries) and what pruning decides on: images kept by
-/// pattern, unused, used; stopped containers, one labelled to keep; a network; an anonymous
+/// pattern, unused, used, used only as a FROM; stopped containers, one labelled to keep; a network; an anonymous
 /// volume (of a stopped container) and a named one.
 const PRUNE_SETUP_SCRIPT: &str = r#"set -e
 docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 2>/dev/null | docker import - local/base >/dev/null
@@ -111,6 +111,9 @@ for name in keep/tool drop/old recent/used; do
   printf 'FROM local/base\nRUN echo %s > /name && head -c 5000000 /dev/urandom > /blob\n' "$name" > Dockerfile
   docker build -q -t $name . >/dev/null
 done
+tar -C / -c bin etc lib lib64 -C /tmp/p Dockerfile 2>/dev/null | docker import - base/only >/dev/null
+printf 'FROM base/only\nRUN echo built > /built\n' > Dockerfile
+docker build -q -t keep/onbase . >/dev/null
 docker create --name stopped local/base true >/dev/null
 docker run --name withvol -v /data local/base true
 docker create --name keeper --label dind.dev/keep=1 local/base true >/dev/null
@@ -121,7 +124,7 @@ echo setup-done
 
 /// What is left after pruning, one `kind name` per line.
 const PRUNE_INVENTORY_SCRIPT: &str = r#"
-for i in keep/tool drop/old recent/used local/base; do docker image inspect $i >/dev/null 2>&1 && echo "image $i"; done
+for i in keep/tool drop/old recent/used local/base base/only; do docker image inspect $i >/dev/null 2>&1 && echo "image $i"; done
 docker ps -a --format 'container {{.Names}}'
 docker network ls --format 'network {{.Name}}'
 docker volume ls --format 'volume {{.Name}}'
@@ -194,7 +197,9 @@ async fn e2e_pruning_keeps_what_the_policy_keeps_and_never_breaks_a_build() {
                 tokio::time::sleep(Duration::from_secs(8)).await;
             };
             eprintln!("after pruning ({:?}):\n{after}", started.elapsed());
-            for kept in ["image keep/tool", "image recent/used", "image local/base", "container keeper", "volume named"] {
+            // base/only is only ever a FROM (of keep/onbase): before issue 24 it went once idle.
+            for kept in ["image keep/tool", "image recent/used", "image local/base", "image base/only", "container keeper", "volume named"]
+            {
                 ensure!(after.contains(kept), "{kept} was pruned:\n{after}");
             }
             for gone in ["container stopped", "container withvol"] {

@@ -283,3 +283,64 @@ async fn e2e_an_image_volume_brings_dind_init_into_an_image_of_ones_own() {
     })
     .await;
 }
+
+/// A renewed server certificate never kills a running build (issue 24): a daemon that runs a
+/// container keeps serving its old certificate, and is restarted on its own once idle. Before,
+/// the certificate's digest sat in the pod template, so a re-issue restarted every daemon at once.
+#[tokio::test]
+async fn e2e_a_renewed_certificate_waits_for_the_daemon_to_be_idle() {
+    require_node();
+    with_namespace("e2e-renew", |client, ns| async move {
+        with_builds_namespace_set(&client.clone(), &ns.clone(), &["diskIntervalSeconds=5"], |builds| async move {
+            kubectl_apply(&builds, "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: ci}\nspec: {storage: {size: 1Gi}}\n")
+                .await?;
+            wait_ready(&builds, "ci").await?;
+            let client_pod = json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "labels": {"dind.dev/inject": "ci"}},
+                "spec": {"containers": [{"name": "build", "image": CLIENT_IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}
+            });
+            kubectl_apply(&builds, &client_pod.to_string()).await?;
+            kubectl(&["wait", "-n", &builds, "--for=condition=Ready", "pod/client", "--timeout=120s"]).await?;
+            let exec = |script: &'static str| {
+                let builds = builds.clone();
+                async move { kubectl(&["exec", "-n", &builds, "client", "-c", "build", "--", "/bin/sh", "-c", script]).await }
+            };
+            exec("tar -C / -c bin etc lib lib64 2>/dev/null | docker import - local/base >/dev/null && docker run -d --name busy local/base sleep 600").await?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
+            let before = pods.get("ci-0").await?.uid().context("uid")?;
+
+            // The operator re-issues a server certificate whose Secret is gone (as at a renewal).
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &builds);
+            let old_cert = secrets.get("ci-server-tls").await?.data.context("data")?;
+            secrets.delete("ci-server-tls", &DeleteParams::default()).await?;
+            eventually("a new server certificate", READY, || {
+                let secrets = secrets.clone();
+                let old_cert = old_cert.clone();
+                async move { Ok(secrets.get_opt("ci-server-tls").await?.and_then(|s| s.data).filter(|d| *d != old_cert).map(|_| ())) }
+            })
+            .await?;
+            // Busy: the daemon keeps running (and keeps answering its client) for well past a
+            // few of the operator's looks (every 20 s while one waits).
+            tokio::time::sleep(Duration::from_secs(45)).await;
+            ensure!(pods.get("ci-0").await?.uid() == Some(before.clone()), "a busy daemon was restarted for its certificate");
+            ensure!(exec("docker ps --format '{{.Names}}'").await?.contains("busy"), "the running container is gone");
+
+            // Idle: restarted on its own, and then serving the new certificate to clients.
+            exec("docker rm -f busy >/dev/null").await?;
+            eventually("the idle daemon restarted", READY, || {
+                let pods = pods.clone();
+                let before = before.clone();
+                async move { Ok(pods.get_opt("ci-0").await?.and_then(|p| p.uid()).filter(|u| *u != before).map(|_| ())) }
+            })
+            .await?;
+            wait_ready(&builds, "ci").await?;
+            let events = kubectl(&["get", "events", "-n", &builds, "--field-selector", "reason=CertificateRolled", "-o", "jsonpath={.items[*].message}"]).await?;
+            ensure!(events.contains("restarted idle daemon ci-0"), "no CertificateRolled event: {events:?}");
+            let out = exec("for i in $(seq 60); do docker version --format '{{.Server.Version}}' 2>/dev/null && exit 0; sleep 1; done; exit 1").await?;
+            ensure!(!out.trim().is_empty(), "the client cannot reach the restarted daemon");
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}

@@ -430,6 +430,8 @@ async fn the_platform_policy_refuses_a_tenant_each_forbidden_spec_naming_the_rul
                     "--set",
                     "policy.allowedSecurityModes={Capabilities}",
                     "--set",
+                    "placement.allowedTolerationKeys={dind.dev/pool}",
+                    "--set",
                     namespaces,
                     "--set",
                     &watch,
@@ -507,6 +509,11 @@ async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str, unserved: 
             "forbiddenNodeLabels",
         ),
         (json!({"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}, "security": capabilities}), "forbiddenNodeLabels"),
+        // A taint key not in the platform's list (issue 24: before, only the forbidden labels' keys were checked).
+        (
+            json!({"tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}], "security": capabilities}),
+            "placement.allowedTolerationKeys",
+        ),
         (
             json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "node-role.kubernetes.io/master", "operator": "Exists"}]}]}}}, "security": capabilities}),
@@ -522,7 +529,8 @@ async fn tenant_is_refused(client: &Client, ns: &str, narrowed: &str, unserved: 
         }
     }
     // Within the policy: accepted (and a node affinity that keeps away from control planes).
-    let fine = json!({"image": "registry.corp/docker:28-dind", "security": capabilities, "affinity": {"nodeAffinity": {
+    let fine = json!({"image": "registry.corp/docker:28-dind", "security": capabilities,
+        "tolerations": [{"key": "dind.dev/pool", "operator": "Exists", "effect": "NoSchedule"}], "affinity": {"nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]}}}});
     try_create(fine).await?.context("a spec within the policy")?;
