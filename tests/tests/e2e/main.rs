@@ -11,6 +11,7 @@ mod clients;
 mod pool;
 mod registry;
 mod sidecar;
+mod tenant;
 mod webhook_ha;
 
 use std::time::{Duration, Instant};
