@@ -134,6 +134,10 @@ struct WebhookArgs {
     /// Read tls.crt/tls.key from this directory (kept by cert-manager) instead of making them.
     #[arg(long)]
     webhook_tls_dir: Option<std::path::PathBuf>,
+    /// Accept only callers presenting a client certificate of the CA in this PEM file (the
+    /// apiserver, given a client certificate by its AdmissionConfiguration); unset: anyone.
+    #[arg(long, env = "WEBHOOK_CLIENT_CA")]
+    webhook_client_ca: Option<std::path::PathBuf>,
     /// How long the injected init container waits for the daemon to answer, in seconds.
     #[arg(long, default_value_t = dind_contract::client_pod::WAIT_SECONDS)]
     webhook_wait_seconds: u32,
@@ -218,8 +222,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
         };
-        tokio::spawn(webhook::run(client.clone(), addr, source, handler, resolver, health.draining.clone(), stopped()))
+        let callers = match &args.webhook.webhook_client_ca {
+            None => webhook::Callers::Anyone,
+            Some(file) => webhook::Callers::CertificateOf(
+                std::fs::read_to_string(file).with_context(|| format!("reading --webhook-client-ca {}", file.display()))?,
+            ),
+        };
+        let endpoint = webhook::Endpoint { addr, source, resolver, callers, draining: health.draining.clone() };
+        anyhow::Ok(tokio::spawn(webhook::run(client.clone(), endpoint, handler, stopped())))
     });
+    let webhook = webhook.transpose()?;
 
     // Ready once the CRD is served to us (Helm installs it; we never do).
     let probe: Api<DindDaemon> = match args.namespaces.first() {

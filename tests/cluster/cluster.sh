@@ -57,6 +57,37 @@ certs() {
   issue_cert scheduler "/CN=system:kube-scheduler"
   openssl ecparam -name prime256v1 -genkey -noout -out "$d/sa.key" 2>/dev/null
   openssl ec -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  # The apiserver's client certificate for admission webhooks, of a CA of its own (the chart's
+  # webhook.clientAuth.caSecret trusts only it), as a platform team configures it:
+  # --admission-control-config-file names a kubeconfig whose user `*` presents it to every webhook.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/webhook-client-ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/webhook-client-ca.key" -subj "/CN=dind-test-webhook-client-ca" -days 30 \
+    -out "$d/webhook-client-ca.crt" 2>/dev/null
+  issue_cert webhook-client "/CN=kube-apiserver-webhook-client" "" webhook-client-ca
+  cat >"$state/webhook-client.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+  - name: "*"
+    user:
+      client-certificate: $d/webhook-client.crt
+      client-key: $d/webhook-client.key
+EOF
+  cat >"$state/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: MutatingAdmissionWebhook
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: WebhookAdmissionConfiguration
+      kubeConfigFile: $state/webhook-client.kubeconfig
+  - name: ValidatingAdmissionWebhook
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: WebhookAdmissionConfiguration
+      kubeConfigFile: $state/webhook-client.kubeconfig
+EOF
 }
 
 up() {
@@ -102,6 +133,7 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --admission-control-config-file "$state/admission.yaml" \
     --service-cluster-ip-range "$service_cidr" --allow-privileged=true \
     --cert-dir "$pki" --profiling=false --v=1
   wait_for kube-apiserver 120 curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \

@@ -38,8 +38,8 @@ wait_for() { # wait_for <what> <seconds> <command...>
   log "$what ready after $((SECONDS - t0))s"
 }
 
-issue_cert() { # issue_cert <name> <subject> [serverSANs]: an ECDSA P-256 leaf signed by $state/pki/ca
-  local d="$state/pki" name=$1 subj=$2 sans=${3:-}
+issue_cert() { # issue_cert <name> <subject> [serverSANs] [CA name]: an ECDSA P-256 leaf signed by $state/pki/ca (or the CA named)
+  local d="$state/pki" name=$1 subj=$2 sans=${3:-} ca=${4:-ca}
   openssl ecparam -name prime256v1 -genkey -noout -out "$d/$name.key" 2>/dev/null
   openssl req -new -key "$d/$name.key" -subj "$subj" -out "$d/$name.csr" 2>/dev/null
   {
@@ -48,7 +48,7 @@ issue_cert() { # issue_cert <name> <subject> [serverSANs]: an ECDSA P-256 leaf s
     if [[ -n $sans ]]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$sans"
     else echo "extendedKeyUsage=clientAuth"; fi
   } >"$d/$name.ext"
-  openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$d/$name.csr" -CA "$d/$ca.crt" -CAkey "$d/$ca.key" -CAcreateserial \
     -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
 }
 

@@ -252,9 +252,12 @@ cleanup() {
   for ipt in iptables iptables-legacy; do
     command -v "$ipt" >/dev/null || continue
     for table in nat filter; do
+      # (`|| true`: grep finds no rule in a clean table, and under pipefail that ended the whole
+      # cleanup here, before the rm -rf below: the node's containerd content, 13 GiB of it,
+      # outlived every `down`, and with it images the kubelet pulled by tag, IfNotPresent.)
       "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A .*(CNI-|KUBE-)' | sed 's/^-A/-D/' | while read -r rule; do
         eval "$ipt -t $table $rule" 2>/dev/null || true
-      done
+      done || true
       for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (CNI-|KUBE-)/ {print $2}'); do
         "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
         "$ipt" -t "$table" -X "$chain" 2>/dev/null || true

@@ -43,6 +43,15 @@ pub fn registry_file(name: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(&path).with_context(|| format!("{} (is the harness registry up?)", path.display()))?.trim().to_string())
 }
 
+/// The CA of the client certificate the harness's apiserver presents to admission webhooks
+/// (tests/cluster/cluster.sh, `--admission-control-config-file`), and that certificate and key's
+/// paths.
+pub fn webhook_client_ca() -> anyhow::Result<(String, PathBuf, PathBuf)> {
+    let pki = cluster_dir().join("pki");
+    let ca = std::fs::read_to_string(pki.join("webhook-client-ca.crt")).context("the harness's webhook client CA (restart the cluster)")?;
+    Ok((ca, pki.join("webhook-client.crt"), pki.join("webhook-client.key")))
+}
+
 /// The harness registry's `HOST:PORT` (tests/registry/registry.sh), when it runs.
 pub fn registry() -> Option<String> {
     registry_file("host").ok().filter(|h| !h.is_empty())

@@ -1,11 +1,11 @@
 //! Restarting a pool daemon to serve its renewed certificate, when it is idle (the choice is
-//! `model::cert_roll`'s; this asks the daemons and deletes the pod).
+//! `model::cert_roll`'s; this asks the daemons and evicts the pod).
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::{Api, DeleteParams, EvictParams, Preconditions};
 use kube::runtime::events::EventType;
 
 use super::Context;
@@ -68,9 +68,15 @@ pub async fn roll(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, daemo
         Plan::Restart { pod, why } => {
             let Some(uid) = daemons.iter().find(|d| d.name() == pod).and_then(|d| d.pod.uid()) else { return Some(RECHECK) };
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            let params =
-                DeleteParams { preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
-            match api.delete(&pod, &params).await {
+            // An eviction, not a delete: the DindDaemon's PodDisruptionBudget has its say too.
+            let params = EvictParams {
+                delete_options: Some(DeleteParams {
+                    preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match api.evict(&pod, &params).await {
                 Ok(_) => {
                     let (kind, note) = match why {
                         Why::Idle => (EventType::Normal, format!("restarted idle daemon {pod} to serve its renewed certificate")),

@@ -37,9 +37,11 @@ pub fn operator_rules() -> Vec<PolicyRule> {
         rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch"]),
         // ConfigMaps that spec.daemon.registryCAs names: do they exist, with the key?
         rule("", &["configmaps"], &["get"]),
-        // Pods: readiness, crash reasons, and pods that mount a daemon's volume; delete: a pool
-        // daemon restarted, when idle, to serve its renewed certificate (`controller::cert_roll`).
-        rule("", &["pods"], &["get", "list", "watch", "delete"]),
+        // Pods: readiness, crash reasons, and pods that mount a daemon's volume.
+        rule("", &["pods"], &["get", "list", "watch"]),
+        // A pool daemon restarted, when idle, to serve its renewed certificate
+        // (`controller::cert_roll`): an eviction, which the DindDaemon's budget governs.
+        rule("", &["pods/eviction"], &["create"]),
         // EndpointSlices of our Services: a daemon is Ready once its Service routes to it.
         rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),

@@ -33,21 +33,31 @@ use kube::Client;
 
 pub use admit::{Handler, Webhook};
 pub use keeper::Source;
-pub use serve::Resolver;
+pub use serve::{Callers, Resolver};
 
-/// Serves the webhook on `addr` and keeps its certificate in `resolver`, until `shutdown`;
-/// `draining`: see [`serve`].
+/// Where and how the webhook is served.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Where the serving certificate comes from; kept in `resolver`.
+    pub source: Source,
+    pub resolver: Arc<Resolver>,
+    /// Who may call.
+    pub callers: Callers,
+    /// See [`serve`]'s module note.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Serves the webhook and keeps its certificate, until `shutdown`.
 pub async fn run(
     client: Client,
-    addr: SocketAddr,
-    source: Source,
+    endpoint: Endpoint,
     handler: Handler,
-    resolver: Arc<Resolver>,
-    draining: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Endpoint { addr, source, resolver, callers, draining } = endpoint;
     let keeper = tokio::spawn(keeper::run(client, source, resolver.clone()));
-    let served = serve::serve(addr, resolver, handler, draining, shutdown).await;
+    let served = serve::serve(addr, resolver, handler, &callers, draining, shutdown).await;
     keeper.abort();
     served
 }

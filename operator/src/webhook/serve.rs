@@ -90,18 +90,57 @@ async fn close_while_draining(State(draining): State<Arc<AtomicBool>>, mut respo
     response
 }
 
+/// Who may call the webhook.
+#[derive(Clone, Debug, Default)]
+pub enum Callers {
+    /// Anyone who reaches the port (Kubernetes' default: the apiserver presents no certificate
+    /// unless its AdmissionConfiguration says so).
+    #[default]
+    Anyone,
+    /// Only a client presenting a certificate of this CA (PEM): the apiserver, configured with
+    /// a client certificate for webhooks (docs/design.md, "Who may call the webhook").
+    CertificateOf(String),
+}
+
+impl Callers {
+    fn server_config(&self, resolver: Arc<Resolver>) -> Result<rustls::ServerConfig, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let builder = rustls::ServerConfig::builder();
+        Ok(match self {
+            Self::Anyone => builder.with_no_client_auth().with_cert_resolver(resolver),
+            Self::CertificateOf(ca_pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                    roots
+                        .add(cert.map_err(|e| format!("the webhook's client CA: {e}"))?)
+                        .map_err(|e| format!("the webhook's client CA: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("the webhook's client CA holds no certificate".into());
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| format!("the webhook's client CA: {e}"))?;
+                builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver)
+            }
+        })
+    }
+}
+
 /// Serves HTTPS on `addr` until `shutdown` resolves. Handshakes wait for a certificate: the
 /// server refuses them until the resolver has one. `draining`: see the module's note.
 pub async fn serve(
     addr: SocketAddr,
     resolver: Arc<Resolver>,
     handler: Handler,
+    callers: &Callers,
     draining: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, path = names::INJECT_PATH, "serving the injection webhook");
-    serve_on(listener, resolver, handler, draining, shutdown).await
+    tracing::info!(%addr, path = names::INJECT_PATH, callers = ?std::mem::discriminant(callers), "serving the injection webhook");
+    serve_on(listener, resolver, handler, callers, draining, shutdown).await
 }
 
 /// [`serve`] on a bound listener.
@@ -109,10 +148,11 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     resolver: Arc<Resolver>,
     handler: Handler,
+    callers: &Callers,
     draining: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
+    let mut config = callers.server_config(resolver).map_err(std::io::Error::other)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let app = Router::new()
@@ -171,4 +211,106 @@ pub async fn serve_on(
         tracing::warn!(open, grace = ?CLOSE_GRACE, "webhook connections still open at shutdown; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::model::tls::{self, Leaf};
+
+    /// A review that needs no API call (not a pod): answered "allowed" by whoever may call.
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"ConfigMap"},"operation":"CREATE"}}"#;
+
+    /// POSTs [`REVIEW`] to `/sidecar` over TLS trusting `ca`, presenting `client` if any: the
+    /// status line, or the error.
+    async fn post(addr: SocketAddr, ca: &tls::Pair, client: Option<&tls::Pair>) -> Result<String, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(c) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("webhook.test").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REVIEW}",
+            names::SIDECAR_PATH,
+            REVIEW.len()
+        );
+        s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.map_err(|e| e.to_string())?;
+        answer.lines().next().map(str::to_string).ok_or_else(|| "no answer".into())
+    }
+
+    /// With a client CA, only a caller presenting a certificate of it is answered: a forged
+    /// AdmissionReview from a pod (no certificate, or one of another CA) never reaches the
+    /// handler, so it leases nothing (before: any caller that reached the port was answered).
+    #[tokio::test]
+    async fn only_callers_with_a_certificate_of_the_client_ca_are_answered() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let server_ca = tls::make_ca("webhook CA", now, day).unwrap();
+        let server = tls::issue(&server_ca, Leaf::Server, "webhook", &BTreeSet::from(["webhook.test".to_string()]), now).unwrap();
+        let apiserver_ca = tls::make_ca("apiserver webhook clients", now, day).unwrap();
+        let apiserver = tls::issue(&apiserver_ca, Leaf::Client, "kube-apiserver", &BTreeSet::new(), now).unwrap();
+        let forger_ca = tls::make_ca("someone else", now, day).unwrap();
+        let forger = tls::issue(&forger_ca, Leaf::Client, "kube-apiserver", &BTreeSet::new(), now).unwrap();
+
+        let resolver = Arc::new(Resolver::default());
+        resolver.set(&server).unwrap();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let handler = Handler {
+            client: kube::Client::try_from(config).unwrap(),
+            defaults: crate::objects::Defaults {
+                image: "docker:dind".into(),
+                image_dind_init_path: None,
+                init_image: "dind-init".into(),
+                init_image_volume: false,
+                operator_namespace: None,
+                placement: Default::default(),
+                toleration_keys: None,
+            },
+            wait_seconds: 5,
+            metrics: crate::runtime::metrics::Metrics::default(),
+        };
+        for (callers, want) in
+            [(Callers::CertificateOf(apiserver_ca.cert_pem.clone()), [false, false, true]), (Callers::Anyone, [true, true, true])]
+        {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn({
+                let (resolver, handler) = (resolver.clone(), handler.clone());
+                async move {
+                    serve_on(listener, resolver, handler, &callers, Arc::default(), async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                }
+            });
+            for (client, answered) in [None, Some(&forger), Some(&apiserver)].into_iter().zip(want) {
+                let got = post(addr, &server_ca, client).await;
+                assert_eq!(got.as_deref().is_ok_and(|l| l.contains(" 200 ")), answered, "{got:?}");
+            }
+            let _ = stop.send(());
+            server.await.unwrap().unwrap();
+        }
+    }
 }

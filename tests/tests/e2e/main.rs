@@ -61,7 +61,28 @@ async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &
     // default daemon image (REGISTRY/dind-daemon:<version>) and dind-init beside it.
     let watch = format!("watchNamespaces={{{watched}}}");
     let images = chart_image_sets();
-    let mut args = vec!["install", "op", CHART, "-n", ns, "--set", &watch, "--set", "logFormat=text", "--wait", "--timeout", "180s"];
+    // The webhook answers only the apiserver (its client certificate, of the harness's CA), as a
+    // platform team that configures its apiserver sets it up.
+    let (ca, _, _) = dind_tests::webhook_client_ca()?;
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "webhook-client-ca"}, "stringData": {"ca.crt": ca}}))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns).create(&Default::default(), &secret).await?;
+    let mut args = vec![
+        "install",
+        "op",
+        CHART,
+        "-n",
+        ns,
+        "--set",
+        &watch,
+        "--set",
+        "logFormat=text",
+        "--set",
+        "webhook.clientAuth.caSecret=webhook-client-ca",
+        "--wait",
+        "--timeout",
+        "180s",
+    ];
     for set in images.iter().map(String::as_str).chain(sets.iter().copied()) {
         args.extend(["--set", set]);
     }

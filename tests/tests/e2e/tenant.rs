@@ -336,6 +336,43 @@ async fn suite(client: &Client, ns: &str, builds: &str, other: &str, unserved: &
     copy.metadata.annotations = Some([("dind.dev/volume-lease".to_string(), lease)].into());
     note("30. a volume another job holds, by copying its lease", refused("30", create(copy).await, "leases are the webhook's"));
 
+    // 33. A forged AdmissionReview straight to a webhook replica (as a pod that reaches its port
+    // could post one, to lease another team's warm volumes): refused at the TLS handshake without
+    // the apiserver's client certificate; answered with it.
+    let operator_ip = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=dind-operator"))
+        .await?
+        .items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .context("an operator pod IP")?;
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "forged", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE", "namespace": builds,
+        "object": {"metadata": {"name": "forged", "namespace": builds, "labels": {"dind.dev/sidecar": "job"}},
+            "spec": {"containers": [{"name": "build", "image": CLIENT_IMAGE}]}}}});
+    let (_, cert, key) = dind_tests::webhook_client_ca()?;
+    let forge = |with_cert: bool| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json"]);
+        if with_cert {
+            curl.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        curl.args(["--data", &review.to_string(), &format!("https://{operator_ip}:9443/sidecar")]).output()
+    };
+    let forged = forge(false)?;
+    let apiserver = forge(true)?;
+    note(
+        "33. a forged AdmissionReview posted to the webhook (no apiserver certificate)",
+        match (forged.status.success(), String::from_utf8_lossy(&apiserver.stdout).as_ref()) {
+            (false, "200") => Ok(()),
+            (forged_ok, with_cert) => Err(format!(
+                "33: without the certificate: {} ({}); with it: HTTP {with_cert}",
+                if forged_ok { "ANSWERED" } else { "refused" },
+                String::from_utf8_lossy(&forged.stdout)
+            )),
+        },
+    );
+
     // --- What has no effect (asserted on the objects: this cluster's network plugin does not enforce).
     let theirs_np = Api::<NetworkPolicy>::namespaced(client.clone(), other).list(&ListParams::default()).await?;
     let peers = serde_json::to_value(&theirs_np.items)?.to_string();
