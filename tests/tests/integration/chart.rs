@@ -224,6 +224,15 @@ async fn the_webhook_is_rendered_for_opted_in_namespaces_and_optionally_cert_man
     ensure!(cert["spec"]["dnsNames"][0] == "dind-dind-operator-webhook.ops.svc", "{cert}");
     ensure!(with_cm.contains("--webhook-tls-dir=/webhook-tls") && with_cm.contains("kind: Issuer"));
 
+    ensure!(!rendered.contains("--webhook-client-ca"), "any caller by default");
+    // Only the apiserver's client certificate (of the CA in the named Secret) may call.
+    let authed = helm(&["template", "dind", CHART, "--set", "webhook.clientAuth.caSecret=apiserver-webhook-ca"]).await?;
+    let d = doc(&authed, "Deployment")?;
+    let pod = &d["spec"]["template"]["spec"];
+    ensure!(pod["containers"][0]["args"].to_string().contains("--webhook-client-ca=/webhook-client-ca/ca.crt"), "{pod}");
+    ensure!(pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/webhook-client-ca", "{pod}");
+    ensure!(pod["volumes"][0]["secret"]["secretName"] == "apiserver-webhook-ca", "{pod}");
+
     let off = helm(&["template", "dind", CHART, "--set", "webhook.enabled=false"]).await?;
     ensure!(!off.contains("MutatingWebhookConfiguration") && !off.contains("--webhook-addr"));
     Ok(())
