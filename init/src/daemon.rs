@@ -6,12 +6,25 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 
+/// The bridge driver's MTU option, as `docker network create -o` names it.
+const BRIDGE_MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
 /// The daemon.json dind-init writes: the passthrough, with our typed settings merged over it
 /// (the config checks already refused every key dind-init owns, so nothing is silently overridden).
 pub fn daemon_json(cfg: &Config, mtu: Option<u32>, storage_driver: Option<&str>) -> Map<String, Value> {
     let mut doc = cfg.daemon_config.clone();
     if let Some(mtu) = mtu {
+        // `mtu` is the default bridge's only; networks made later (`docker network create`,
+        // every compose project) take the bridge driver's default options, so the MTU goes
+        // there too (Docker >= 24), unless the user's daemon.json sets that option itself.
         doc.insert("mtu".into(), json!(mtu));
+        let opts = doc.entry("default-network-opts").or_insert_with(|| json!({}));
+        if let Some(opts) = opts.as_object_mut() {
+            let bridge = opts.entry("bridge").or_insert_with(|| json!({}));
+            if let Some(bridge) = bridge.as_object_mut() {
+                bridge.entry(BRIDGE_MTU_OPTION).or_insert_with(|| json!(mtu.to_string()));
+            }
+        }
     }
     if let Some(driver) = storage_driver {
         doc.insert("storage-driver".into(), json!(driver));
@@ -127,6 +140,20 @@ mod tests {
         assert_eq!(doc["insecure-registries"], json!(["r:5000"]));
     }
 
+    /// Networks made later get the pod's MTU too (before: only the default bridge had it, and
+    /// every compose project's network kept 1500 on a 1450 overlay: downloads hung).
+    #[test]
+    fn networks_made_later_default_to_the_mtu() {
+        let doc = daemon_json(&cfg(&[], &[]), Some(1450), None);
+        assert_eq!(doc["default-network-opts"], json!({"bridge": {"com.docker.network.driver.mtu": "1450"}}));
+        // The user's own default network options are kept, theirs winning.
+        let theirs = r#"{"default-network-opts":{"bridge":{"com.docker.network.driver.mtu":"1400","com.docker.network.bridge.enable_icc":"false"}}}"#;
+        let doc = daemon_json(&cfg(&["--daemon-config", theirs], &[]), Some(1450), None);
+        assert_eq!(doc["default-network-opts"]["bridge"]["com.docker.network.driver.mtu"], json!("1400"));
+        assert_eq!(doc["default-network-opts"]["bridge"]["com.docker.network.bridge.enable_icc"], json!("false"));
+        assert!(daemon_json(&cfg(&[], &[]), None, None).get("default-network-opts").is_none());
+    }
+
     #[test]
     fn what_dind_init_sets_is_exactly_the_contracts_directives() {
         let c = cfg(&["--mtu=1400", "--registry-mirror=https://m", "--insecure-registry=r:5000", "--socket-group=2375"], &[]);
@@ -136,7 +163,10 @@ mod tests {
             assert_eq!(d.via, dind_contract::Via::Flag, "{arg}");
         }
         let doc = daemon_json(&c, Some(1400), Some("vfs"));
-        for key in doc.keys() {
+        // Keys dind-init fills in without owning them (merged with the user's, theirs winning key
+        // by key) are not the contract's owned directives.
+        let merged = ["default-network-opts"];
+        for key in doc.keys().filter(|k| !merged.contains(&k.as_str())) {
             let d = dind_contract::owned_key(key).unwrap_or_else(|| panic!("{key} is written by dind-init but not in the contract"));
             assert_eq!(d.via, dind_contract::Via::DaemonJson, "{key}");
         }

@@ -21,6 +21,8 @@ pub enum Error {
         path.display()
     )]
     Locked { path: PathBuf, holder: String, errno: String },
+    #[error("cgroups: {0}")]
+    Cgroups(String),
 }
 
 impl Error {

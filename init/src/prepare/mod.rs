@@ -142,13 +142,30 @@ pub struct Cgroups {
 /// v1: each hierarchy the runtime mounted (read-only, rooted at the pod's cgroup) is remounted
 /// read-write in place. We never mount fresh hierarchies (the seed's wrapdocker did), because a
 /// fresh mount is rooted at the host's top cgroup and escapes the pod's limits.
-/// v2: move our processes into a leaf (`/init`) so that the root may delegate controllers, then
-/// enable every available controller for children.
+/// v2: the runtime mounts the cgroup filesystem read-only unless the container is privileged (as
+/// containerd does for every other container); it is remounted read-write in place, which
+/// needs CAP_SYS_ADMIN and no more, as on v1. Then our processes move into a leaf (`/init`) so
+/// that the root may delegate controllers, and every available controller is enabled for
+/// children. Only in a cgroup namespace of the container's own (containerd's default on v2): in
+/// the host's, the root of the filesystem is the node's, and nesting there would escape the pod.
 pub fn cgroups(mounts: &[Mount]) -> Result<Cgroups, Error> {
-    let unified_only = mounts.iter().any(|m| m.mount_point == "/sys/fs/cgroup" && m.fs_type == "cgroup2");
-    if unified_only {
+    let unified = mounts.iter().find(|m| m.mount_point == "/sys/fs/cgroup" && m.fs_type == "cgroup2");
+    if let Some(m) = unified {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| Error::io("/proc/self/cgroup", e))?;
+        check_own_namespace(&own)?;
+        let mut remounted = Vec::new();
+        if m.read_only() {
+            if !remount_rw(&m.mount_point) {
+                return Err(Error::Cgroups(
+                    "/sys/fs/cgroup is read-only and could not be remounted read-write: dockerd could not make its containers' \
+                     cgroups. The container needs CAP_SYS_ADMIN (spec.security.mode Privileged or Capabilities)"
+                        .into(),
+                ));
+            }
+            remounted.push(m.mount_point.clone());
+        }
         cgroup_v2(Path::new("/sys/fs/cgroup"))?;
-        return Ok(Cgroups { version: 2, remounted: Vec::new() });
+        return Ok(Cgroups { version: 2, remounted });
     }
     let mut done = Cgroups { version: 1, remounted: Vec::new() };
     for m in mounts.iter().filter(|m| m.fs_type == "cgroup" || (m.fs_type == "cgroup2" && m.mount_point.starts_with("/sys/fs/cgroup/"))) {
@@ -157,6 +174,19 @@ pub fn cgroups(mounts: &[Mount]) -> Result<Cgroups, Error> {
         }
     }
     Ok(done)
+}
+
+/// On v2, `/proc/self/cgroup` is `0::/` in a cgroup namespace of the container's own; anything else
+/// is the host's view, refused.
+fn check_own_namespace(proc_self_cgroup: &str) -> Result<(), Error> {
+    match proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some("/") | None => Ok(()),
+        Some(path) => Err(Error::Cgroups(format!(
+            "this container is in cgroup {path} of the host's cgroup namespace: the cgroups dockerd would make for its \
+             containers would escape the pod's. Run it with a cgroup namespace of its own (containerd's default on cgroup v2; \
+             docker run --cgroupns=private)"
+        ))),
+    }
 }
 
 fn cgroup_v2(root: &Path) -> Result<(), Error> {
@@ -273,6 +303,13 @@ pub fn install(dir: &Path) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_v2_nests_only_in_a_namespace_of_its_own() {
+        assert!(check_own_namespace("0::/\n").is_ok());
+        let refused = check_own_namespace("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope\n").unwrap_err();
+        assert!(refused.to_string().contains("host's cgroup namespace"), "{refused}");
+    }
 
     const MOUNTINFO: &str = "\
 1 0 0:1 / / rw,relatime - overlay overlay rw,lowerdir=/l
