@@ -78,7 +78,7 @@ spec = {
     "mounts": mounts,
     "linux": {
         "cgroupsPath": cgroup_path,
-        "resources": {"memory": {"limit": 384 * 1024 * 1024}, "pids": {"limit": 4096},
+        "resources": {"memory": {"limit": 640 * 1024 * 1024}, "pids": {"limit": 4096},
                       "devices": [{"allow": True, "access": "rwm"}] if privileged else [
                           {"allow": False, "access": "rwm"},
                           {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]},
