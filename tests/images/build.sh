@@ -162,7 +162,12 @@ tar -C "$d" -c . | docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   -c 'ENTRYPOINT ["/usr/local/bin/dind-init"]' \
   -c 'EXPOSE 2376' - dind-daemon:test >/dev/null
-docker tag dind-daemon:test "dind-daemon:$version"
+# The project's image is the same filesystem with a config of its own (a label), so that the two
+# have different image IDs: containerd 2's CRI image store keeps one reference per ID, and once
+# the kubelet had pulled REGISTRY/dind-daemon:VER it no longer found the imported
+# dind-daemon:test (ErrImagePull "docker.io/library/dind-daemon:test"), in a node whose
+# containerd starts empty.
+printf 'FROM dind-daemon:test\nLABEL dev.dind.image=dind-daemon\n' | docker build -q -t "dind-daemon:$version" - >/dev/null
 log "built dind-daemon:test (and :$version)"
 
 # The images this build replaced, unless another tag still names them (left, they filled the

@@ -67,13 +67,45 @@ impl Guest {
     }
 }
 
-/// The test daemon's busybox image, loaded into the guest's daemon (no registry there).
-fn load_busybox(guest: &Guest, certs: &Certs) -> anyhow::Result<()> {
+/// An image of the test daemon, loaded into the guest's daemon (no registry there).
+fn load_image(guest: &Guest, certs: &Certs, image: &str) -> anyhow::Result<()> {
     let mut save = Command::new("docker");
-    save.args(["save", BUSYBOX_IMAGE]);
+    save.args(["save", image]);
     let mut load = nested_command(&guest.docker, &certs.client_dir());
     load.args(["load", "-q"]);
-    pipe_image(save, load, BUSYBOX_IMAGE)
+    pipe_image(save, load, image)
+}
+
+fn load_busybox(guest: &Guest, certs: &Certs) -> anyhow::Result<()> {
+    load_image(guest, certs, BUSYBOX_IMAGE)
+}
+
+/// The Docker CLI v29 that build pods run (tests/clients/build.sh), with its buildx and compose
+/// plugins, aimed at the guest's daemon over mTLS; `config` is a DOCKER_CONFIG of its own.
+fn client_cli(guest: &Guest, certs: &Certs, config: &Path) -> anyhow::Result<Command> {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/build.sh")).output()?;
+    ensure!(out.status.success(), "tests/clients/build.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let clients = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
+    let plugins = config.join("cli-plugins");
+    std::fs::create_dir_all(&plugins)?;
+    for plugin in ["docker-buildx", "docker-compose"] {
+        let link = plugins.join(plugin);
+        if !link.exists() {
+            std::os::unix::fs::symlink(clients.join(plugin), link)?;
+        }
+    }
+    let mut cmd = Command::new(clients.join("docker"));
+    cmd.env("DOCKER_HOST", format!("tcp://{}", guest.docker))
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", certs.client_dir())
+        .env("DOCKER_CONFIG", config);
+    Ok(cmd)
+}
+
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| what.to_string())?;
+    ensure!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The guest's own lines (from its first `LANE` line: the run script and the daemon's log it
@@ -246,8 +278,34 @@ fn vm_privileged_mode_on_cgroup_v2() -> anyhow::Result<()> {
     )?;
     let served = fetch(guest.web, "served-from-v2");
     ensure!(served.contains("served-from-v2"), "the published port: {served}");
-    // Full capabilities here: a nested privileged container runs.
+    // Full capabilities here: a nested privileged container runs, and buildx's docker-container
+    // driver (a privileged BuildKit container) boots a builder.
     guest.docker(&certs, &["run", "--rm", "--privileged", BUSYBOX_IMAGE, "true"]).context("a nested --privileged container")?;
+    load_image(&guest, &certs, "moby/buildkit:buildx-stable-1")?;
+    let config = guest.dir.join("docker-config");
+    // buildx builds from a Docker context (it refuses TLS settings from the environment), as a
+    // CI job's `docker context create` gives it.
+    let in_context = |args: &[&str]| -> anyhow::Result<Command> {
+        let mut cmd = client_cli(&guest, &certs, &config)?;
+        cmd.env_remove("DOCKER_HOST").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH").args(args);
+        Ok(cmd)
+    };
+    let client = certs.client_dir();
+    let endpoint = format!(
+        "host=tcp://{},ca={},cert={},key={}",
+        guest.docker,
+        client.join("ca.pem").display(),
+        client.join("cert.pem").display(),
+        client.join("key.pem").display()
+    );
+    run(in_context(&["context", "create", "lane-ctx", "--docker", &endpoint])?, "docker context create")?;
+    run(
+        in_context(&["buildx", "create", "--name", "lane", "--driver", "docker-container", "--bootstrap", "lane-ctx"])?,
+        "docker buildx create --driver docker-container --bootstrap",
+    )?;
+    let inspect = in_context(&["buildx", "inspect", "lane"])?;
+    let builder = run(inspect, "docker buildx inspect lane")?;
+    ensure!(builder.lines().any(|l| l.starts_with("Status:") && l.contains("running")), "the builder:\n{builder}");
     Ok(())
 }
 
@@ -315,6 +373,31 @@ fn vm_capabilities_mode_nftables_only_and_mtu_1450_on_cgroup_v2() -> anyhow::Res
     )?;
     let sums: Vec<&str> = sums.lines().map(str::trim).collect();
     ensure!(sums.len() == 2 && sums[0] == sums[1] && sums[0].len() == 32, "300 kB through the network: {sums:?}");
+
+    // A compose project's network gets it too.
+    let project = guest.dir.join("compose");
+    std::fs::create_dir_all(&project)?;
+    std::fs::write(
+        project.join("compose.yaml"),
+        format!(
+            "services:\n  web:\n    image: {BUSYBOX_IMAGE}\n    command: [\"sh\", \"-c\", \"cat /sys/class/net/eth0/mtu; sleep 600\"]\n"
+        ),
+    )?;
+    let config = guest.dir.join("docker-config");
+    let mut up = client_cli(&guest, &certs, &config)?;
+    up.current_dir(&project).args(["compose", "-p", "lane", "up", "-d"]);
+    run(up, "docker compose up")?;
+    let mut compose_mtu = String::new();
+    for _ in 0..30 {
+        let mut again = client_cli(&guest, &certs, &config)?;
+        again.current_dir(&project).args(["compose", "-p", "lane", "logs", "--no-log-prefix", "web"]);
+        compose_mtu = run(again, "docker compose logs")?;
+        if !compose_mtu.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ensure!(compose_mtu.trim() == "1450", "a compose project's network: MTU {compose_mtu:?}");
 
     // A published port, with nftables only.
     guest.docker(

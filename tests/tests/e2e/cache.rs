@@ -111,7 +111,7 @@ for name in keep/tool drop/old recent/used; do
   printf 'FROM local/base\nRUN echo %s > /name && head -c 5000000 /dev/urandom > /blob\n' "$name" > Dockerfile
   docker build -q -t $name . >/dev/null
 done
-tar -C / -c bin etc lib lib64 -C /tmp/p Dockerfile 2>/dev/null | docker import - base/only >/dev/null
+tar -C / -c bin etc lib lib64 2>/dev/null | docker import -c 'ENV BASE=only' - base/only >/dev/null
 printf 'FROM base/only\nRUN echo built > /built\n' > Dockerfile
 docker build -q -t keep/onbase . >/dev/null
 docker create --name stopped local/base true >/dev/null
