@@ -28,7 +28,8 @@ pub fn client_config(certs: &Bundle) -> Result<rustls::ClientConfig, String> {
 pub enum Presented {
     /// Its leaf certificate (DER).
     Leaf(Vec<u8>),
-    /// A certificate the CA did not issue (the CA was renewed since the daemon started).
+    /// A certificate clients refuse: one the CA did not issue (the CA was renewed since the
+    /// daemon started), or one that has expired (renewed too late, say after a long outage).
     Untrusted,
 }
 
@@ -45,7 +46,10 @@ pub async fn presented_certificate(addr: &str, certs: &Bundle, server_name: &str
             }
             Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
                 Some(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+                    rustls::CertificateError::UnknownIssuer
+                    | rustls::CertificateError::BadSignature
+                    | rustls::CertificateError::Expired
+                    | rustls::CertificateError::ExpiredContext { .. },
                 )) => Ok(Presented::Untrusted),
                 _ => Err(e.to_string()),
             },

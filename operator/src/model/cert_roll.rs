@@ -20,7 +20,7 @@ pub enum Serving {
     Current,
     /// Another one: renewed since the daemon started.
     Stale {
-        /// Issued by the CA the Secret holds (false: clients no longer trust it).
+        /// Issued by the CA the Secret holds and not expired (false: clients refuse it).
         same_ca: bool,
         /// Left of its life.
         expires_in: Duration,

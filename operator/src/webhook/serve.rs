@@ -139,7 +139,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, path = names::INJECT_PATH, callers = ?std::mem::discriminant(callers), "serving the injection webhook");
+    let client_certificates = matches!(callers, Callers::CertificateOf(_));
+    tracing::info!(%addr, path = names::INJECT_PATH, client_certificates, "serving the injection webhook");
     serve_on(listener, resolver, handler, callers, draining, shutdown).await
 }
 
