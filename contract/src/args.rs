@@ -30,6 +30,13 @@ pub mod flag {
     pub const CERTS: &str = "certs";
     pub const TIMEOUT: &str = "timeout";
     pub const MERGE: &str = "merge";
+    /// `client-certs`'.
+    pub const OPERATOR: &str = "operator";
+    pub const OPERATOR_CA: &str = "operator-ca";
+    pub const DAEMON: &str = "daemon";
+    pub const TOKEN: &str = "token";
+    pub const DIR: &str = "dir";
+    pub const CHECK: &str = "check";
 }
 
 /// Subcommand names (`run` is the default and is not written).
@@ -38,6 +45,7 @@ pub mod sub {
     pub const PROBE: &str = "probe";
     pub const INSTALL: &str = "install";
     pub const CLIENT_SETUP: &str = super::super::client_pod::SUBCOMMAND;
+    pub const CLIENT_CERTS: &str = super::super::per_pod::SUBCOMMAND;
 }
 
 fn push(out: &mut Vec<String>, name: &str, value: impl std::fmt::Display) {
@@ -249,6 +257,83 @@ impl ClientSetup {
     }
 }
 
+/// `dind-init client-certs`: the injected native sidecar that gets (and renews) the pod's own
+/// client certificate from the operator (see [`super::per_pod`]). With `check`, it only says
+/// whether the certificate is there (the sidecar's startup probe).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCerts {
+    /// `https://HOST:PORT` of the operator (its webhook Service).
+    pub operator: String,
+    /// The CAs of the operator's serving certificate, PEM, base64 (one argument).
+    pub operator_ca: String,
+    /// The DindDaemon: `NAMESPACE/NAME`.
+    pub daemon: String,
+    /// The projected token's file.
+    pub token: String,
+    /// Where `ca.pem`, `cert.pem` and `key.pem` are written.
+    pub dir: String,
+}
+
+impl ClientCerts {
+    /// The arguments after the binary (the subcommand first).
+    pub fn render(&self) -> Vec<String> {
+        let mut out = vec![sub::CLIENT_CERTS.to_string()];
+        push(&mut out, flag::OPERATOR, &self.operator);
+        push(&mut out, flag::OPERATOR_CA, &self.operator_ca);
+        push(&mut out, flag::DAEMON, &self.daemon);
+        push(&mut out, flag::TOKEN, &self.token);
+        push(&mut out, flag::DIR, &self.dir);
+        out
+    }
+
+    /// The startup probe's command after the binary: is the certificate in `dir`?
+    pub fn check(dir: &str) -> Vec<String> {
+        let mut out = vec![sub::CLIENT_CERTS.to_string(), format!("--{}", flag::CHECK)];
+        push(&mut out, flag::DIR, dir);
+        out
+    }
+
+    /// Parses the arguments after the subcommand (`--name=value`), naming any bad one.
+    /// `Ok(Err(dir))`: `--check` of `dir`.
+    pub fn parse(args: &[String]) -> Result<Result<Self, String>, String> {
+        let (mut operator, mut operator_ca, mut daemon, mut token, mut dir) = (None, None, None, None, None);
+        let mut check = false;
+        for arg in args {
+            let Some(body) = arg.strip_prefix("--") else { return Err(format!("{arg}: unexpected argument")) };
+            if body == flag::CHECK {
+                check = true;
+                continue;
+            }
+            let (name, value) = body.split_once('=').ok_or_else(|| format!("--{body}: needs a value (--{body}=VALUE)"))?;
+            let value = value.to_string();
+            match name {
+                flag::OPERATOR if value.starts_with("https://") => operator = Some(value),
+                flag::OPERATOR => return Err(format!("--operator: {value:?} must be https://HOST:PORT")),
+                flag::OPERATOR_CA => operator_ca = Some(value),
+                flag::DAEMON => match value.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => daemon = Some(value),
+                    _ => return Err(format!("--daemon: {value:?} must be NAMESPACE/NAME")),
+                },
+                flag::TOKEN if value.starts_with('/') => token = Some(value),
+                flag::DIR if value.starts_with('/') => dir = Some(value),
+                flag::TOKEN | flag::DIR => return Err(format!("--{name}: {value:?} must be an absolute path")),
+                other => return Err(format!("--{other}: unknown flag of client-certs")),
+            }
+        }
+        let dir = dir.ok_or("--dir is required")?;
+        if check {
+            return Ok(Err(dir));
+        }
+        Ok(Ok(Self {
+            operator: operator.ok_or("--operator is required")?,
+            operator_ca: operator_ca.ok_or("--operator-ca is required")?,
+            daemon: daemon.ok_or("--daemon is required")?,
+            token: token.ok_or("--token is required")?,
+            dir,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +366,37 @@ mod tests {
             let rendered = c.render();
             prop_assert_eq!(rendered[0].as_str(), sub::CLIENT_SETUP);
             prop_assert_eq!(ClientSetup::parse(&rendered[1..]).unwrap(), c);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn client_certs_round_trips(
+            host in "[a-z][a-z0-9.-]{0,30}", port in 1u16.., ca in "[A-Za-z0-9+/=]{1,60}",
+            ns in "[a-z][a-z0-9-]{0,20}", name in "[a-z][a-z0-9-]{0,20}", token in "/[a-z/._-]{1,30}", dir in "/[a-z/._-]{1,30}",
+        ) {
+            let c = ClientCerts { operator: format!("https://{host}:{port}"), operator_ca: ca, daemon: format!("{ns}/{name}"), token, dir };
+            let rendered = c.render();
+            prop_assert_eq!(rendered[0].as_str(), sub::CLIENT_CERTS);
+            prop_assert_eq!(ClientCerts::parse(&rendered[1..]).unwrap(), Ok(c.clone()));
+            let check = ClientCerts::check(&c.dir);
+            prop_assert_eq!(ClientCerts::parse(&check[1..]).unwrap(), Err(c.dir));
+        }
+    }
+
+    #[test]
+    fn client_certs_names_a_bad_flag() {
+        let args = |l: &[&str]| l.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        for (bad, word) in [
+            (vec!["--operator=http://o:443", "--dir=/d"], "--operator"),
+            (vec!["--daemon=ci", "--dir=/d"], "--daemon"),
+            (vec!["--dir=rel"], "--dir"),
+            (vec!["--what=1", "--dir=/d"], "--what"),
+            (vec!["--check"], "--dir is required"),
+            (vec!["--dir=/d"], "--operator is required"),
+        ] {
+            let e = ClientCerts::parse(&args(&bad)).unwrap_err();
+            assert!(e.contains(word), "{bad:?}: {e}");
         }
     }
 

@@ -18,6 +18,9 @@ pub const PLAINTEXT_PORT: u16 = 2375;
 
 /// Where the install init container copies `dind-init` and where the daemon container runs it.
 pub const BIN_DIR: &str = "/dind/bin";
+/// Where the dind-init image (`init/Dockerfile`, FROM scratch) has the binary: what an exec
+/// probe of a container of that image runs.
+pub const INIT_IMAGE_BINARY: &str = "/dind-init";
 /// The binary's name inside [`BIN_DIR`].
 pub const BINARY: &str = "dind-init";
 /// Where the server TLS Secret is mounted in the daemon container (`--tls-dir`'s default).
@@ -93,6 +96,40 @@ pub mod client_pod {
     /// `securityContext.supplementalGroups`: a container of any uid in the pod may use the
     /// daemon, and nothing outside the pod sees the socket (it lives in the pod's emptyDir).
     pub const SOCKET_GID: u32 = 2375;
+}
+
+/// Per-pod client certificates (a DindDaemon's `spec.clients` grants, or `tls.clientCertificates:
+/// PerPod`): the injected native sidecar `dind-init client-certs` makes a key pair in the pod,
+/// sends a certificate signing request to the operator authenticated by the pod's projected
+/// ServiceAccount token (audience [`per_pod::AUDIENCE`]), writes what it gets into
+/// [`client_pod::CERTS_DIR`] (an emptyDir of the pod, in memory) and renews it while the pod
+/// lives. The operator checks the token with a TokenReview, the pod and its grant, and signs
+/// with the daemon's CA.
+pub mod per_pod {
+    /// `client-certs`' subcommand name.
+    pub const SUBCOMMAND: &str = "client-certs";
+    /// The audience of the pod's projected token: only the operator accepts it (the apiserver
+    /// and every other service refuse a token of another audience).
+    pub const AUDIENCE: &str = "dind.dev/client-certificates";
+    /// Where the projected token is mounted in the sidecar (file [`TOKEN_FILE`]).
+    pub const TOKEN_DIR: &str = "/var/run/secrets/dind.dev/token";
+    pub const TOKEN_FILE: &str = "token";
+    /// The operator's route (on the webhook's HTTPS port) that signs requests.
+    pub const PATH: &str = "/certificates";
+    /// The request's JSON fields: the DindDaemon (`NAMESPACE/NAME`) and the PEM CSR. The
+    /// token goes in `Authorization: Bearer`.
+    pub const REQ_DAEMON: &str = "daemon";
+    pub const REQ_CSR: &str = "csr";
+    /// The answer's JSON fields: the certificate (PEM), the daemon's CA (PEM), and when the
+    /// certificate expires (Unix seconds).
+    pub const RESP_CERTIFICATE: &str = "certificate";
+    pub const RESP_CA: &str = "ca";
+    pub const RESP_NOT_AFTER: &str = "notAfter";
+    /// The URI SAN naming the pod a certificate was minted for:
+    /// `urn:dind.dev:pod:NAMESPACE:NAME:UID`.
+    pub const POD_URI_PREFIX: &str = "urn:dind.dev:pod:";
+    /// The sidecar renews once this share of the certificate's life has passed (in percent).
+    pub const RENEW_AT_PERCENT: u32 = 60;
 }
 
 /// Storage drivers `dind-init` knows how to place; anything else is refused by name.

@@ -32,6 +32,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(dind_contract::client_pod::SUBCOMMAND) {
         return client_setup(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some(dind_contract::per_pod::SUBCOMMAND) {
+        return client_certs(&args[1..]);
+    }
     // 1. Signals first: from here on every asynchronous one queues for our signalfd instead of
     // killing us (or being lost: PID 1 has no default actions), as in tini.
     let mask = supervise::blocked();
@@ -92,21 +95,60 @@ fn main() -> ExitCode {
 }
 
 /// `dind-init client-setup`: the injected init container of a build pod (see `client`).
-fn client_setup(args: &[String]) -> ExitCode {
-    tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
-    // PID 1 of its container ignores signals it has no handler for: without this, a pod deleted
-    // while it waits would hang for the whole grace period. A thread takes TERM/INT and exits.
+/// PID 1 of its container ignores signals it has no handler for: without this, a pod deleted
+/// while a client subcommand waits would hang for the whole grace period. A thread takes
+/// TERM/INT and exits with `code(signal)`.
+fn exit_on_stop(what: &'static str, code: fn(i32) -> i32) {
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
     if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop), None).is_ok() {
         std::thread::spawn(move || {
             if let Ok(sig) = stop.wait() {
-                eprintln!("dind-init client-setup: {sig}, stopping");
-                std::process::exit(128 + sig as i32);
+                eprintln!("dind-init {what}: {sig}, stopping");
+                std::process::exit(code(sig as i32));
             }
         });
     }
+}
+
+/// `client-certs`: the native sidecar that keeps the pod's own client certificate (or, with
+/// `--check`, its startup probe).
+fn client_certs(args: &[String]) -> ExitCode {
+    let parsed = match dind_contract::args::ClientCerts::parse(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dind-init client-certs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match parsed {
+        Err(dir) => {
+            return match client::mint::check(std::path::Path::new(&dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dind-init client-certs --check: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Ok(s) => s,
+    };
+    tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
+    // A sidecar is stopped when the pod's containers have ended: that is success.
+    exit_on_stop("client-certs", |_| 0);
+    match client::mint::run(&settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dind-init client-certs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn client_setup(args: &[String]) -> ExitCode {
+    tracing_subscriber::fmt().with_writer(io::stderr).with_target(false).with_ansi(false).init();
+    exit_on_stop("client-setup", |sig| 128 + sig);
     let setup = match client::parse(args) {
         Ok(s) => s,
         Err(e) => {

@@ -138,6 +138,11 @@ struct WebhookArgs {
     /// apiserver, given a client certificate by its AdmissionConfiguration); unset: anyone.
     #[arg(long, env = "WEBHOOK_CLIENT_CA")]
     webhook_client_ca: Option<std::path::PathBuf>,
+    /// Where pods' certificate sidecars reach this operator for their own client certificate
+    /// (`POST /certificates` on the webhook's port). Default:
+    /// `https://WEBHOOK_SERVICE.NAMESPACE.svc:443`.
+    #[arg(long, env = "CERTIFICATES_URL")]
+    certificates_url: Option<String>,
     /// How long the injected init container waits for the daemon to answer, in seconds.
     #[arg(long, default_value_t = dind_contract::client_pod::WAIT_SECONDS)]
     webhook_wait_seconds: u32,
@@ -221,6 +226,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             defaults: defaults(&args),
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
+            minting: Some(webhook::Minting {
+                operator: args.webhook.certificates_url.clone().unwrap_or_else(|| {
+                    format!("https://{}.{}.svc:443", args.webhook.webhook_service, args.lease_namespace)
+                }),
+                resolver: resolver.clone(),
+            }),
         };
         let callers = match &args.webhook.webhook_client_ca {
             None => webhook::Callers::Anyone,

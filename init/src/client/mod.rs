@@ -6,6 +6,7 @@
 //! Everything it may write is in the pod's config emptyDir; it never touches the certificates.
 
 mod context;
+pub mod mint;
 mod ping;
 
 use std::path::PathBuf;
@@ -46,20 +47,27 @@ pub fn parse(args: &[String]) -> Result<Setup, String> {
 /// `kubectl logs -c dind-wait` show.
 pub fn run(setup: &Setup) -> Result<Duration, String> {
     context::write(setup).map_err(|e| format!("writing the Docker configuration in {}: {e}", setup.config.display()))?;
-    let tls = match &setup.certs {
-        Some(dir) => Some(ping::tls_config(dir).map_err(|e| format!("client certificates in {}: {e}", dir.display()))?),
-        None => None,
-    };
     let started = Instant::now();
     let mut last = String::new();
     let mut attempts = 0u32;
+    // Per-pod certificates are written by the `client-certs` sidecar: read them each try
+    // until they are there (its startup probe makes that the first try, as a rule).
+    let mut tls = None;
     loop {
         attempts += 1;
         let left = setup.timeout.saturating_sub(started.elapsed());
-        match ping::ping(&setup.host, tls.clone(), left.clamp(Duration::from_millis(100), Duration::from_secs(3))) {
+        let answered = match (&setup.certs, &tls) {
+            (Some(dir), None) => ping::tls_config(dir).map_err(|e| format!("client certificates in {}: {e}", dir.display())).map(|c| {
+                tls = Some(c);
+            }),
+            _ => Ok(()),
+        }
+        .and_then(|()| {
+            ping::ping(&setup.host, tls.clone(), left.clamp(Duration::from_millis(100), Duration::from_secs(3))).map_err(|e| e.to_string())
+        });
+        match answered {
             Ok(()) => return Ok(started.elapsed()),
             Err(e) => {
-                let e = e.to_string();
                 if e != last {
                     tracing::info!(host = %setup.host, error = %e, "the daemon does not answer yet");
                     last = e;

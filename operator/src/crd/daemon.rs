@@ -3,7 +3,9 @@
 use super::*;
 
 /// Mutual TLS settings.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("self.enabled || self.clientCertificates == 'Shared'")
+    .message("tls.clientCertificates: PerPod needs tls.enabled").field_path(".clientCertificates"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// Serve the daemon over mutual TLS (default true). The operator makes one CA per
@@ -12,12 +14,69 @@ pub struct TlsSpec {
     /// port owns the daemon and, through it, the node.
     #[serde(default = "default_true")]
     pub enabled: bool,
+
+    /// How this namespace's own client pods (labelled `dind.dev/inject: NAME`) get a client
+    /// certificate. `Shared` (default): every client mounts Secret NAME-client, one key valid
+    /// for a year that anyone who may read Secrets here can copy: the weaker option.
+    /// `PerPod`: each pod gets a certificate of its own, minted for it (naming its namespace,
+    /// name and uid), valid for `clientCertificateLifetimeSeconds` and renewed while the pod
+    /// lives by an injected sidecar; a copied certificate stops working when it expires. Pods
+    /// of other namespaces (`spec.clients`) always get `PerPod`.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+
+    /// Lifetime of a per-pod client certificate, in seconds (60-86400, default 3600). The pod's
+    /// sidecar renews it once 60% of it has passed; a pod with `activeDeadlineSeconds` gets no
+    /// certificate that outlives that deadline.
+    #[serde(default = "default_client_certificate_lifetime")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub client_certificate_lifetime_seconds: i32,
+}
+
+/// How a pool daemon's client pods get a client certificate.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClientCertificates {
+    /// One certificate for every client, in Secret NAME-client (valid a year).
+    #[default]
+    Shared,
+    /// A short-lived certificate of its own for each pod, minted by the operator.
+    PerPod,
+}
+
+/// The default of `tls.clientCertificateLifetimeSeconds`: an hour.
+pub const DEFAULT_CLIENT_CERTIFICATE_LIFETIME: i32 = 3600;
+
+fn default_client_certificate_lifetime() -> i32 {
+    DEFAULT_CLIENT_CERTIFICATE_LIFETIME
 }
 
 impl Default for TlsSpec {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            client_certificates: ClientCertificates::Shared,
+            client_certificate_lifetime_seconds: DEFAULT_CLIENT_CERTIFICATE_LIFETIME,
+        }
     }
+}
+
+/// Pods of other namespaces that a pool DindDaemon serves: a grant. A pod gets Docker from it
+/// with two labels, `dind.dev/inject: NAME` and `dind.dev/inject-namespace: NAMESPACE` (this
+/// DindDaemon's), when its namespace matches `namespaceSelector` and the pod `podSelector`;
+/// otherwise it is refused at creation, naming the grant it lacks. Such a pod gets a client
+/// certificate of its own (never the shared Secret), and the daemons' NetworkPolicy admits
+/// exactly these namespaces and pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientsSpec {
+    /// Namespaces whose pods may use these daemons, by their labels (for one namespace:
+    /// `matchLabels: {kubernetes.io/metadata.name: NAME}`). `{}` grants every namespace.
+    pub namespace_selector: LabelSelector,
+
+    /// Of those namespaces' pods, only those whose labels match (absent: every pod labelled
+    /// for this DindDaemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// Storage of /var/lib/docker, which dockerd must have to itself (never shared).

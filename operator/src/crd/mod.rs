@@ -17,7 +17,7 @@ pub use status::*;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,8 @@ pub fn definition() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiexten
     .message("egress.restricted needs mode: Pool (a sidecar daemon shares its job pod's network: restrict the job's pods)").field_path(".egress"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.sidecar)")
     .message("sidecar needs mode: Sidecar (a Pool daemon always listens on TCP)").field_path(".sidecar"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.clients) || (self.mode == 'Pool' && self.tls.enabled)")
+    .message("clients (pods of other namespaces) needs mode: Pool and tls.enabled: each granted pod gets a client certificate of its own").field_path(".clients"))]
 #[x_kube(validation = kube::core::Rule::new("self.mode == 'Sidecar' || !has(self.volumePool)")
     .message("volumePool needs mode: Sidecar (a Pool daemon has a volume of its own)").field_path(".volumePool"))]
 #[serde(rename_all = "camelCase")]
@@ -178,6 +180,12 @@ pub struct DindDaemonSpec {
     /// Mutual TLS between clients and the daemon. Sidecar mode: only with `sidecar.tcp`.
     #[serde(default)]
     pub tls: TlsSpec,
+
+    /// Pool mode: pods of other namespaces these daemons serve (a grant; absent: only pods
+    /// of this namespace). For a platform namespace that admits privileged pods serving
+    /// tenants' namespaces that stay at Pod Security `restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<ClientsSpec>,
 
     /// Where /var/lib/docker lives: a PersistentVolumeClaim per daemon (default) or an emptyDir.
     #[serde(default)]

@@ -8,9 +8,12 @@
 //! - [`tls`]: the certificates, and when they are renewed; [`cert_roll`]: which daemon restarts
 //!   to serve a renewed one;
 //! - [`sticky`]: which replica a client pod gets; [`volume_pool`]: which pool volume;
+//! - [`grant`]: which pods of other namespaces a DindDaemon serves (`spec.clients`), and for
+//!   how long a pod's own client certificate lives;
 //! - [`rbac`]: the operator's RBAC rules (the chart is generated from them).
 
 pub mod cert_roll;
+pub mod grant;
 pub mod kinds;
 pub mod names;
 pub mod ownership;

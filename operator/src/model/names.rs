@@ -32,6 +32,15 @@ pub const CLAIM_TEMPLATE: &str = "docker";
 
 /// Pod label that asks the injection webhook for Docker; value: the DindDaemon's name.
 pub const INJECT_LABEL: &str = "dind.dev/inject";
+/// With [`INJECT_LABEL`], on a pod: the namespace of the DindDaemon it names, when that is not
+/// the pod's own (a grant, `spec.clients`). The `grant.dind.dev` webhook selects pods by it.
+pub const INJECT_NAMESPACE_LABEL: &str = "dind.dev/inject-namespace";
+/// The injected native sidecar that keeps a pod's own client certificate.
+pub const CERTS_CONTAINER: &str = "dind-certs";
+/// The projected volume holding that sidecar's ServiceAccount token (our audience only).
+pub const TOKEN_VOLUME: &str = "dind-token";
+/// The webhook for pods naming a DindDaemon of another namespace (served on [`INJECT_PATH`]).
+pub const GRANT_WEBHOOK: &str = "grant.dind.dev";
 /// Namespace label that opts a namespace into injection (value `enabled`).
 pub const INJECTION_NAMESPACE_LABEL: (&str, &str) = ("dind.dev/injection", "enabled");
 /// Pod label: the key that picks the daemon replica (same key, same replica, same cache).

@@ -190,6 +190,42 @@ pub fn issue_for(
     Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// Who a per-pod client certificate is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodIdentity {
+    /// The URI SAN naming the pod (`dind_contract::per_pod::POD_URI_PREFIX`).
+    pub fn uri(&self) -> String {
+        format!("{}{}:{}:{}", dind_contract::per_pod::POD_URI_PREFIX, self.namespace, self.name, self.uid)
+    }
+}
+
+/// A client certificate for the public key of `csr_pem` (a PEM certificate signing request,
+/// whose signature proves the requester holds the key), signed by `ca`, naming `pod` (common
+/// name `NAMESPACE/NAME`, a URI SAN with its uid) and valid from a minute before `now` until
+/// `now + lifetime`. Nothing else of the request is used: the requester chooses no name, no
+/// usage and no lifetime.
+pub fn sign_request(ca: &Pair, csr_pem: &str, pod: &PodIdentity, now: OffsetDateTime, lifetime: Duration) -> Result<String, Error> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::Tls(format!("the certificate request: {e}")))?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(tls_err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&format!("{}/{}", pod.namespace, pod.name));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.subject_alt_names = vec![SanType::URI(pod.uri().try_into().map_err(tls_err)?)];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - Duration::minutes(1);
+    params.not_after = now + lifetime;
+    let signed = rcgen::CertificateSigningRequestParams { params, public_key: csr.public_key };
+    Ok(signed.signed_by(&issuer).map_err(tls_err)?.pem())
+}
+
 /// What the reconciler should do with the certificates it found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -354,5 +390,41 @@ mod tests {
         assert_ne!(a.ca.cert_pem, b.ca.cert_pem);
         let a_client = inspect(&a.client.cert_pem).unwrap();
         assert_ne!(a_client.issuer_der, inspect(&b.ca.cert_pem).unwrap().subject_der);
+    }
+
+    #[test]
+    fn a_request_is_signed_for_the_pod_with_our_names_and_lifetime_only() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let ca = new_ca("dind", "ci", now).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut asked = CertificateParams::new(vec!["kubernetes.default.svc".to_string()]).unwrap();
+        asked.distinguished_name = dn("system:masters");
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let pod = PodIdentity { namespace: "team-a".into(), name: "build-1".into(), uid: "0a-1b".into() };
+        let pem = sign_request(&ca, &csr, &pod, now, Duration::minutes(10)).unwrap();
+        let info = inspect(&pem).unwrap();
+        assert_eq!(info.not_after, now + Duration::minutes(10));
+        assert!(info.dns_names.is_empty(), "names the request asked for are not given: {:?}", info.dns_names);
+        assert_eq!(info.issuer_der, inspect(&ca.cert_pem).unwrap().subject_der);
+        let der = der_of(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!cert.is_ca());
+        assert_eq!(cert.public_key().raw, x509_parser::parse_x509_certificate(&der).unwrap().1.public_key().raw);
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(
+            matches!(san.value.general_names.as_slice(), [x509_parser::extensions::GeneralName::URI(u)] if *u == "urn:dind.dev:pod:team-a:build-1:0a-1b")
+        );
+        assert!(cert.subject().to_string().contains("team-a/build-1"), "{}", cert.subject());
+        // A request whose signature does not verify (a key it does not hold) is refused.
+        // (A character in the middle of the last full base64 line: inside the signature.)
+        let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
+        let at = lines.len() - 3;
+        let flipped: String = lines[at].chars().enumerate().map(|(i, c)| if i == 30 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
+        lines[at] = flipped;
+        let tampered = lines.join("\n");
+        assert!(rcgen::CertificateSigningRequestParams::from_pem(&tampered).is_err());
+        assert!(sign_request(&ca, &tampered, &pod, now, Duration::minutes(10)).is_err());
+        assert!(sign_request(&ca, "not a request", &pod, now, Duration::minutes(10)).is_err());
     }
 }

@@ -126,7 +126,7 @@ pub fn install_container(image: String) -> Container {
     Container {
         name: "install-dind-init".into(),
         image: Some(image),
-        command: Some(command("/dind-init", args::Install { dir: BIN_DIR.into() }.render())),
+        command: Some(command(dind_contract::INIT_IMAGE_BINARY, args::Install { dir: BIN_DIR.into() }.render())),
         volume_mounts: Some(vec![VolumeMount { name: "dind-bin".into(), mount_path: BIN_DIR.into(), ..Default::default() }]),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Pod admissions by the injection webhook, by outcome.
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_seconds: Histogram,
+    /// Per-pod client certificate requests, by outcome (minted, refused, failed).
+    pub certificates: Family<AdmissionLabels, Counter>,
+    pub certificate_seconds: Histogram,
     /// What each daemon keeps on its volume (`/system/df`), as of the last ask.
     pub disk_used_bytes: Family<PodLabels, Gauge>,
     pub build_cache_bytes: Family<PodLabels, Gauge>,
@@ -67,6 +70,8 @@ impl Default for Metrics {
             leader: Gauge::default(),
             admissions: Family::default(),
             admission_seconds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            certificates: Family::default(),
+            certificate_seconds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             disk_used_bytes: Family::default(),
             build_cache_bytes: Family::default(),
             images: Family::default(),
@@ -89,6 +94,8 @@ impl Metrics {
         r.register("leader", "1 while this replica holds the leader lease", self.leader.clone());
         r.register("webhook_admissions", "Pods the injection webhook answered, by outcome", self.admissions.clone());
         r.register("webhook_admission_duration_seconds", "Time the injection webhook took per pod", self.admission_seconds.clone());
+        r.register("client_certificates", "Per-pod client certificate requests, by outcome (minted, refused, failed)", self.certificates.clone());
+        r.register("client_certificate_duration_seconds", "Time a per-pod client certificate request took", self.certificate_seconds.clone());
         r.register("daemon_disk_used_bytes", "Bytes a daemon keeps on its volume (docker system df)", self.disk_used_bytes.clone());
         r.register("daemon_build_cache_bytes", "Bytes of a daemon's build cache", self.build_cache_bytes.clone());
         r.register("daemon_images", "Images a daemon holds", self.images.clone());

@@ -10,10 +10,12 @@ use kube::api::GetParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use super::inject::{self, Target};
+use k8s_openapi::api::core::v1::Namespace;
+
+use super::inject::{self, PerPod, Target};
 use super::{lease, sidecar};
 use crate::crd::{DaemonMode, DindDaemon};
-use crate::model::names;
+use crate::model::{grant, names};
 use crate::objects::{self, Defaults};
 use crate::runtime::metrics::{AdmissionLabels, Metrics};
 
@@ -25,6 +27,18 @@ pub struct Handler {
     pub defaults: Defaults,
     pub wait_seconds: u32,
     pub metrics: Metrics,
+    /// Where per-pod certificates are minted (this server); None: pods that need one are
+    /// refused.
+    pub minting: Option<Minting>,
+}
+
+/// Where a pod's certificate sidecar reaches the operator, and what it trusts there.
+#[derive(Clone, Debug)]
+pub struct Minting {
+    /// `https://SERVICE.NAMESPACE.svc:443`: the webhook's Service.
+    pub operator: String,
+    /// The serving certificate's keeper: its CAs are what the sidecar trusts.
+    pub resolver: std::sync::Arc<super::Resolver>,
 }
 
 /// Which of the two webhooks a request came to.
@@ -47,7 +61,11 @@ impl Webhook {
 
 impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler").field("defaults", &self.defaults).field("wait_seconds", &self.wait_seconds).finish()
+        f.debug_struct("Handler")
+            .field("defaults", &self.defaults)
+            .field("wait_seconds", &self.wait_seconds)
+            .field("minting", &self.minting.as_ref().map(|m| &m.operator))
+            .finish()
     }
 }
 
@@ -81,7 +99,12 @@ impl Handler {
         }
         let pod = &request["object"];
         let Some(daemon) = pod["metadata"]["labels"][webhook.label()].as_str() else { return Ok(None) };
-        let namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
+        let pod_namespace = request["namespace"].as_str().or_else(|| pod["metadata"]["namespace"].as_str()).unwrap_or("default");
+        // A pool daemon of another namespace, by grant (`dind.dev/inject-namespace`).
+        let namespace = match (webhook, pod["metadata"]["labels"][names::INJECT_NAMESPACE_LABEL].as_str()) {
+            (Webhook::Inject, Some(other)) => other,
+            _ => pod_namespace,
+        };
         let dd = match tokio::time::timeout(READ_TIMEOUT, read_daemon(&self.client, namespace, daemon)).await {
             Ok(Ok(Some(dd))) => dd,
             Ok(Ok(None)) => {
@@ -95,7 +118,14 @@ impl Handler {
         };
         let plan = match (webhook, dd.spec.mode) {
             (Webhook::Inject, DaemonMode::Pool) => {
-                inject::plan(pod, &Target::of(&dd, namespace, &self.defaults.init_image), self.wait_seconds).map_err(|r| r.0)?
+                let mut target = Target::of(&dd, namespace, &self.defaults.init_image);
+                if namespace != pod_namespace {
+                    self.granted(&dd, (namespace, daemon), pod_namespace, pod).await?;
+                }
+                if grant::per_pod(&dd.spec, namespace, pod_namespace) {
+                    target.per_pod = Some(self.per_pod()?);
+                }
+                inject::plan(pod, &target, self.wait_seconds).map_err(|r| r.0)?
             }
             (Webhook::Sidecar, DaemonMode::Sidecar) => {
                 // A registry CA whose ConfigMap is missing would leave the pod ContainerCreating.
@@ -150,6 +180,32 @@ impl Handler {
             tracing::info!(namespace, pod = pod_name, daemon, ?webhook, docker_host = %plan.docker_host, containers = ?plan.injected, "injected Docker");
         }
         Ok(Some(plan.patch))
+    }
+}
+
+impl Handler {
+    /// Whether DindDaemon `target` grants a pod of `pod_namespace` (its namespace's labels are
+    /// read here: the review does not carry them).
+    async fn granted(&self, dd: &DindDaemon, target: (&str, &str), pod_namespace: &str, pod: &Value) -> Result<(), String> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let params = GetParams::any();
+        let ns = match tokio::time::timeout(READ_TIMEOUT, api.get_with(pod_namespace, &params)).await {
+            Ok(Ok(ns)) => ns,
+            Ok(Err(e)) => return Err(format!("could not read namespace {pod_namespace:?} to check DindDaemon {}/{}'s grant: {e}", target.0, target.1)),
+            Err(_) => return Err(format!("could not read namespace {pod_namespace:?} within {READ_TIMEOUT:?}")),
+        };
+        let pod_labels: grant::Labels = serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
+        grant::check(target, dd.spec.clients.as_ref(), pod_namespace, &ns.metadata.labels.unwrap_or_default(), &pod_labels)
+    }
+
+    /// Where the pod's certificate sidecar asks, once this server's CAs are known.
+    fn per_pod(&self) -> Result<PerPod, String> {
+        let minting = self.minting.as_ref().ok_or("this operator mints no per-pod client certificates (it serves no certificate endpoint)")?;
+        let operator_ca = minting
+            .resolver
+            .bundle()
+            .ok_or("the operator's serving certificate is not loaded yet, so a per-pod client certificate cannot be set up; retry in a moment")?;
+        Ok(PerPod { operator: minting.operator.clone(), operator_ca })
     }
 }
 

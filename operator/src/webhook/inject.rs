@@ -56,6 +56,18 @@ pub struct Target {
     pub client_secret: String,
     /// The dind-init image (the daemon's own `spec.initImage`, else the operator's default).
     pub init_image: String,
+    /// Set: the pod gets a client certificate of its own from the operator (a grant, or
+    /// `tls.clientCertificates: PerPod`), not the shared Secret.
+    pub per_pod: Option<PerPod>,
+}
+
+/// Where a pod's `client-certs` sidecar asks for its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerPod {
+    /// `https://SERVICE.NAMESPACE.svc:443`: the operator's webhook Service.
+    pub operator: String,
+    /// The CAs of the operator's serving certificate (PEM).
+    pub operator_ca: String,
 }
 
 impl Target {
@@ -72,9 +84,59 @@ impl Target {
             init_image: dd.spec.init_image.clone().unwrap_or_else(|| default_init_image.to_string()),
             namespace: namespace.to_string(),
             name,
+            per_pod: None,
         }
     }
 }
+
+/// What an injected container of ours runs as: no privilege, and within Pod Security
+/// `restricted` (non-root by number: the dind-init image is FROM scratch).
+fn restricted_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The injected native sidecar of a per-pod certificate: makes the key, gets the certificate
+/// from the operator with the pod's projected token, renews it while the pod lives. Its startup
+/// probe holds the next init container until the certificate is there.
+fn certs_sidecar(target: &Target, per_pod: &PerPod) -> Value {
+    use base64::Engine as _;
+    let certs = args::ClientCerts {
+        operator: per_pod.operator.clone(),
+        operator_ca: base64::engine::general_purpose::STANDARD.encode(&per_pod.operator_ca),
+        daemon: format!("{}/{}", target.namespace, target.name),
+        token: dind_contract::per_pod::TOKEN_DIR.to_string(),
+        dir: client_pod::CERTS_DIR.to_string(),
+    };
+    let probe: Vec<String> =
+        std::iter::once(dind_contract::INIT_IMAGE_BINARY.to_string()).chain(args::ClientCerts::check(client_pod::CERTS_DIR)).collect();
+    json!({
+        "name": names::CERTS_CONTAINER,
+        "image": target.init_image,
+        "restartPolicy": "Always",
+        "args": certs.render(),
+        "volumeMounts": [
+            {"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR},
+            {"name": names::TOKEN_VOLUME, "mountPath": dind_contract::per_pod::TOKEN_DIR, "readOnly": true},
+            {"name": names::NO_TOKEN_VOLUME, "mountPath": names::TOKEN_DIR, "readOnly": true},
+        ],
+        "startupProbe": {"exec": {"command": probe}, "periodSeconds": 1, "failureThreshold": 300},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "securityContext": restricted_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// How long the projected token lives (the kubelet renews it at 80%): the shortest the
+/// apiserver issues.
+const TOKEN_SECONDS: i64 = 600;
 
 /// How containers find the daemon (annotation `dind.dev/docker-env`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,11 +233,7 @@ fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32, sources
         "args": args,
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": restricted_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
@@ -199,6 +257,7 @@ fn env_for(target: &Target, mode: Mode, docker_host: &str) -> Vec<(&'static str,
 fn left_alone(c: &Value, opt_out: &BTreeSet<String>) -> bool {
     let cname = c["name"].as_str().unwrap_or_default();
     cname == names::WAIT_CONTAINER
+        || cname == names::CERTS_CONTAINER
         || opt_out.contains(cname)
         || c["env"].as_array().into_iter().flatten().any(|e| e["name"].as_str() == Some("DOCKER_HOST"))
 }
@@ -302,11 +361,24 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     let mut volumes = new["spec"]["volumes"].as_array().cloned().unwrap_or_default();
     ensure_volume(&mut volumes, json!({"name": names::CONFIG_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}))?;
     ensure_volume(&mut volumes, json!({"name": names::NO_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}))?;
-    if target.tls {
-        ensure_volume(
+    match (&target.per_pod, target.tls) {
+        (Some(_), _) => {
+            // The pod's own key, in memory, and a token only the operator accepts.
+            ensure_volume(&mut volumes, json!({"name": names::CERTS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}))?;
+            ensure_volume(
+                &mut volumes,
+                json!({"name": names::TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+                    "audience": dind_contract::per_pod::AUDIENCE,
+                    "expirationSeconds": TOKEN_SECONDS,
+                    "path": dind_contract::per_pod::TOKEN_FILE,
+                }}]}}),
+            )?;
+        }
+        (None, true) => ensure_volume(
             &mut volumes,
             json!({"name": names::CERTS_VOLUME, "secret": {"secretName": target.client_secret, "defaultMode": 0o444}}),
-        )?;
+        )?,
+        (None, false) => {}
     }
     new["spec"]["volumes"] = Value::Array(volumes);
 
@@ -330,6 +402,19 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
                 "the pod already has an init container named {:?}: the injection webhook adds one of that name; rename yours",
                 names::WAIT_CONTAINER
             )));
+        }
+    }
+    // Before it, the certificate's sidecar (the wait needs the certificate).
+    if let Some(per_pod) = &target.per_pod {
+        match inits.iter().find(|c| c["name"].as_str() == Some(names::CERTS_CONTAINER)) {
+            None => inits.insert(0, certs_sidecar(target, per_pod)),
+            Some(c) if c["args"][0].as_str() == Some(dind_contract::per_pod::SUBCOMMAND) => {}
+            Some(_) => {
+                return Err(Refusal(format!(
+                    "the pod already has an init container named {:?}: the injection webhook adds one of that name; rename yours",
+                    names::CERTS_CONTAINER
+                )));
+            }
         }
     }
 

@@ -10,6 +10,7 @@ fn target(tls: bool) -> Target {
         ready: vec!["ci-0".into(), "ci-1".into(), "ci-2".into()],
         client_secret: "ci-client".into(),
         init_image: "dind-init:test".into(),
+        per_pod: None,
     }
 }
 
@@ -223,4 +224,44 @@ fn an_own_docker_config_in_a_volume_is_merged_and_one_elsewhere_is_kept_or_refus
     p["metadata"]["annotations"] = json!({"dind.dev/docker-env": "context"});
     let err = plan(&p, &target(true), 120).unwrap_err().0;
     assert!(err.contains("\"build\"") && err.contains("DOCKER_CONFIG=/cfg") && err.contains("mode env"), "{err}");
+}
+
+#[test]
+fn a_per_pod_client_gets_the_certificate_sidecar_a_token_of_our_audience_and_no_secret() {
+    let mut t = target(true);
+    t.namespace = "dind".into();
+    t.per_pod = Some(PerPod { operator: "https://op-webhook.ops.svc:443".into(), operator_ca: "PEM".into() });
+    let mut tenant = pod();
+    tenant["metadata"]["namespace"] = json!("team-a");
+    tenant["metadata"]["labels"]["dind.dev/inject-namespace"] = json!("dind");
+    let p = plan(&tenant, &t, 120).unwrap();
+    let out = apply(&tenant, &p.patch);
+    assert!(p.docker_host.ends_with(".ci-daemons.dind.svc:2376"), "the daemon's namespace: {}", p.docker_host);
+    let volumes = out["spec"]["volumes"].as_array().unwrap();
+    let certs = volumes.iter().find(|v| v["name"] == "dind-client-certs").unwrap();
+    assert_eq!(certs["emptyDir"]["medium"], "Memory", "{certs}");
+    assert!(volumes.iter().all(|v| v.get("secret").is_none()), "no Secret is mounted: {volumes:?}");
+    let token = volumes.iter().find(|v| v["name"] == "dind-token").unwrap();
+    assert_eq!(token["projected"]["sources"][0]["serviceAccountToken"]["audience"], "dind.dev/client-certificates");
+    let inits = out["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(inits.iter().map(|c| c["name"].as_str().unwrap()).collect::<Vec<_>>(), ["dind-certs", "dind-wait"]);
+    let sidecar = &inits[0];
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    let args: Vec<String> = serde_json::from_value(sidecar["args"].clone()).unwrap();
+    let parsed = dind_contract::args::ClientCerts::parse(&args[1..]).unwrap().unwrap();
+    assert_eq!(parsed.daemon, "dind/ci");
+    assert_eq!(parsed.operator, "https://op-webhook.ops.svc:443");
+    assert_eq!(sidecar["startupProbe"]["exec"]["command"][0], "/dind-init");
+    for c in inits {
+        let sc = &c["securityContext"];
+        assert_eq!((sc["runAsNonRoot"].as_bool(), sc["seccompProfile"]["type"].as_str()), (Some(true), Some("RuntimeDefault")), "{c}");
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let token_seen = mounts.iter().any(|m| m["name"] == "dind-token");
+        assert_eq!(token_seen, c["name"] == "dind-certs", "only the sidecar sees the token: {c}");
+    }
+    // The job's containers read the certificates (read-only) as before.
+    let build = &out["spec"]["containers"][0];
+    assert!(build["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-client-certs" && m["readOnly"] == true));
+    // Re-invocation changes nothing.
+    assert!(plan(&out, &t, 120).unwrap().patch.is_empty());
 }

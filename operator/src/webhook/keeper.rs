@@ -62,6 +62,10 @@ pub async fn run(client: Client, source: Source, resolver: Arc<Resolver>) {
 fn files_tick(dir: &std::path::Path, resolver: &Resolver) -> Result<Duration, String> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{}: {e}", dir.join(f).display()));
     resolver.set(&Pair { cert_pem: read(keys::CERT)?, key_pem: read(keys::KEY)? })?;
+    // cert-manager writes the issuing CA as ca.crt: what per-pod certificate sidecars trust.
+    if let Ok(bundle) = read(keys::BUNDLE) {
+        resolver.set_bundle(bundle);
+    }
     Ok(Duration::from_secs(10))
 }
 
@@ -125,6 +129,7 @@ async fn managed_tick(client: &Client, source: &Source, resolver: &Resolver) -> 
         }
     };
     resolver.set(&state.leaf)?;
+    resolver.set_bundle(state.bundle());
     ensure_ca_bundle(client, configuration, &state.bundle()).await?;
     // Look again well inside a leaf's life (and at least once a minute).
     let leaf = lifetimes.leaf.whole_milliseconds().max(0) as u64;

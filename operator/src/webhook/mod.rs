@@ -1,6 +1,7 @@
 //! The injection webhooks: a pod labelled `dind.dev/inject: NAME` (in a namespace labelled
 //! `dind.dev/injection: enabled`) gets Docker from DindDaemon NAME's shared daemons with no
-//! setup (`/inject`); one labelled `dind.dev/sidecar: NAME` gets a daemon of its own from
+//! setup (`/inject`), and one also labelled `dind.dev/inject-namespace: NS` (any namespace)
+//! from DindDaemon NAME of namespace NS, when that grants it (`spec.clients`); one labelled `dind.dev/sidecar: NAME` gets a daemon of its own from
 //! `Sidecar`-mode DindDaemon NAME (`/sidecar`). One server, one certificate.
 //!
 //! Where it starts: [`run`], called by `main` on every replica (only the leader reconciles, but
@@ -14,6 +15,8 @@
 //! - [`serve`]: the framing: HTTPS server, routes, serving certificate (I/O);
 //! - [`admit`]: one AdmissionReview answered: the DindDaemon read, dispatch by mode (I/O);
 //! - [`lease`]: a warm pool volume taken for a sidecar pod (I/O);
+//! - [`mint`]: `POST /certificates`, a pod's own short-lived client certificate (I/O; the
+//!   grant and the signing are `crate::model::grant` and `crate::model::tls`, pure);
 //! - [`job_config`]: the Docker config a job brings, found in the pod (pure).
 
 pub mod admit;
@@ -22,6 +25,7 @@ pub mod inject;
 pub mod job_config;
 pub mod keeper;
 pub mod lease;
+pub mod mint;
 pub mod serve;
 pub mod sidecar;
 
@@ -31,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 
 use kube::Client;
 
-pub use admit::{Handler, Webhook};
+pub use admit::{Handler, Minting, Webhook};
 pub use keeper::Source;
 pub use serve::{Callers, Resolver};
 

@@ -31,6 +31,8 @@ use crate::model::tls::Pair;
 #[derive(Debug, Default)]
 pub struct Resolver {
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// The CAs of the serving certificate (PEM): what per-pod certificate sidecars trust.
+    bundle: RwLock<Option<String>>,
 }
 
 impl Resolver {
@@ -46,6 +48,16 @@ impl Resolver {
         let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         *current = Some(Arc::new(certified));
         Ok(())
+    }
+
+    /// Records the CAs clients verify the serving certificate with.
+    pub fn set_bundle(&self, bundle: String) {
+        *self.bundle.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bundle);
+    }
+
+    /// The CAs of the serving certificate, once known.
+    pub fn bundle(&self) -> Option<String> {
+        self.bundle.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn is_set(&self) -> bool {
@@ -65,6 +77,13 @@ async fn inject_route(State(handler): State<Arc<Handler>>, body: axum::body::Byt
 
 async fn sidecar_route(State(handler): State<Arc<Handler>>, body: axum::body::Bytes) -> impl IntoResponse {
     route(&handler, &body, Webhook::Sidecar).await
+}
+
+async fn certificates_route(State(handler): State<Arc<Handler>>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (status, answer) = super::mint::answer(&handler, authorization, &body).await;
+    let kind = if status == StatusCode::OK { "application/json" } else { "text/plain" };
+    (status, [(header::CONTENT_TYPE, kind)], answer)
 }
 
 async fn route(handler: &Handler, body: &[u8], webhook: Webhook) -> impl IntoResponse + use<> {
@@ -119,7 +138,10 @@ impl Callers {
                 if roots.is_empty() {
                     return Err("the webhook's client CA holds no certificate".into());
                 }
+                // A connection without a certificate is served the certificate route only (the
+                // pods' sidecars call it; they authenticate with their token): see `serve_on`.
                 let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .allow_unauthenticated()
                     .build()
                     .map_err(|e| format!("the webhook's client CA: {e}"))?;
                 builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver)
@@ -156,11 +178,17 @@ pub async fn serve_on(
     let mut config = callers.server_config(resolver).map_err(std::io::Error::other)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let handler = Arc::new(handler);
+    let certificates = Router::new().route(dind_contract::per_pod::PATH, post(certificates_route));
     let app = Router::new()
         .route(names::INJECT_PATH, post(inject_route))
         .route(names::SIDECAR_PATH, post(sidecar_route))
-        .with_state(Arc::new(handler))
-        .layer(axum::middleware::map_response_with_state(draining, close_while_draining));
+        .merge(certificates.clone())
+        .with_state(handler.clone())
+        .layer(axum::middleware::map_response_with_state(draining.clone(), close_while_draining));
+    // Callers without a client certificate, where admissions need one: certificates only.
+    let anonymous = certificates.with_state(handler).layer(axum::middleware::map_response_with_state(draining, close_while_draining));
+    let need_certificate = matches!(callers, Callers::CertificateOf(_));
     // Connections watch this: at shutdown each finishes the request it carries, then closes.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -178,7 +206,7 @@ pub async fn serve_on(
         };
         while connections.try_join_next().is_some() {}
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let (app, anonymous) = (app.clone(), anonymous.clone());
         let mut closing = closing_rx.clone();
         connections.spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -189,6 +217,7 @@ pub async fn serve_on(
                 }
                 Err(_) => return,
             };
+            let app = if need_certificate && tls.get_ref().1.peer_certificates().is_none() { anonymous } else { app };
             let service = hyper_util::service::TowerToHyperService::new(app);
             let io = hyper_util::rt::TokioIo::new(tls);
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
@@ -231,6 +260,10 @@ mod tests {
     /// POSTs [`REVIEW`] to `/sidecar` over TLS trusting `ca`, presenting `client` if any: the
     /// status line, or the error.
     async fn post(addr: SocketAddr, ca: &tls::Pair, client: Option<&tls::Pair>) -> Result<String, String> {
+        post_to(addr, ca, client, names::SIDECAR_PATH).await
+    }
+
+    async fn post_to(addr: SocketAddr, ca: &tls::Pair, client: Option<&tls::Pair>, path: &str) -> Result<String, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
@@ -249,8 +282,7 @@ mod tests {
             .await
             .map_err(|e| e.to_string())?;
         let request = format!(
-            "POST {} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REVIEW}",
-            names::SIDECAR_PATH,
+            "POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{REVIEW}",
             REVIEW.len()
         );
         s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -290,6 +322,7 @@ mod tests {
             },
             wait_seconds: 5,
             metrics: crate::runtime::metrics::Metrics::default(),
+            minting: None,
         };
         for (callers, want) in
             [(Callers::CertificateOf(apiserver_ca.cert_pem.clone()), [false, false, true]), (Callers::Anyone, [true, true, true])]
@@ -310,6 +343,10 @@ mod tests {
                 let got = post(addr, &server_ca, client).await;
                 assert_eq!(got.as_deref().is_ok_and(|l| l.contains(" 200 ")), answered, "{got:?}");
             }
+            // Pods' certificate sidecars present no certificate: they reach the certificate
+            // route (and only it), which wants their token.
+            let got = post_to(addr, &server_ca, None, dind_contract::per_pod::PATH).await;
+            assert!(got.as_deref().is_ok_and(|l| l.contains(" 401 ")), "{got:?}");
             let _ = stop.send(());
             server.await.unwrap().unwrap();
         }
