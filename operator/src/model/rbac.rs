@@ -64,6 +64,19 @@ pub fn webhook_configuration_rules() -> Vec<PolicyRule> {
     vec![rule("admissionregistration.k8s.io", &["mutatingwebhookconfigurations"], &["get", "patch"])]
 }
 
+/// Cluster rules for grants and per-pod client certificates (with the webhook): a pod of any
+/// namespace may name a DindDaemon of a watched one (`spec.clients`), so the webhook reads that
+/// pod's namespace (its labels decide the grant), and the certificate endpoint checks a pod's
+/// token (a TokenReview) and reads the pod it is bound to (uid, labels, phase). Read-only, and
+/// no Secrets: certificates are signed with the DindDaemon's CA, in its own namespace.
+pub fn grant_rules() -> Vec<PolicyRule> {
+    vec![
+        rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
+        rule("", &["namespaces"], &["get"]),
+        rule("", &["pods"], &["get"]),
+    ]
+}
+
 /// Rules in the operator's own namespace, for leader election.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])]
@@ -75,7 +88,7 @@ mod tests {
 
     #[test]
     fn nothing_deletes_or_uses_wildcards() {
-        let all = [operator_rules(), leader_election_rules(), webhook_rules(), webhook_configuration_rules()];
+        let all = [operator_rules(), leader_election_rules(), webhook_rules(), webhook_configuration_rules(), grant_rules()];
         for r in all.iter().flatten() {
             assert!(!r.verbs.iter().any(|v| v == "delete" || v == "*" || v == "deletecollection"), "{r:?}");
             assert!(!r.resources.iter().flatten().any(|s| s == "*"), "{r:?}");

@@ -10,14 +10,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta;
 use crate::crd::{DindDaemon, EgressSpec};
-use crate::model::names::{CLIENT_LABEL, NAMESPACE_NAME_LABEL, Names, OPERATOR_NAME_LABEL};
+use crate::model::names::{CLIENT_LABEL, INJECT_NAMESPACE_LABEL, NAMESPACE_NAME_LABEL, Names, OPERATOR_NAME_LABEL};
 
 /// The ports containers on a daemon may publish (`docker run -p`, compose `ports:`,
 /// Testcontainers' mapped ports, Docker's ephemeral range 32768-60999 included): every
 /// unprivileged port. Client pods reach them at the daemon's own address.
 pub const PUBLISHED_PORTS: (i32, i32) = (1024, 65535);
 
-/// Admits the daemon port only from pods labelled `dind.dev/client: NAME` (same namespace),
+/// Admits the daemon port only from pods labelled `dind.dev/client: NAME` (same namespace) and,
+/// with a grant (`spec.clients`), from the granted namespaces' pods labelled as its clients,
 /// and from the operator's pods in the operator's own namespace (it asks each daemon for its
 /// storage driver and disk use; a pod elsewhere that gives itself the operator's label is not
 /// admitted); and the ports that containers publish on the daemon, from client pods only.
@@ -41,6 +42,21 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
         }),
         ..Default::default()
     });
+    // A grant (`spec.clients`): the granted namespaces' pods that carry the client labels the
+    // webhook gives them (the client label and the daemon's namespace), and match the grant's
+    // pod selector.
+    let granted = dd.spec.clients.as_ref().map(|grant| NetworkPolicyPeer {
+        namespace_selector: Some(grant.namespace_selector.clone()),
+        pod_selector: Some(crate::model::grant::with_labels(
+            grant.pod_selector.as_ref(),
+            &BTreeMap::from([
+                (CLIENT_LABEL.to_string(), name.clone()),
+                (INJECT_NAMESPACE_LABEL.to_string(), dd.metadata.namespace.clone().unwrap_or_default()),
+            ]),
+        )),
+        ..Default::default()
+    });
+    let clients: Vec<NetworkPolicyPeer> = std::iter::once(clients).chain(granted).collect();
     let published = ["TCP", "UDP"]
         .into_iter()
         .map(|protocol| NetworkPolicyPort {
@@ -57,14 +73,14 @@ pub fn network_policy(dd: &DindDaemon, names: &Names, owner: &OwnerReference, op
             egress: dd.spec.egress.restricted.then(|| egress_rules(&dd.spec.egress)),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    from: Some(std::iter::once(clients.clone()).chain(operator).collect()),
+                    from: Some(clients.iter().cloned().chain(operator).collect()),
                     ports: Some(vec![NetworkPolicyPort {
                         port: Some(IntOrString::Int(dd.spec.port)),
                         protocol: Some("TCP".into()),
                         ..Default::default()
                     }]),
                 },
-                NetworkPolicyIngressRule { from: Some(vec![clients]), ports: Some(published) },
+                NetworkPolicyIngressRule { from: Some(clients), ports: Some(published) },
             ]),
         }),
     }

@@ -446,3 +446,29 @@ fn the_platforms_placement_is_laid_over_the_specs_node_selector() {
     );
     assert!(pod(&build(&daemon(json!({})), &defaults(), None).unwrap()).node_selector.is_none(), "none without placement");
 }
+
+#[test]
+fn a_grant_admits_exactly_the_granted_namespaces_pods_labelled_as_clients() {
+    let dd = daemon(json!({"clients": {
+        "namespaceSelector": {"matchLabels": {"dind.dev/tenant": "true"}},
+        "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["build"]}]},
+    }}));
+    let np = build(&dd, &defaults(), Some(&certs())).unwrap().network_policy.spec.unwrap();
+    let ingress = np.ingress.unwrap();
+    for rule in &ingress {
+        let from = rule.from.clone().unwrap();
+        let granted: Vec<_> = from.iter().filter(|p| p.namespace_selector.as_ref().is_some_and(|n| n.match_labels.as_ref().is_some_and(|l| l.contains_key("dind.dev/tenant")))).collect();
+        assert_eq!(granted.len(), 1, "one grant peer in {from:?}");
+        let pods = granted[0].pod_selector.as_ref().unwrap();
+        let labels = pods.match_labels.clone().unwrap();
+        assert_eq!(labels[CLIENT_LABEL], "ci");
+        assert_eq!(labels["dind.dev/inject-namespace"], "builds");
+        assert_eq!(pods.match_expressions.as_ref().unwrap()[0].key, "app");
+    }
+    // The daemon port and the published ports alike.
+    assert_eq!(ingress[0].ports.as_ref().unwrap()[0].port, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2376)));
+    assert_eq!(ingress[1].ports.as_ref().unwrap()[0].end_port, Some(65535));
+    // Without a grant: no peer of another namespace but the operator's.
+    let plain = build(&daemon(json!({})), &defaults(), Some(&certs())).unwrap().network_policy.spec.unwrap();
+    assert_eq!(plain.ingress.unwrap()[1].from.as_ref().unwrap().len(), 1);
+}
