@@ -259,7 +259,8 @@ impl ClientSetup {
 
 /// `dind-init client-certs`: the injected native sidecar that gets (and renews) the pod's own
 /// client certificate from the operator (see [`super::per_pod`]). With `check`, it only says
-/// whether the certificate is there (the sidecar's startup probe).
+/// whether the certificate is there (a diagnostic: `kubectl exec POD -c dind-certs -- /dind-init
+/// client-certs --check --dir=/dind/client-certs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientCerts {
     /// `https://HOST:PORT` of the operator (its webhook Service).

@@ -227,9 +227,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_seconds: args.webhook.webhook_wait_seconds,
             metrics: metrics.clone(),
             minting: Some(webhook::Minting {
-                operator: args.webhook.certificates_url.clone().unwrap_or_else(|| {
-                    format!("https://{}.{}.svc:443", args.webhook.webhook_service, args.lease_namespace)
-                }),
+                operator: args
+                    .webhook
+                    .certificates_url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.webhook.webhook_service, args.lease_namespace)),
                 resolver: resolver.clone(),
             }),
         };

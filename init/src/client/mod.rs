@@ -75,6 +75,14 @@ pub fn run(setup: &Setup) -> Result<Duration, String> {
             }
         }
         if started.elapsed() >= setup.timeout {
+            if let (Some(dir), None) = (&setup.certs, &tls) {
+                return Err(format!(
+                    "no client certificate in {} within {}s: {last}. A pod with a certificate of its own gets it from its \
+                     dind-certs sidecar: kubectl logs POD -c dind-certs says why it has none",
+                    dir.display(),
+                    setup.timeout.as_secs()
+                ));
+            }
             return Err(format!(
                 "the Docker daemon at {} did not answer /_ping within {}s ({attempts} tries); last error: {last}. \
                  Is the DindDaemon Ready (kubectl get dind)? Its pods Running (kubectl get pods -l dind.dev/daemon)?",

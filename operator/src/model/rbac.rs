@@ -70,11 +70,7 @@ pub fn webhook_configuration_rules() -> Vec<PolicyRule> {
 /// token (a TokenReview) and reads the pod it is bound to (uid, labels, phase). Read-only, and
 /// no Secrets: certificates are signed with the DindDaemon's CA, in its own namespace.
 pub fn grant_rules() -> Vec<PolicyRule> {
-    vec![
-        rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
-        rule("", &["namespaces"], &["get"]),
-        rule("", &["pods"], &["get"]),
-    ]
+    vec![rule("authentication.k8s.io", &["tokenreviews"], &["create"]), rule("", &["namespaces"], &["get"]), rule("", &["pods"], &["get"])]
 }
 
 /// Rules in the operator's own namespace, for leader election.

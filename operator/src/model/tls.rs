@@ -420,7 +420,8 @@ mod tests {
         // (A character in the middle of the last full base64 line: inside the signature.)
         let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
         let at = lines.len() - 3;
-        let flipped: String = lines[at].chars().enumerate().map(|(i, c)| if i == 30 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
+        let flipped: String =
+            lines[at].chars().enumerate().map(|(i, c)| if i == 30 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
         lines[at] = flipped;
         let tampered = lines.join("\n");
         assert!(rcgen::CertificateSigningRequestParams::from_pem(&tampered).is_err());

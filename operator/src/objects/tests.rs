@@ -457,7 +457,12 @@ fn a_grant_admits_exactly_the_granted_namespaces_pods_labelled_as_clients() {
     let ingress = np.ingress.unwrap();
     for rule in &ingress {
         let from = rule.from.clone().unwrap();
-        let granted: Vec<_> = from.iter().filter(|p| p.namespace_selector.as_ref().is_some_and(|n| n.match_labels.as_ref().is_some_and(|l| l.contains_key("dind.dev/tenant")))).collect();
+        let granted: Vec<_> = from
+            .iter()
+            .filter(|p| {
+                p.namespace_selector.as_ref().is_some_and(|n| n.match_labels.as_ref().is_some_and(|l| l.contains_key("dind.dev/tenant")))
+            })
+            .collect();
         assert_eq!(granted.len(), 1, "one grant peer in {from:?}");
         let pods = granted[0].pod_selector.as_ref().unwrap();
         let labels = pods.match_labels.clone().unwrap();

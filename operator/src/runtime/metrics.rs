@@ -94,8 +94,16 @@ impl Metrics {
         r.register("leader", "1 while this replica holds the leader lease", self.leader.clone());
         r.register("webhook_admissions", "Pods the injection webhook answered, by outcome", self.admissions.clone());
         r.register("webhook_admission_duration_seconds", "Time the injection webhook took per pod", self.admission_seconds.clone());
-        r.register("client_certificates", "Per-pod client certificate requests, by outcome (minted, refused, failed)", self.certificates.clone());
-        r.register("client_certificate_duration_seconds", "Time a per-pod client certificate request took", self.certificate_seconds.clone());
+        r.register(
+            "client_certificates",
+            "Per-pod client certificate requests, by outcome (minted, refused, failed)",
+            self.certificates.clone(),
+        );
+        r.register(
+            "client_certificate_duration_seconds",
+            "Time a per-pod client certificate request took",
+            self.certificate_seconds.clone(),
+        );
         r.register("daemon_disk_used_bytes", "Bytes a daemon keeps on its volume (docker system df)", self.disk_used_bytes.clone());
         r.register("daemon_build_cache_bytes", "Bytes of a daemon's build cache", self.build_cache_bytes.clone());
         r.register("daemon_images", "Images a daemon holds", self.images.clone());

@@ -191,7 +191,12 @@ impl Handler {
         let params = GetParams::any();
         let ns = match tokio::time::timeout(READ_TIMEOUT, api.get_with(pod_namespace, &params)).await {
             Ok(Ok(ns)) => ns,
-            Ok(Err(e)) => return Err(format!("could not read namespace {pod_namespace:?} to check DindDaemon {}/{}'s grant: {e}", target.0, target.1)),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "could not read namespace {pod_namespace:?} to check DindDaemon {}/{}'s grant: {e}",
+                    target.0, target.1
+                ));
+            }
             Err(_) => return Err(format!("could not read namespace {pod_namespace:?} within {READ_TIMEOUT:?}")),
         };
         let pod_labels: grant::Labels = serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
@@ -200,11 +205,11 @@ impl Handler {
 
     /// Where the pod's certificate sidecar asks, once this server's CAs are known.
     fn per_pod(&self) -> Result<PerPod, String> {
-        let minting = self.minting.as_ref().ok_or("this operator mints no per-pod client certificates (it serves no certificate endpoint)")?;
-        let operator_ca = minting
-            .resolver
-            .bundle()
-            .ok_or("the operator's serving certificate is not loaded yet, so a per-pod client certificate cannot be set up; retry in a moment")?;
+        let minting =
+            self.minting.as_ref().ok_or("this operator mints no per-pod client certificates (it serves no certificate endpoint)")?;
+        let operator_ca = minting.resolver.bundle().ok_or(
+            "the operator's serving certificate is not loaded yet, so a per-pod client certificate cannot be set up; retry in a moment",
+        )?;
         Ok(PerPod { operator: minting.operator.clone(), operator_ca })
     }
 }

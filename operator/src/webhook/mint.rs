@@ -136,11 +136,15 @@ async fn mint(handler: &Handler, authorization: Option<&str>, body: &[u8]) -> Re
         .0
         .ok_or_else(|| No(StatusCode::SERVICE_UNAVAILABLE, format!("Secret {namespace}/{} holds no CA", names.ca_secret)))?;
     let now = OffsetDateTime::now_utc();
-    let started = live.status.as_ref().and_then(|s| s.start_time.as_ref()).and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok());
-    let lifetime =
-        grant::lifetime(dd.spec.tls.client_certificate_lifetime_seconds, live.spec.as_ref().and_then(|s| s.active_deadline_seconds), started, now);
-    let certificate =
-        tls::sign_request(&ca, csr, &pod, now, lifetime).map_err(|e| No(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let started =
+        live.status.as_ref().and_then(|s| s.start_time.as_ref()).and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok());
+    let lifetime = grant::lifetime(
+        dd.spec.tls.client_certificate_lifetime_seconds,
+        live.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        started,
+        now,
+    );
+    let certificate = tls::sign_request(&ca, csr, &pod, now, lifetime).map_err(|e| No(StatusCode::BAD_REQUEST, format!("{e}")))?;
     let answer = json!({
         per_pod::RESP_CERTIFICATE: certificate,
         per_pod::RESP_CA: ca.cert_pem,

@@ -79,7 +79,11 @@ async fn sidecar_route(State(handler): State<Arc<Handler>>, body: axum::body::By
     route(&handler, &body, Webhook::Sidecar).await
 }
 
-async fn certificates_route(State(handler): State<Arc<Handler>>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> impl IntoResponse {
+async fn certificates_route(
+    State(handler): State<Arc<Handler>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> impl IntoResponse {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let (status, answer) = super::mint::answer(&handler, authorization, &body).await;
     let kind = if status == StatusCode::OK { "application/json" } else { "text/plain" };

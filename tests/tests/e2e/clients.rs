@@ -5,7 +5,7 @@ use super::*;
 /// What a pod with only the label `dind.dev/inject` does with today's clients (Docker CLI v29,
 /// buildx v0.38, compose v2.40, Testcontainers-go v0.45), in a namespace that opted in; the
 /// operator runs in another (its own namespace is never injected).
-const CLIENTS_SCRIPT: &str = r#"set -e
+pub(super) const CLIENTS_SCRIPT: &str = r#"set -e
 host=${DOCKER_HOST#tcp://}; host=${host%:*}
 echo "step: docker version"; docker version --format 'client {{.Client.Version}} server {{.Server.Version}}'
 docker image inspect local/base >/dev/null 2>&1 || tar -C / -c bin etc lib lib64 usr 2>/dev/null | docker import - local/base >/dev/null

@@ -8,6 +8,7 @@
 // One file per area; the helpers they share are below.
 mod cache;
 mod clients;
+mod grants;
 mod pool;
 mod registry;
 mod sidecar;
