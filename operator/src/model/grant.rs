@@ -219,6 +219,16 @@ mod tests {
     }
 
     #[test]
+    fn pods_of_other_namespaces_always_get_their_own_certificate_and_own_ones_by_choice() {
+        let shared: DindDaemonSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        let per_pod_spec: DindDaemonSpec = serde_json::from_value(serde_json::json!({"tls": {"clientCertificates": "PerPod"}})).unwrap();
+        assert!(!per_pod(&shared, "dind", "dind"), "the default keeps the shared Secret in its own namespace");
+        assert!(per_pod(&shared, "dind", "team-a"));
+        assert!(per_pod(&per_pod_spec, "dind", "dind"));
+        assert_eq!(shared.tls.client_certificate_lifetime_seconds, 3600);
+    }
+
+    #[test]
     fn a_certificate_does_not_outlive_the_pods_deadline() {
         let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
         assert_eq!(lifetime(3600, None, None, now), Duration::hours(1));

@@ -77,6 +77,24 @@ async fn malformed_daemons_are_refused_by_the_apiserver_naming_the_field() {
         (json!({"egress": {"allowedCIDRs": ["10.0.0.0/33"]}}), "spec.egress.allowedCIDRs", "must be a CIDR"),
         (json!({"egress": {"deniedCIDRs": ["metadata"]}}), "spec.egress.deniedCIDRs", "must be a CIDR"),
         (json!({"mode": "Sidecar", "egress": {"restricted": true}}), "spec.egress", "needs mode: Pool"),
+        (json!({"mode": "Sidecar", "clients": {"namespaceSelector": {}}}), "spec.clients", "needs mode: Pool and tls.enabled"),
+        (
+            json!({"tls": {"enabled": false}, "port": 2375, "clients": {"namespaceSelector": {}}}),
+            "spec.clients",
+            "needs mode: Pool and tls.enabled",
+        ),
+        (json!({"clients": {}}), "spec.clients.namespaceSelector", "Required"),
+        (
+            json!({"tls": {"enabled": false, "clientCertificates": "PerPod"}, "port": 2375}),
+            "spec.tls.clientCertificates",
+            "needs tls.enabled",
+        ),
+        (json!({"tls": {"clientCertificates": "Mine"}}), "spec.tls.clientCertificates", "supported values"),
+        (
+            json!({"tls": {"clientCertificateLifetimeSeconds": 10}}),
+            "spec.tls.clientCertificateLifetimeSeconds",
+            "greater than or equal to 60",
+        ),
     ];
     assert!(cases.len() >= 20);
     with_namespace("malformed", move |client: Client, ns: String| async move {
