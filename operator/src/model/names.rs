@@ -72,10 +72,10 @@ pub const SIDECAR_ANNOTATION: &str = "dind.dev/sidecar-injected";
 pub const SIDECAR_INSTALL: &str = "dind-install";
 pub const SIDECAR_DAEMON: &str = "dind-daemon";
 pub const SIDECAR_BIN_VOLUME: &str = "dind-bin";
-pub const SIDECAR_SOCKET_VOLUME: &str = "dind-sock";
+pub const SIDECAR_SOCKET_VOLUME: &str = "dind-operator-sock";
 pub const SIDECAR_DATA_VOLUME: &str = "dind-data";
 /// The emptyDir where a TCP sidecar makes its certificates (`spec.sidecar.tcp`, TLS on).
-pub const SIDECAR_CERTS_VOLUME: &str = "dind-certs";
+pub const SIDECAR_CERTS_VOLUME: &str = "dind-operator-certs";
 /// Label of a sidecar pool's claims (value: the DindDaemon).
 pub const VOLUME_POOL_LABEL: &str = "dind.dev/volume-pool";
 /// On a pool claim: the lease's id and when it was taken (RFC 3339).

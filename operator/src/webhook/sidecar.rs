@@ -31,6 +31,109 @@ fn reserved(path: &str) -> bool {
         || ["", "/etc", "/usr", "/bin", "/sbin", "/lib", "/run", "/var", "/var/run", "/tmp"].contains(&path)
 }
 
+/// Hosts a container's `DOCKER_HOST` may name for a daemon in its own pod: the loopback, and
+/// `docker` (GitLab Runner's service alias, which the webhook maps to the loopback).
+const IN_POD_HOSTS: &[&str] = &["localhost", "127.0.0.1", "[::1]", "docker"];
+
+/// Where a container that keeps its own Docker environment expects its pod's daemon: the
+/// conventions of CI systems whose jobs ran a dind service or sidecar of their own.
+/// - GitLab Runner: `DOCKER_HOST=tcp://docker:2376`, `DOCKER_CERT_PATH=/certs/client` (an
+///   emptyDir the dind service filled);
+/// - Tekton's dind sidecar example: `tcp://localhost:2376`, certificates in `/certs/client`;
+/// - actions-runner-controller's dind mode: `unix:///var/run/docker.sock`, `/var/run` an
+///   emptyDir shared with the dind container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Own {
+    /// TCP to the pod itself; `docker`: by GitLab's alias; the certificate directory if any.
+    Tcp { port: u16, docker_alias: bool, cert_path: Option<String> },
+    /// A unix socket `DIR/docker.sock`.
+    Socket { dir: String },
+    /// Another daemon (or a socket of another name): left alone.
+    Elsewhere,
+}
+
+fn own_environment(c: &Value) -> Own {
+    let var = |name: &str| {
+        c["env"].as_array().into_iter().flatten().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).map(str::to_string)
+    };
+    let Some(host) = var("DOCKER_HOST") else { return Own::Elsewhere };
+    if let Some(path) = host.strip_prefix("unix://") {
+        return match path.rsplit_once('/') {
+            Some((dir, "docker.sock")) if dir.starts_with('/') && dir.len() > 1 => Own::Socket { dir: dir.to_string() },
+            _ => Own::Elsewhere,
+        };
+    }
+    let Some(authority) = host.strip_prefix("tcp://").map(|a| a.trim_end_matches('/')) else { return Own::Elsewhere };
+    let Some((name, port)) = authority.rsplit_once(':') else { return Own::Elsewhere };
+    match (IN_POD_HOSTS.contains(&name), port.parse::<u16>()) {
+        (true, Ok(port)) => Own::Tcp { port, docker_alias: name == "docker", cert_path: var("DOCKER_CERT_PATH") },
+        _ => Own::Elsewhere,
+    }
+}
+
+/// Points the mount of `c` at `path` to our `volume` (`sub_path`): replaces a mount of an
+/// emptyDir there (the directory the job's own dind used to fill), adds one where there is
+/// none; a mount of anything else there is the job's own and stays.
+fn provide_at(c: &mut Value, path: &str, volume: &str, sub_path: Option<&str>, read_only: bool, emptydirs: &[String]) {
+    let mut want = json!({"name": volume, "mountPath": path});
+    if let Some(sub) = sub_path {
+        want["subPath"] = json!(sub);
+    }
+    if read_only {
+        want["readOnly"] = json!(true);
+    }
+    if !c["volumeMounts"].is_array() {
+        c["volumeMounts"] = json!([]);
+    }
+    let Some(mounts) = c["volumeMounts"].as_array_mut() else { return };
+    match mounts.iter_mut().find(|m| m["mountPath"].as_str().map(|p| p.trim_end_matches('/')) == Some(path)) {
+        None => mounts.push(want),
+        Some(m) if m["name"] == volume => {}
+        Some(m) if m["name"].as_str().is_some_and(|n| emptydirs.iter().any(|e| e == n)) => *m = want,
+        Some(_) => {}
+    }
+}
+
+/// Rewires a container that keeps its own Docker environment to this pod's daemon (see
+/// [`Own`]); `Some(true)`: it needs the `docker` alias; `None`: its daemon is elsewhere (left
+/// alone). Refuses what cannot work, naming it.
+fn rewire_own(c: &mut Value, daemon: &str, parts: &Sidecar, emptydirs: &[String]) -> Result<Option<bool>, Refusal> {
+    let cname = c["name"].as_str().unwrap_or_default().to_string();
+    let ours = parts.env.iter().find(|e| e.name == "DOCKER_HOST").and_then(|e| e.value.clone()).unwrap_or_default();
+    let tls = parts.env.iter().any(|e| e.name == "DOCKER_CERT_PATH");
+    match own_environment(c) {
+        Own::Elsewhere => Ok(None),
+        Own::Socket { dir } => {
+            provide_at(c, &dir, names::SIDECAR_SOCKET_VOLUME, None, false, emptydirs);
+            Ok(Some(false))
+        }
+        Own::Tcp { port, docker_alias, cert_path } => {
+            let Some(our_port) = ours.strip_prefix("tcp://localhost:").and_then(|p| p.parse::<u16>().ok()) else {
+                return Err(Refusal(format!(
+                    "container {cname:?} sets DOCKER_HOST to TCP in its own pod, but DindDaemon {daemon:?} listens on its unix socket only: \
+                     set spec.sidecar.tcp: true on it (for GitLab Runner's and Tekton's conventions), or remove the container's DOCKER_HOST"
+                )));
+            };
+            if port != our_port {
+                return Err(Refusal(format!(
+                    "container {cname:?} sets DOCKER_HOST to port {port}, but DindDaemon {daemon:?} listens on port {our_port} (spec.port)"
+                )));
+            }
+            if let (true, Some(path)) = (tls, cert_path.as_deref().filter(|p| p.starts_with('/'))) {
+                provide_at(
+                    c,
+                    path.trim_end_matches('/'),
+                    names::SIDECAR_CERTS_VOLUME,
+                    Some(dind_contract::generated_tls::CLIENT),
+                    true,
+                    emptydirs,
+                );
+            }
+            Ok(Some(docker_alias))
+        }
+    }
+}
+
 /// The patch for `pod` (DindDaemon `daemon`, whose sidecar is `parts`). Empty when the pod
 /// already has everything (re-invocation, re-submission).
 pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal> {
@@ -86,11 +189,36 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     let is_workspace = |volume: &str| volume_kinds.iter().any(|(n, w)| n == volume && *w) && !volume.starts_with("dind-");
     let mut injected = Vec::new();
     let mut workspace: Vec<Value> = Vec::new();
+    let mut docker_alias = false;
+    let emptydirs: Vec<String> = new["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("emptyDir").is_some())
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .filter(|n| !parts.volumes.iter().any(|ours| &ours.name == n))
+        .collect();
     let mut inject = |c: &mut Value, label: String| -> Result<(), Refusal> {
         let cname = c["name"].as_str().unwrap_or_default().to_string();
         if ours.contains(&cname.as_str()) || opt_out.contains(&cname) {
             return Ok(());
         }
+        let obj = c.as_object_mut().ok_or_else(|| Refusal(format!("container {cname:?} is not an object")))?;
+        let env = obj.entry("env").or_insert_with(|| json!([]));
+        let env = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
+        // A container with a DOCKER_HOST of its own keeps its whole Docker environment; one
+        // that names a daemon in its own pod (a CI system's convention) gets the daemon there.
+        if !env.iter().any(|e| e["name"] == "DOCKER_HOST") {
+            for var in &parts.env {
+                env.retain(|e| e["name"].as_str() != Some(var.name.as_str()));
+                env.push(serde_json::to_value(var).map_err(|e| Refusal(e.to_string()))?);
+            }
+            injected.push(label);
+        } else if let Some(alias) = rewire_own(c, daemon, parts, &emptydirs)? {
+            docker_alias |= alias;
+            injected.push(format!("{label} (its own DOCKER_HOST)"));
+        }
+        // After the rewiring: a directory the job's own dind filled is not a workspace.
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
             let (volume, path) = (m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default());
             if is_workspace(volume) && !reserved(path) && !workspace.iter().any(|w| w["mountPath"] == path) {
@@ -104,16 +232,6 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
             }
         }
         let obj = c.as_object_mut().ok_or_else(|| Refusal(format!("container {cname:?} is not an object")))?;
-        let env = obj.entry("env").or_insert_with(|| json!([]));
-        let env = env.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: env is not a list")))?;
-        // A container with a DOCKER_HOST of its own keeps its whole Docker environment.
-        if !env.iter().any(|e| e["name"] == "DOCKER_HOST") {
-            for var in &parts.env {
-                env.retain(|e| e["name"].as_str() != Some(var.name.as_str()));
-                env.push(serde_json::to_value(var).map_err(|e| Refusal(e.to_string()))?);
-            }
-            injected.push(label);
-        }
         let mounts = obj.entry("volumeMounts").or_insert_with(|| json!([]));
         let mounts = mounts.as_array_mut().ok_or_else(|| Refusal(format!("container {cname:?}: volumeMounts is not a list")))?;
         for want in &parts.mounts {
@@ -151,6 +269,21 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
     }
     new["spec"]["initContainers"] = Value::Array(inits);
     new["spec"]["containers"] = Value::Array(containers);
+    // GitLab Runner's `docker` host: the service alias it gave the dind service, now the pod.
+    let aliased = new["spec"]["hostAliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["hostnames"].as_array().into_iter().flatten().any(|h| h == "docker"));
+    if docker_alias && !aliased {
+        let aliases = &mut new["spec"]["hostAliases"];
+        if !aliases.is_array() {
+            *aliases = json!([]);
+        }
+        if let Some(list) = aliases.as_array_mut() {
+            list.push(json!({"ip": "127.0.0.1", "hostnames": ["docker"]}));
+        }
+    }
     // The socket's group is every container's (a supplemental group of the pod), so a job of
     // any uid may use it (before: root and the docker group only; a `runAsUser: 1001`
     // container got "permission denied"). The socket lives in the pod's own emptyDir.
@@ -217,6 +350,7 @@ pub fn plan(pod: &Value, daemon: &str, parts: &Sidecar) -> Result<Plan, Refusal>
         ("spec", "volumes"),
         ("spec", "initContainers"),
         ("spec", "containers"),
+        ("spec", "hostAliases"),
         ("spec", "runtimeClassName"),
         ("spec", "securityContext"),
         ("spec", "nodeSelector"),

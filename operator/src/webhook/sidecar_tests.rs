@@ -44,7 +44,7 @@ fn the_daemon_is_a_native_sidecar_before_the_containers_with_a_socket_only() {
     assert_eq!(data["emptyDir"]["sizeLimit"], "5Gi");
     let runner = &out["spec"]["containers"][0];
     assert_eq!(runner["env"], json!([{"name": "DOCKER_HOST", "value": "unix:///dind/sock/docker.sock"}]));
-    assert!(runner["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-sock" && m["mountPath"] == "/dind/sock"));
+    assert!(runner["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-operator-sock" && m["mountPath"] == "/dind/sock"));
     assert_eq!(out["metadata"]["futureField"], 1);
     assert_eq!(out["metadata"]["annotations"]["dind.dev/sidecar-injected"], "job");
 }
@@ -83,8 +83,8 @@ fn a_container_or_volume_named_like_ours_is_refused_not_overwritten() {
     let err = plan(&pod, "job", &parts()).unwrap_err();
     assert!(err.0.contains("dind-daemon") && err.0.contains("rename"), "{}", err.0);
     let mut pod = runner_pod();
-    pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "dind-sock", "emptyDir": {}}));
-    assert!(plan(&pod, "job", &parts()).unwrap_err().0.contains("dind-sock"));
+    pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "dind-operator-sock", "emptyDir": {}}));
+    assert!(plan(&pod, "job", &parts()).unwrap_err().0.contains("dind-operator-sock"));
 }
 
 #[test]
@@ -137,16 +137,18 @@ fn with_tcp_the_daemon_makes_its_certificates_and_the_containers_get_tls_to_loca
         assert!(args.contains(&want), "{want} in {args:?}");
     }
     assert!(!args.contains(&"--tcp=false"), "{args:?}");
-    assert!(daemon["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-certs" && m["mountPath"] == "/dind/certs"));
+    assert!(
+        daemon["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "dind-operator-certs" && m["mountPath"] == "/dind/certs")
+    );
     let runner = &out["spec"]["containers"][0];
     assert_eq!(
         runner["env"],
         json!([{"name": "DOCKER_HOST", "value": "tcp://localhost:2376"}, {"name": "DOCKER_TLS_VERIFY", "value": "1"},
                {"name": "DOCKER_CERT_PATH", "value": "/dind/client-certs"}])
     );
-    let certs = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "dind-certs").unwrap().clone();
-    assert_eq!(certs, json!({"name": "dind-certs", "mountPath": "/dind/client-certs", "subPath": "client", "readOnly": true}));
-    assert!(out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-certs" && v["emptyDir"].is_object()));
+    let certs = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "dind-operator-certs").unwrap().clone();
+    assert_eq!(certs, json!({"name": "dind-operator-certs", "mountPath": "/dind/client-certs", "subPath": "client", "readOnly": true}));
+    assert!(out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-operator-certs" && v["emptyDir"].is_object()));
     // Applied again (a re-invocation): nothing more to do.
     assert!(plan(&out, "job", &parts).unwrap().patch.is_empty());
 }
@@ -158,7 +160,7 @@ fn with_tcp_and_tls_off_the_containers_get_plain_tcp_and_no_certificates() {
     let args: Vec<&str> = out["spec"]["initContainers"][1]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.contains(&"--port=2375") && args.contains(&"--tls=false"), "{args:?}");
     assert_eq!(out["spec"]["containers"][0]["env"], json!([{"name": "DOCKER_HOST", "value": "tcp://localhost:2375"}]));
-    assert!(!out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-certs"));
+    assert!(!out["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "dind-operator-certs"));
 }
 
 /// Seen before: a Sidecar DindDaemon with `security.runtimeClassName` injected a pod with none,
@@ -250,4 +252,112 @@ fn a_sidecar_pod_tolerates_only_the_allowed_taints() {
     pod["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
     assert!(plan(&pod, "job", &parts).unwrap_err().0.contains("every taint"));
     assert!(plan(&pod, "job", &parts_with(json!({"mode": "Sidecar"}), &defaults())).is_ok(), "no list: any");
+}
+
+fn mounts_of(c: &Value) -> Vec<(String, String, Option<String>)> {
+    c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["mountPath"].as_str().unwrap().to_string(),
+                m["subPath"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// GitLab Runner's Kubernetes executor, its dind service deleted: `tcp://docker:2376`, the
+/// certificates expected in `/certs/client` (the emptyDir its runner config mounts there).
+fn gitlab_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "runner-abc-project-1-concurrent-0", "labels": {"dind.dev/sidecar": "job"}},
+        "spec": {
+            "containers": [{"name": "build", "image": "docker:29", "env": [
+                {"name": "DOCKER_HOST", "value": "tcp://docker:2376"}, {"name": "DOCKER_TLS_CERTDIR", "value": "/certs"},
+                {"name": "DOCKER_TLS_VERIFY", "value": "1"}, {"name": "DOCKER_CERT_PATH", "value": "/certs/client"}],
+                "volumeMounts": [{"name": "repo", "mountPath": "/builds"}, {"name": "docker-certs", "mountPath": "/certs/client"}]}],
+            "volumes": [{"name": "repo", "emptyDir": {}}, {"name": "docker-certs", "emptyDir": {"medium": "Memory"}}],
+        }
+    })
+}
+
+#[test]
+fn gitlab_runners_convention_reaches_the_sidecar_unchanged() {
+    let parts = parts_of(json!({"mode": "Sidecar", "sidecar": {"tcp": true}}));
+    let p = plan(&gitlab_pod(), "job", &parts).unwrap();
+    let out = apply(&gitlab_pod(), &p.patch);
+    let build = &out["spec"]["containers"][0];
+    // Its environment is its own; the certificates are where it looks for them.
+    assert_eq!(build["env"], gitlab_pod()["spec"]["containers"][0]["env"]);
+    assert!(mounts_of(build).contains(&("dind-operator-certs".into(), "/certs/client".into(), Some("client".into()))), "{build}");
+    assert!(!mounts_of(build).iter().any(|m| m.0 == "docker-certs"), "the empty directory is replaced: {build}");
+    assert_eq!(out["spec"]["hostAliases"], json!([{"ip": "127.0.0.1", "hostnames": ["docker"]}]));
+    // The workspace is the daemon's too; the certificates' old directory is not.
+    let daemon_mounts = mounts_of(&out["spec"]["initContainers"][1]);
+    assert!(daemon_mounts.iter().any(|m| m.0 == "repo" && m.1 == "/builds"), "{daemon_mounts:?}");
+    assert!(!daemon_mounts.iter().any(|m| m.0 == "docker-certs"), "{daemon_mounts:?}");
+    assert_eq!(p.injected, ["build (its own DOCKER_HOST)"]);
+    assert!(plan(&out, "job", &parts).unwrap().patch.is_empty(), "re-invocation changes nothing");
+    // A socket-only DindDaemon cannot serve it: refused, saying what to set.
+    let e = plan(&gitlab_pod(), "job", &self::parts()).unwrap_err().0;
+    assert!(e.contains("spec.sidecar.tcp: true"), "{e}");
+    let other_port = parts_of(json!({"mode": "Sidecar", "sidecar": {"tcp": true}, "port": 2377}));
+    assert!(plan(&gitlab_pod(), "job", &other_port).unwrap_err().0.contains("port 2376"));
+}
+
+#[test]
+fn tektons_dind_sidecar_example_without_its_sidecar_gets_ours() {
+    // Tekton's example: a step with tcp://localhost:2376 and the volume `dind-certs` (an
+    // emptyDir) at /certs/client; the volume's name was ours before (refused: "already has a
+    // volume named dind-certs").
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "docker-build-pod", "labels": {"dind.dev/sidecar": "job"}},
+        "spec": {
+            "containers": [{"name": "step-docker-build", "image": "docker", "env": [
+                {"name": "DOCKER_HOST", "value": "tcp://localhost:2376"}, {"name": "DOCKER_TLS_VERIFY", "value": "1"},
+                {"name": "DOCKER_CERT_PATH", "value": "/certs/client"}],
+                "volumeMounts": [{"name": "dind-certs", "mountPath": "/certs/client"}, {"name": "tekton-internal-workspace", "mountPath": "/workspace"}]}],
+            "volumes": [{"name": "dind-certs", "emptyDir": {}}, {"name": "tekton-internal-workspace", "emptyDir": {}}],
+        }
+    });
+    let parts = parts_of(json!({"mode": "Sidecar", "sidecar": {"tcp": true}}));
+    let out = apply(&pod, &plan(&pod, "job", &parts).unwrap().patch);
+    let step = &out["spec"]["containers"][0];
+    assert!(mounts_of(step).contains(&("dind-operator-certs".into(), "/certs/client".into(), Some("client".into()))), "{step}");
+    assert!(out["spec"].get("hostAliases").is_none(), "localhost needs no alias");
+}
+
+#[test]
+fn actions_runner_controllers_dind_mode_gets_our_socket_at_var_run() {
+    // ARC's dind mode without its dind container: the runner's DOCKER_HOST is
+    // unix:///var/run/docker.sock, /var/run an emptyDir named dind-sock (ours was, before).
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "runner-x", "labels": {"dind.dev/sidecar": "job"}},
+        "spec": {
+            "initContainers": [{"name": "init-dind-externals", "image": "runner", "command": ["cp"],
+                "volumeMounts": [{"name": "dind-externals", "mountPath": "/home/runner/tmpDir"}]}],
+            "containers": [{"name": "runner", "image": "runner", "env": [{"name": "DOCKER_HOST", "value": "unix:///var/run/docker.sock"}],
+                "volumeMounts": [{"name": "work", "mountPath": "/home/runner/_work"}, {"name": "dind-sock", "mountPath": "/var/run"}]}],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "dind-sock", "emptyDir": {}}, {"name": "dind-externals", "emptyDir": {}}],
+        }
+    });
+    let out = apply(&pod, &plan(&pod, "job", &parts()).unwrap().patch);
+    let runner = out["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "runner").unwrap().clone();
+    assert_eq!(runner["env"], json!([{"name": "DOCKER_HOST", "value": "unix:///var/run/docker.sock"}]));
+    let mounts = mounts_of(&runner);
+    assert!(mounts.contains(&("dind-operator-sock".into(), "/var/run".into(), None)), "{mounts:?}");
+    assert!(!mounts.iter().any(|m| m.0 == "dind-sock"), "{mounts:?}");
+    // The socket is in the group every container of the pod has.
+    assert!(out["spec"]["securityContext"]["supplementalGroups"].as_array().unwrap().contains(&json!(2375)));
+    // A container whose DOCKER_HOST names another daemon is left alone.
+    let mut remote = pod.clone();
+    remote["spec"]["containers"][0]["env"][0]["value"] = json!("tcp://builder.example:2376");
+    let out = apply(&remote, &plan(&remote, "job", &parts()).unwrap().patch);
+    assert!(mounts_of(&out["spec"]["containers"][0]).iter().any(|m| m.0 == "dind-sock"));
 }

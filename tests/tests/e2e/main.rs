@@ -10,6 +10,7 @@ mod cache;
 mod clients;
 mod grants;
 mod pool;
+mod recipes;
 mod registry;
 mod sidecar;
 mod tenant;
