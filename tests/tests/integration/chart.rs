@@ -82,12 +82,61 @@ async fn values_that_break_the_schema_are_refused_with_a_clear_message() -> anyh
         ("webhook.timeoutSeconds=60", "/webhook/timeoutSeconds"),
         ("webhook.certManager.enable=true", "enable"),
         ("typo=1", "typo"),
+        ("resources.limit.cpu=1", "/resources"),
+        ("affinity.nodeAffinty.x=1", "nodeAffinty"),
+        ("webhook.certManager.issuerRef.nam=x", "/webhook/certManager/issuerRef"),
+        ("policy.namespaceSelector.matchLabel.a=b", "matchLabel"),
+        ("placement.allowedTolerationKey={a}", "allowedTolerationKey"),
     ] {
         let err = helm(&["template", "dind", CHART, "--kube-version", KUBE_VERSION, "--set", set]).await.expect_err(set);
         let msg = err.to_string();
         ensure!(msg.contains("values don't meet the specifications of the schema") || msg.contains("schema"), "{set}: {msg}");
         ensure!(msg.contains(field), "{set}: message does not name {field}: {msg}");
     }
+    Ok(())
+}
+
+/// The notes `helm install` prints say what a user does today: one label (before: label the pod
+/// `dind.dev/client` and wire DOCKER_HOST and the certificates by hand, with the webhook on).
+#[tokio::test]
+async fn the_install_notes_tell_users_the_label() -> anyhow::Result<()> {
+    let notes = helm(&["install", "notes", CHART, "--dry-run=client", "--set", "watchNamespaces={builds}"]).await?;
+    let notes = notes.split_once("NOTES:").context("NOTES in the dry run")?.1;
+    for want in [
+        "dind.dev/inject: ci",
+        "dind.dev/injection=enabled",
+        "dind.dev/sidecar: NAME",
+        "dind.dev/inject-namespace: builds",
+        "docs/ci-recipes.md",
+    ] {
+        ensure!(notes.contains(want), "{want:?} missing from the notes:\n{notes}");
+    }
+    ensure!(!notes.contains("DOCKER_CERT_PATH"), "no wiring by hand while the webhook is on:\n{notes}");
+    let off = helm(&["install", "notes", CHART, "--dry-run=client", "--set", "watchNamespaces={builds}", "--set", "webhook.enabled=false"])
+        .await?;
+    ensure!(off.contains("dind.dev/client: ci") && !off.contains("dind.dev/inject: ci"), "{off}");
+    Ok(())
+}
+
+/// Every object of the values' schema is closed (`additionalProperties` false, or a map of a
+/// given value type): a typo at any depth fails `helm install`, naming it.
+#[test]
+fn every_object_in_the_values_schema_is_closed() -> anyhow::Result<()> {
+    // Kubernetes types of their own, passed through whole: the apiserver checks them.
+    const KUBERNETES_TYPED: &[&str] = &[".affinity.nodeAffinity", ".affinity.podAffinity", ".affinity.podAntiAffinity"];
+    fn walk(node: &serde_json::Value, path: &str, open: &mut Vec<String>) {
+        let object = node["type"] == "object" || node.get("properties").is_some();
+        if object && node.get("additionalProperties").is_none() && !KUBERNETES_TYPED.contains(&path) {
+            open.push(path.to_string());
+        }
+        for (k, v) in node["properties"].as_object().into_iter().flatten() {
+            walk(v, &format!("{path}.{k}"), open);
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{CHART}/values.schema.json"))?)?;
+    let mut open = Vec::new();
+    walk(&schema, "", &mut open);
+    ensure!(open.is_empty(), "objects of the values schema that accept any key: {open:?}");
     Ok(())
 }
 
