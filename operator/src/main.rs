@@ -1,4 +1,4 @@
-//! `dind-operator run | crd | rbac`.
+//! `dind-operator run | crd | rbac | apply-crd`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +32,15 @@ enum Command {
     Crd,
     /// Print the RBAC rules the operator needs as YAML.
     Rbac,
+    /// Apply this operator's CRD (server-side) and wait until it is Established: the chart's
+    /// pre-install/pre-upgrade hook. A CRD a newer operator applied is kept unless --force.
+    ApplyCrd {
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for Established, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -154,6 +163,19 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", dind_operator::crd_yaml()?),
         Command::Rbac => print!("{}", dind_operator::rbac_yaml()?),
+        Command::ApplyCrd { force, wait_seconds } => {
+            rustls::crypto::ring::default_provider()
+                .install_default()
+                .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+            let client = dind_operator::runtime::api_client::infer()
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("connecting to the Kubernetes API")?;
+            let done = dind_operator::runtime::crd_apply::apply(client, force, std::time::Duration::from_secs(wait_seconds))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{done}");
+        }
         Command::Run(args) => run(*args).await?,
     }
     Ok(())

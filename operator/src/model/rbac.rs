@@ -73,6 +73,13 @@ pub fn grant_rules() -> Vec<PolicyRule> {
     vec![rule("authentication.k8s.io", &["tokenreviews"], &["create"]), rule("", &["namespaces"], &["get"]), rule("", &["pods"], &["get"])]
 }
 
+/// Cluster rules for the chart's CRD hook (`dind-operator apply-crd`, a pre-install and
+/// pre-upgrade Job): read and apply the DindDaemon CRD (the chart narrows get and patch to its
+/// name; `create` cannot be narrowed, and server-side apply creates a missing CRD).
+pub fn crd_rules() -> Vec<PolicyRule> {
+    vec![rule("apiextensions.k8s.io", &["customresourcedefinitions"], &["get", "create", "patch"])]
+}
+
 /// Rules in the operator's own namespace, for leader election.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])]
@@ -84,7 +91,7 @@ mod tests {
 
     #[test]
     fn nothing_deletes_or_uses_wildcards() {
-        let all = [operator_rules(), leader_election_rules(), webhook_rules(), webhook_configuration_rules(), grant_rules()];
+        let all = [operator_rules(), leader_election_rules(), webhook_rules(), webhook_configuration_rules(), grant_rules(), crd_rules()];
         for r in all.iter().flatten() {
             assert!(!r.verbs.iter().any(|v| v == "delete" || v == "*" || v == "deletecollection"), "{r:?}");
             assert!(!r.resources.iter().flatten().any(|s| s == "*"), "{r:?}");

@@ -383,7 +383,23 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_wider() {
     with_namespace("helm-rbac", |client: Client, ns: String| async move {
         let release = format!("dind-{}", suffix());
         let watch = format!("watchNamespaces={{{ns}}}");
-        helm(&["install", &release, CHART, "-n", &ns, "--set", &watch, "--set", "replicas=2", "--set", &chart_policy_only_in(&ns)]).await?;
+        // No images of the harness here: the CRD hook (which would pull the operator's) is off.
+        helm(&[
+            "install",
+            &release,
+            CHART,
+            "-n",
+            &ns,
+            "--set",
+            &watch,
+            "--set",
+            "replicas=2",
+            "--set",
+            &chart_policy_only_in(&ns),
+            "--set",
+            "crds.upgrade=false",
+        ])
+        .await?;
         let full = format!("{release}-dind-operator");
         let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .create_token_request(&full, &PostParams::default(), &TokenRequest::default())
