@@ -96,7 +96,7 @@ pub const START_TIMEOUT_MS: u64 = 120_000;
 
 /// The postStart gate: blocks until dockerd answers `/_ping`. The kubelet counts the container
 /// as running only once it returns, so the pod turns Ready the moment Docker answers instead of
-/// at the next tick of a probe period (measured: apply → Ready 3.81 s → see the README).
+/// at the next tick of a probe period (measured: apply → Ready 3.81 s → see docs/pool-mode.md).
 fn start_gate(binary: &str) -> Lifecycle {
     Lifecycle {
         post_start: Some(LifecycleHandler {

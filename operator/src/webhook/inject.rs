@@ -38,6 +38,8 @@ use dind_contract::{args, client_pod};
 use serde_json::{Map, Value, json};
 
 use super::job_config::{self, Own, Source};
+use super::per_pod;
+pub use super::per_pod::PerPod;
 use crate::crd::DindDaemon;
 use crate::model::names::{self, Names};
 use crate::model::sticky;
@@ -61,15 +63,6 @@ pub struct Target {
     pub per_pod: Option<PerPod>,
 }
 
-/// Where a pod's `client-certs` sidecar asks for its certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PerPod {
-    /// `https://SERVICE.NAMESPACE.svc:443`: the operator's webhook Service.
-    pub operator: String,
-    /// The CAs of the operator's serving certificate (PEM).
-    pub operator_ca: String,
-}
-
 impl Target {
     pub fn of(dd: &DindDaemon, namespace: &str, default_init_image: &str) -> Self {
         let name = kube::ResourceExt::name_any(dd);
@@ -88,53 +81,6 @@ impl Target {
         }
     }
 }
-
-/// What an injected container of ours runs as: no privilege, and within Pod Security
-/// `restricted` (non-root by number: the dind-init image is FROM scratch).
-fn restricted_security_context() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": true,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    })
-}
-
-/// The injected native sidecar of a per-pod certificate: makes the key, gets the certificate
-/// from the operator with the pod's projected token, renews it while the pod lives. No startup
-/// probe: the wait container after it waits for the certificate itself (a probe would hold it
-/// for the kubelet's probe and relist periods, about 2.5 s more per pod, measured).
-fn certs_sidecar(target: &Target, per_pod: &PerPod) -> Value {
-    use base64::Engine as _;
-    let certs = args::ClientCerts {
-        operator: per_pod.operator.clone(),
-        operator_ca: base64::engine::general_purpose::STANDARD.encode(&per_pod.operator_ca),
-        daemon: format!("{}/{}", target.namespace, target.name),
-        token: dind_contract::per_pod::TOKEN_DIR.to_string(),
-        dir: client_pod::CERTS_DIR.to_string(),
-    };
-    json!({
-        "name": names::CERTS_CONTAINER,
-        "image": target.init_image,
-        "restartPolicy": "Always",
-        "args": certs.render(),
-        "volumeMounts": [
-            {"name": names::CERTS_VOLUME, "mountPath": client_pod::CERTS_DIR},
-            {"name": names::TOKEN_VOLUME, "mountPath": dind_contract::per_pod::TOKEN_DIR, "readOnly": true},
-            {"name": names::NO_TOKEN_VOLUME, "mountPath": names::TOKEN_DIR, "readOnly": true},
-        ],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
-        "securityContext": restricted_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    })
-}
-
-/// How long the projected token lives (the kubelet renews it at 80%): the shortest the
-/// apiserver issues.
-const TOKEN_SECONDS: i64 = 600;
 
 /// How containers find the daemon (annotation `dind.dev/docker-env`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +177,7 @@ fn wait_container(target: &Target, docker_host: &str, wait_seconds: u32, sources
         "args": args,
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
-        "securityContext": restricted_security_context(),
+        "securityContext": per_pod::restricted_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
@@ -361,16 +307,9 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     ensure_volume(&mut volumes, json!({"name": names::NO_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}))?;
     match (&target.per_pod, target.tls) {
         (Some(_), _) => {
-            // The pod's own key, in memory, and a token only the operator accepts.
-            ensure_volume(&mut volumes, json!({"name": names::CERTS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}))?;
-            ensure_volume(
-                &mut volumes,
-                json!({"name": names::TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-                    "audience": dind_contract::per_pod::AUDIENCE,
-                    "expirationSeconds": TOKEN_SECONDS,
-                    "path": dind_contract::per_pod::TOKEN_FILE,
-                }}]}}),
-            )?;
+            for v in per_pod::volumes() {
+                ensure_volume(&mut volumes, v)?;
+            }
         }
         (None, true) => ensure_volume(
             &mut volumes,
@@ -403,9 +342,9 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
         }
     }
     // Before it, the certificate's sidecar (the wait needs the certificate).
-    if let Some(per_pod) = &target.per_pod {
+    if let Some(wanted) = &target.per_pod {
         match inits.iter().find(|c| c["name"].as_str() == Some(names::CERTS_CONTAINER)) {
-            None => inits.insert(0, certs_sidecar(target, per_pod)),
+            None => inits.insert(0, per_pod::sidecar(target, wanted)),
             Some(c) if c["args"][0].as_str() == Some(dind_contract::per_pod::SUBCOMMAND) => {}
             Some(_) => {
                 return Err(Refusal(format!(

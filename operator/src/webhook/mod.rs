@@ -15,6 +15,8 @@
 //! - [`serve`]: the framing: HTTPS server, routes, serving certificate (I/O);
 //! - [`admit`]: one AdmissionReview answered: the DindDaemon read, dispatch by mode (I/O);
 //! - [`lease`]: a warm pool volume taken for a sidecar pod (I/O);
+//! - [`per_pod`]: the certificate sidecar and its volumes, for pods with a certificate of
+//!   their own (pure);
 //! - [`mint`]: `POST /certificates`, a pod's own short-lived client certificate (I/O; the
 //!   grant and the signing are `crate::model::grant` and `crate::model::tls`, pure);
 //! - [`job_config`]: the Docker config a job brings, found in the pod (pure).
@@ -26,6 +28,7 @@ pub mod job_config;
 pub mod keeper;
 pub mod lease;
 pub mod mint;
+pub mod per_pod;
 pub mod serve;
 pub mod sidecar;
 

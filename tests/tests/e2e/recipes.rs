@@ -69,7 +69,7 @@ fn arc(daemon: &str) -> Value {
         "metadata": {"name": "arc-runner-set-abcde-runner-x1", "labels": {"dind.dev/sidecar": daemon, "actions-ephemeral-runner": "True"}},
         "spec": {"restartPolicy": "Never", "securityContext": {"fsGroup": 123},
             "initContainers": [{"name": "init-dind-externals", "image": CLIENT_IMAGE, "imagePullPolicy": "Never",
-                "command": ["cp", "/bin/busybox", "/home/runner/tmpDir/"], "volumeMounts": [{"name": "dind-externals", "mountPath": "/home/runner/tmpDir"}]}],
+                "command": ["/bin/sh", "-c", "echo externals > /home/runner/tmpDir/externals.txt"], "volumeMounts": [{"name": "dind-externals", "mountPath": "/home/runner/tmpDir"}]}],
             "containers": [runner],
             "volumes": [{"name": "work", "emptyDir": {}}, {"name": "dind-sock", "emptyDir": {}}, {"name": "dind-externals", "emptyDir": {}}]}})
 }

@@ -2,7 +2,7 @@
 //! role in her team's namespace (and in one the operator does not serve), tries what she must
 //! not achieve on a cluster where the chart is installed with a platform team's settings. Each
 //! attempt is refused (by the apiserver's RBAC, the CRD's schema, the chart's policy or the
-//! webhook), or is shown to have no effect. The list is in the README ("What a tenant cannot do").
+//! webhook), or is shown to have no effect. The list is in docs/security.md ("What a tenant can and cannot do").
 //!
 //! Alice is impersonated (`Impersonate-User`) by the admin client: a real kubeconfig identity,
 //! authorized by the apiserver as alice alone.
@@ -62,7 +62,8 @@ async fn e2e_a_tenant_with_edit_rights_achieves_none_of_the_forbidden_things() {
                 &client,
                 &ns,
                 &format!("{builds},{other}"),
-                &[policy_prefix.as_str(), "placement.allowedTolerationKeys={dind.dev/pool}"],
+                // Teams manage their own DindDaemons here (off by default: grants instead).
+                &[policy_prefix.as_str(), "placement.allowedTolerationKeys={dind.dev/pool}", "tenantRbac.editRights=true"],
             )
             .await?;
             suite(&client, &ns, &builds, &other, &unserved).await

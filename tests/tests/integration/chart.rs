@@ -118,6 +118,52 @@ async fn the_install_notes_tell_users_the_label() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Artifact Hub's annotations say what the chart really ships: its default images (with the
+/// chart's appVersion), its CRD, examples the apiserver accepts, and changes of known kinds.
+#[tokio::test]
+async fn the_artifact_hub_annotations_match_the_chart() {
+    with_namespace("helm-artifacthub", |client: Client, ns: String| async move {
+        let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/Chart.yaml"))?)?;
+        let notes = |key: &str| -> anyhow::Result<serde_yaml::Value> {
+            let text = chart["annotations"][key].as_str().with_context(|| format!("annotation {key}"))?;
+            Ok(serde_yaml::from_str(text)?)
+        };
+        let version = chart["appVersion"].as_str().context("appVersion")?;
+        let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml"))?)?;
+        let repository = values["image"]["repository"].as_str().context("image.repository")?;
+        let images: Vec<String> = notes("artifacthub.io/images")?
+            .as_sequence()
+            .context("images")?
+            .iter()
+            .filter_map(|i| i["image"].as_str().map(str::to_string))
+            .collect();
+        // The operator's image, and the daemon and dind-init images beside it (the chart's defaults).
+        let want: Vec<String> = [repository, "dind-daemon", "dind-init"].iter().map(|i| format!("{i}:{version}")).collect();
+        ensure!(images == want, "artifacthub.io/images {images:?}, the chart ships {want:?}");
+        let crd: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/crds/dinddaemon.yaml"))?)?;
+        let listed = &notes("artifacthub.io/crds")?[0];
+        ensure!(
+            listed["name"] == crd["metadata"]["name"] && listed["kind"] == crd["spec"]["names"]["kind"],
+            "artifacthub.io/crds: {listed:?}"
+        );
+        ensure!(listed["version"] == crd["spec"]["versions"][0]["name"], "artifacthub.io/crds version: {listed:?}");
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client, &ns, &kube::api::ApiResource::erase::<dind_operator::crd::DindDaemon>(&()));
+        for example in notes("artifacthub.io/crdsExamples")?.as_sequence().context("examples")? {
+            let object: kube::api::DynamicObject = serde_json::from_value(serde_json::to_value(example)?)?;
+            api.create(&PostParams { dry_run: true, ..Default::default() }, &object)
+                .await
+                .with_context(|| format!("example {example:?}"))?;
+        }
+        for change in notes("artifacthub.io/changes")?.as_sequence().context("changes")? {
+            let kind = change["kind"].as_str().unwrap_or_default();
+            ensure!(["added", "changed", "deprecated", "removed", "fixed", "security"].contains(&kind), "change kind {kind:?}");
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Every object of the values' schema is closed (`additionalProperties` false, or a map of a
 /// given value type): a typo at any depth fails `helm install`, naming it.
 #[test]
@@ -330,8 +376,8 @@ async fn install_then_uninstall_leaves_only_the_crd() {
         ensure!(can("create", "statefulsets.apps", "default").await?, "the operator cannot work in its watched namespace");
         ensure!(can("get", "secrets", "default").await?, "the operator cannot read Secrets where its DindDaemons live");
 
-        // Tenants: a team bound to the built-in `edit` may manage DindDaemons, one bound to
-        // `view` may read them (before: neither could even list them).
+        // Tenants: a team bound to the built-in `view` or `edit` may read DindDaemons (before:
+        // neither could even list them); `edit` may manage them only with tenantRbac.editRights.
         for (user, role) in [("alice", "edit"), ("bob", "view")] {
             let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                 "metadata": {"name": format!("{user}-{role}"), "namespace": ns},
@@ -346,6 +392,15 @@ async fn install_then_uninstall_leaves_only_the_crd() {
             async move { can_i(user, verb, resource, &ns).await }
         };
         // The controller-manager aggregates the chart's rules into the built-in roles.
+        eventually("view aggregates the DindDaemon rules", Duration::from_secs(30), || async {
+            Ok(tenant_can("list", "dinddaemons.dind.dev", "bob").await?.then_some(()))
+        })
+        .await?;
+        ensure!(tenant_can("list", "dinddaemons.dind.dev", "alice").await?, "edit cannot list DindDaemons");
+        ensure!(!tenant_can("create", "dinddaemons.dind.dev", "alice").await?, "edit can create DindDaemons by default");
+        let mut upgrade = vec!["upgrade", &release, CHART, "-n", &ns, "--reuse-values", "--set", "tenantRbac.editRights=true"];
+        upgrade.extend(["--set", "crds.upgrade=false"]);
+        helm(&upgrade).await?;
         eventually("edit aggregates the DindDaemon rules", Duration::from_secs(30), || async {
             Ok(tenant_can("create", "dinddaemons.dind.dev", "alice").await?.then_some(()))
         })

@@ -709,7 +709,7 @@ async fn a_drain_evicts_one_daemon_at_a_time_readiness_set_by_the_test_without_a
 /// `spec.egress.restricted`: the daemon's NetworkPolicy gains egress rules the apiserver
 /// accepts (each denied CIDR an exception inside its allowed block), and loses them when the
 /// restriction is lifted. (Enforcement is the network plugin's; the harness's bridge does not
-/// enforce NetworkPolicy: see the README.)
+/// enforce NetworkPolicy: see docs/pool-mode.md, "Egress".)
 #[tokio::test]
 async fn a_restricted_egress_denies_the_metadata_service_in_the_network_policy() {
     with_namespace("egress", |client: Client, ns: String| async move {
