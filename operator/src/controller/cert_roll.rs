@@ -21,7 +21,9 @@ use crate::status::{self, DaemonPod};
 pub const RECHECK: Duration = Duration::from_secs(20);
 
 /// Asks each ready daemon which certificate it serves (and, if an old one, whether it is busy),
-/// then restarts at most one. Returns when to look again, if a daemon still waits.
+/// then restarts at most one. Returns when to look again, if a daemon still waits. A pod seen
+/// serving the current certificate is not asked again until the certificate changes (a pod's
+/// certificate changes only when it restarts, and then it is a new pod or serves the newest).
 pub async fn roll(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, daemons: &[DaemonPod], certs: &Bundle) -> Option<Duration> {
     let (Ok(current), Ok(ca)) = (tls::der_of(&certs.server.cert_pem), tls::inspect(&certs.ca.cert_pem)) else { return None };
     let now = time::OffsetDateTime::now_utc();
@@ -31,13 +33,18 @@ pub async fn roll(ctx: &Context, dd: &DindDaemon, ns: &str, names: &Names, daemo
         async move {
             let ready = status::pod_ready(&d.pod);
             let ip = d.pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            let uid = d.pod.uid().unwrap_or_default();
             let serving = match ip.filter(|_| ready) {
                 None => None,
+                Some(_) if ctx.memory.serves(&uid, current) => Some(Serving::Current),
                 Some(ip) => {
                     let addr = format!("{ip}:{}", dd.spec.port);
                     let sni = names.pod_host(&d.name(), ns);
                     match docker_api::presented_certificate(&addr, certs, &sni).await {
-                        Ok(Presented::Leaf(der)) if der == *current => Some(Serving::Current),
+                        Ok(Presented::Leaf(der)) if der == *current => {
+                            ctx.memory.remember_serving(&uid, current);
+                            Some(Serving::Current)
+                        }
                         Ok(Presented::Leaf(der)) => {
                             let info = tls::inspect_der(&der).ok();
                             let busy = docker_api::busy(&addr, Some((certs, &sni))).await.ok();

@@ -33,6 +33,9 @@ pub struct Memory {
     disks: Mutex<HashMap<String, (Instant, DiskUsage)>>,
     /// What pruning needs to remember per daemon pod uid (see [`Pruning`]).
     pruning: Mutex<HashMap<String, Pruning>>,
+    /// The server certificate (DER) each daemon pod uid was last seen serving while it was the
+    /// current one: no handshake with that pod until the certificate changes (`cert_roll`).
+    serving: Mutex<HashMap<String, Vec<u8>>>,
     /// Consecutive failed reconciles, by `namespace/name`.
     failures: Streaks,
     /// Connections to a routed client Service that were refused, by `namespace/name`.
@@ -165,6 +168,17 @@ impl Memory {
         }
     }
 
+    /// Whether pod `pod_uid` was seen serving `certificate` (DER).
+    pub fn serves(&self, pod_uid: &str, certificate: &[u8]) -> bool {
+        self.serving.lock().ok().is_some_and(|m| m.get(pod_uid).is_some_and(|der| der == certificate))
+    }
+
+    pub fn remember_serving(&self, pod_uid: &str, certificate: &[u8]) {
+        if let Ok(mut m) = self.serving.lock() {
+            m.insert(pod_uid.to_string(), certificate.to_vec());
+        }
+    }
+
     /// Counts a failure of `key`; returns how many in a row.
     pub fn failed(&self, key: &str) -> u32 {
         self.failures.bump(key).unwrap_or(1)
@@ -202,16 +216,18 @@ impl Memory {
         pods: usize,
         live_pods: impl FnOnce() -> HashSet<String>,
     ) -> Vec<String> {
-        let (mut drivers, mut disks, mut pruning) = (self.drivers.lock(), self.disks.lock(), self.pruning.lock());
-        if let (Ok(drivers), Ok(disks), Ok(pruning)) = (drivers.as_mut(), disks.as_mut(), pruning.as_mut())
-            && (drivers.len() > pods || disks.len() > pods || pruning.len() > pods)
+        let (mut drivers, mut disks, mut pruning, mut serving) =
+            (self.drivers.lock(), self.disks.lock(), self.pruning.lock(), self.serving.lock());
+        if let (Ok(drivers), Ok(disks), Ok(pruning), Ok(serving)) = (drivers.as_mut(), disks.as_mut(), pruning.as_mut(), serving.as_mut())
+            && (drivers.len() > pods || disks.len() > pods || pruning.len() > pods || serving.len() > pods)
         {
             let live = live_pods();
             drivers.retain(|uid, _| live.contains(uid));
             disks.retain(|uid, _| live.contains(uid));
             pruning.retain(|uid, _| live.contains(uid));
+            serving.retain(|uid, _| live.contains(uid));
         }
-        drop((drivers, disks, pruning));
+        drop((drivers, disks, pruning, serving));
         let gone: Vec<String> = match self.applied.lock() {
             Ok(m) if m.len() > daemons => m.keys().filter(|k| !daemon_exists(k)).cloned().collect(),
             _ => Vec::new(),
@@ -284,9 +300,13 @@ mod tests {
         m.remember_driver("pod-1", "overlay2");
         m.remember_driver("pod-2", "vfs");
         m.remember_pruning("pod-1", Pruning { events_until: Some(1), ..Default::default() });
+        m.remember_serving("pod-1", b"leaf-1");
+        m.remember_serving("pod-2", b"leaf-1");
+        assert!(m.serves("pod-1", b"leaf-1") && !m.serves("pod-1", b"leaf-2"), "a renewed certificate is asked again");
         m.prune(1, |k| k == "a/x", 1, || HashSet::from(["pod-2".to_string()]));
         assert_eq!(m.sizes(), (0, 1, 1));
         assert_eq!(m.driver("pod-2").as_deref(), Some("vfs"));
         assert_eq!(m.pruning("pod-1").events_until, None, "a gone pod's pruning is forgotten");
+        assert!(!m.serves("pod-1", b"leaf-1") && m.serves("pod-2", b"leaf-1"), "a gone pod's certificate is forgotten");
     }
 }
