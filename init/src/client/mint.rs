@@ -9,8 +9,7 @@
 //! Every file is written to a temporary name and renamed, so a client never reads half a file;
 //! the key stays the same across renewals, so `key.pem` and `cert.pem` always match.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use dind_contract::args::ClientCerts;
 use dind_contract::{client_tls, per_pod};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
 
 /// What the operator answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,28 +113,14 @@ fn operator_tls(ca_b64: &str) -> Result<Arc<rustls::ClientConfig>, String> {
 /// One `POST` to the operator: its status and body.
 fn post(operator: &str, tls: &Arc<rustls::ClientConfig>, token: &str, body: &str) -> io::Result<(u16, String)> {
     let authority = operator.strip_prefix("https://").unwrap_or(operator).trim_end_matches('/');
-    let hostname = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
-    let addr = with_port.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{hostname}: no address")))?;
-    let timeout = Duration::from_secs(10);
-    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
-    tcp.set_read_timeout(Some(timeout))?;
-    tcp.set_write_timeout(Some(timeout))?;
-    let name = ServerName::try_from(hostname.to_string()).map_err(|e| io::Error::other(format!("{hostname}: {e}")))?;
-    let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(io::Error::other)?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
+    let hostname = super::ping::host_of(&authority);
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {hostname}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         per_pod::PATH,
         body.len()
     );
-    stream.write_all(request.as_bytes())?;
-    let mut answer = Vec::with_capacity(4096);
-    match (&mut stream).take(256 * 1024).read_to_end(&mut answer) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
-        Err(e) => return Err(e),
-    }
+    let answer = super::ping::exchange(&authority, Some(tls.clone()), Duration::from_secs(10), request.as_bytes(), 256 * 1024)?;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| io::Error::other("the operator's answer has no body"))?;
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::other("no HTTP status"))?;

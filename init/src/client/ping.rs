@@ -1,4 +1,5 @@
-//! One `GET /_ping` to a daemon over TCP, with mutual TLS when certificates are given.
+//! One `GET /_ping` to a daemon over TCP, with mutual TLS when certificates are given; and the
+//! one request/answer exchange (`exchange`) that and the certificate sidecar's request use.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -31,30 +32,49 @@ pub fn tls_config(dir: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Ok when `host` (`tcp://HOST:PORT`) answers `GET /_ping` with 200 `OK` within `timeout`.
-pub fn ping(host: &str, tls: Option<Arc<rustls::ClientConfig>>, timeout: Duration) -> io::Result<()> {
-    let authority = host.strip_prefix("tcp://").unwrap_or(host);
-    let hostname = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+/// `HOST` of `HOST:PORT`.
+pub(super) fn host_of(authority: &str) -> &str {
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// Sends `request` to `authority` (`HOST:PORT`), over TLS verified for `HOST` when `tls` is
+/// given, and reads the answer until the peer closes (at most `limit` bytes), all within
+/// `timeout` per step.
+pub(super) fn exchange(
+    authority: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    request: &[u8],
+    limit: u64,
+) -> io::Result<Vec<u8>> {
+    let hostname = host_of(authority);
     let addr = authority.to_socket_addrs()?.next().ok_or_else(|| io::Error::other(format!("{hostname}: no address")))?;
     let tcp = TcpStream::connect_timeout(&addr, timeout)?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
-    let request = format!("GET /_ping HTTP/1.1\r\nHost: {hostname}\r\nConnection: close\r\n\r\n");
     let mut response = Vec::with_capacity(512);
     match tls {
         Some(config) => {
             let name = ServerName::try_from(hostname.to_string()).map_err(|e| io::Error::other(format!("{hostname}: {e}")))?;
             let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
             let mut stream = rustls::StreamOwned::new(conn, tcp);
-            stream.write_all(request.as_bytes())?;
-            read_answer(&mut stream, &mut response)?;
+            stream.write_all(request)?;
+            read_answer(&mut stream, &mut response, limit)?;
         }
         None => {
             let mut tcp = tcp;
-            tcp.write_all(request.as_bytes())?;
-            read_answer(&mut tcp, &mut response)?;
+            tcp.write_all(request)?;
+            read_answer(&mut tcp, &mut response, limit)?;
         }
     }
+    Ok(response)
+}
+
+/// Ok when `host` (`tcp://HOST:PORT`) answers `GET /_ping` with 200 `OK` within `timeout`.
+pub fn ping(host: &str, tls: Option<Arc<rustls::ClientConfig>>, timeout: Duration) -> io::Result<()> {
+    let authority = host.strip_prefix("tcp://").unwrap_or(host);
+    let request = format!("GET /_ping HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host_of(authority));
+    let response = exchange(authority, tls, timeout, request.as_bytes(), 4096)?;
     let text = String::from_utf8_lossy(&response);
     let status = text.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) == Some("200") && text.ends_with("OK") {
@@ -64,9 +84,9 @@ pub fn ping(host: &str, tls: Option<Arc<rustls::ClientConfig>>, timeout: Duratio
     }
 }
 
-/// Reads up to 4 KiB; a TLS peer that closes without close_notify still gave its answer.
-fn read_answer(stream: &mut impl Read, out: &mut Vec<u8>) -> io::Result<()> {
-    match stream.take(4096).read_to_end(out) {
+/// Reads up to `limit` bytes; a TLS peer that closes without close_notify still gave its answer.
+fn read_answer(stream: &mut impl Read, out: &mut Vec<u8>, limit: u64) -> io::Result<()> {
+    match stream.take(limit).read_to_end(out) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
         Err(e) => Err(e),
