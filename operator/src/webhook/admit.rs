@@ -120,7 +120,13 @@ impl Handler {
             (Webhook::Inject, DaemonMode::Pool) => {
                 let mut target = Target::of(&dd, namespace, &self.defaults.init_image);
                 if namespace != pod_namespace {
-                    self.granted(&dd, (namespace, daemon), pod_namespace, pod).await?;
+                    let pod_labels: grant::Labels = serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
+                    let asked = granted(&self.client, &dd, (namespace, daemon), pod_namespace, &pod_labels);
+                    match tokio::time::timeout(READ_TIMEOUT, asked).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Denied::NotGranted(why) | Denied::Unreadable(why))) => return Err(why),
+                        Err(_) => return Err(format!("could not read namespace {pod_namespace:?} within {READ_TIMEOUT:?}")),
+                    }
                 }
                 if grant::per_pod(&dd.spec, namespace, pod_namespace) {
                     target.per_pod = Some(self.per_pod()?);
@@ -183,26 +189,33 @@ impl Handler {
     }
 }
 
-impl Handler {
-    /// Whether DindDaemon `target` grants a pod of `pod_namespace` (its namespace's labels are
-    /// read here: the review does not carry them).
-    async fn granted(&self, dd: &DindDaemon, target: (&str, &str), pod_namespace: &str, pod: &Value) -> Result<(), String> {
-        let api = Api::<Namespace>::all(self.client.clone());
-        let params = GetParams::any();
-        let ns = match tokio::time::timeout(READ_TIMEOUT, api.get_with(pod_namespace, &params)).await {
-            Ok(Ok(ns)) => ns,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "could not read namespace {pod_namespace:?} to check DindDaemon {}/{}'s grant: {e}",
-                    target.0, target.1
-                ));
-            }
-            Err(_) => return Err(format!("could not read namespace {pod_namespace:?} within {READ_TIMEOUT:?}")),
-        };
-        let pod_labels: grant::Labels = serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
-        grant::check(target, dd.spec.clients.as_ref(), pod_namespace, &ns.metadata.labels.unwrap_or_default(), &pod_labels)
-    }
+/// Why a pod of another namespace is not served.
+#[derive(Debug)]
+pub(super) enum Denied {
+    /// The grant does not cover it (the words name what it lacks).
+    NotGranted(String),
+    /// Its namespace could not be read.
+    Unreadable(String),
+}
 
+/// Whether DindDaemon `target` (`dd`) grants a pod of `pod_namespace` with `pod_labels`: its
+/// namespace's labels are read here (from the watch cache; neither a review nor a token carries
+/// them), the decision is `grant::check`'s. Admission and the certificate endpoint both ask.
+pub(super) async fn granted(
+    client: &Client,
+    dd: &DindDaemon,
+    target: (&str, &str),
+    pod_namespace: &str,
+    pod_labels: &grant::Labels,
+) -> Result<(), Denied> {
+    let ns = Api::<Namespace>::all(client.clone()).get_with(pod_namespace, &GetParams::any()).await.map_err(|e| {
+        Denied::Unreadable(format!("could not read namespace {pod_namespace:?} to check DindDaemon {}/{}'s grant: {e}", target.0, target.1))
+    })?;
+    grant::check(target, dd.spec.clients.as_ref(), pod_namespace, &ns.metadata.labels.unwrap_or_default(), pod_labels)
+        .map_err(Denied::NotGranted)
+}
+
+impl Handler {
     /// Where the pod's certificate sidecar asks, once this server's CAs are known.
     fn per_pod(&self) -> Result<PerPod, String> {
         let minting =

@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
-use kube::api::{GetParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::admit::Handler;
+use super::admit::{Denied, Handler};
 use crate::crd::{DaemonMode, DindDaemon};
 use crate::model::grant;
 use crate::model::names::Names;
@@ -118,12 +118,10 @@ async fn mint(handler: &Handler, authorization: Option<&str>, body: &[u8]) -> Re
         return Err(refused(format!("DindDaemon {namespace}/{name} is not a pool with TLS: it has no client certificates to give")));
     }
     if pod.namespace != namespace {
-        let ns = Api::<Namespace>::all(client.clone())
-            .get_with(&pod.namespace, &GetParams::any())
-            .await
-            .map_err(|e| failed("reading the pod's namespace", e))?;
-        grant::check((namespace, name), dd.spec.clients.as_ref(), &pod.namespace, &ns.metadata.labels.unwrap_or_default(), &labels)
-            .map_err(refused)?;
+        super::admit::granted(client, &dd, (namespace, name), &pod.namespace, &labels).await.map_err(|d| match d {
+            Denied::NotGranted(why) => refused(why),
+            Denied::Unreadable(why) => No(StatusCode::SERVICE_UNAVAILABLE, why),
+        })?;
     }
 
     let names = Names::of(name);
