@@ -138,11 +138,7 @@ async fn thief(client: &Client, ns: &str, name: &str, platform: &str, stolen: &[
     );
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await?;
-    eventually("the thief pod finished", READY, || {
-        let pods = pods.clone();
-        async move { Ok(pods.get(name).await?.status.and_then(|s| s.phase).filter(|p| p == "Succeeded" || p == "Failed")) }
-    })
-    .await?;
+    pod_ended(client, ns, name).await?;
     kubectl(&["logs", "-n", ns, name, "-c", "build"]).await
 }
 
@@ -375,11 +371,7 @@ async fn e2e_a_restricted_namespace_gets_docker_from_a_granted_pool_with_certifi
             kubectl(&["rollout", "restart", "deployment/op-dind-operator", "-n", &ns]).await?;
             kubectl(&["rollout", "status", "deployment/op-dind-operator", "-n", &ns, "--timeout=180s"]).await?;
             let restarted = Instant::now();
-            let phase = eventually("the long build finished", READY, || {
-                let pods = pods.clone();
-                async move { Ok(pods.get("long-build").await?.status.and_then(|s| s.phase).filter(|p| p == "Succeeded" || p == "Failed")) }
-            })
-            .await?;
+            let phase = pod_ended(&client, &team, "long-build").await?;
             let log = kubectl(&["logs", "-n", &team, "long-build", "-c", "build"]).await?;
             ensure!(phase == "Succeeded" && log.contains("failures: 0"), "the long build across the operator's restart ({phase}):\n{log}");
             let renewals = kubectl(&["logs", "-n", &team, "long-build", "-c", "dind-certs"]).await?;

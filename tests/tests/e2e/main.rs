@@ -117,19 +117,21 @@ async fn run_build(client: &Client, ns: &str, pod: &str, daemon: &str) -> anyhow
     run_pod(client, ns, pod, &hand_wired_build_pod(pod, daemon)).await
 }
 
+/// Waits (up to [`READY`]) until pod `name` of `ns` has ended: its phase, Succeeded or Failed.
+async fn pod_ended(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("pod {name} ended"), READY, || {
+        let pods = pods.clone();
+        async move { Ok(pods.get(name).await?.status.and_then(|s| s.phase).filter(|ph| ph == "Succeeded" || ph == "Failed")) }
+    })
+    .await
+}
+
 /// Applies a pod manifest and waits for it to end; its log (container `build`) and run time.
 async fn run_pod(client: &Client, ns: &str, pod: &str, manifest: &str) -> anyhow::Result<(String, Duration)> {
     kubectl_apply(ns, manifest).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let phase = eventually("build pod finished", READY, || {
-        let pods = pods.clone();
-        let pod = pod.to_string();
-        async move {
-            let p = pods.get(&pod).await?;
-            Ok(p.status.and_then(|s| s.phase).filter(|ph| ph == "Succeeded" || ph == "Failed"))
-        }
-    })
-    .await?;
+    let phase = pod_ended(client, ns, pod).await?;
     let logs = kubectl(&["logs", "-n", ns, pod, "-c", "build"]).await.unwrap_or_default();
     let p = pods.get(pod).await?;
     let term = p

@@ -94,11 +94,7 @@ async fn e2e_ci_systems_dind_conventions_work_unchanged_with_one_label() {
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);
                 let started = Instant::now();
                 pods.create(&Default::default(), &serde_json::from_value(pod)?).await.with_context(|| format!("{system}: the pod was refused"))?;
-                let phase = eventually(&format!("{system}'s pod finished"), READY, || {
-                    let (pods, name) = (pods.clone(), name.clone());
-                    async move { Ok(pods.get(&name).await?.status.and_then(|s| s.phase).filter(|p| p == "Succeeded" || p == "Failed")) }
-                })
-                .await?;
+                let phase = pod_ended(&client, &builds, &name).await?;
                 let log = kubectl(&["logs", "-n", &builds, &name, "-c", container]).await.unwrap_or_default();
                 ensure!(phase == "Succeeded", "{system}: {phase}:\n{log}");
                 let server = format!("server {}", dind_operator::crd::DEFAULT_DOCKER_VERSION);
