@@ -344,7 +344,7 @@ pub fn plan(pod: &Value, target: &Target, wait_seconds: u32) -> Result<Plan, Ref
     // Before it, the certificate's sidecar (the wait needs the certificate).
     if let Some(wanted) = &target.per_pod {
         match inits.iter().find(|c| c["name"].as_str() == Some(names::CERTS_CONTAINER)) {
-            None => inits.insert(0, per_pod::sidecar(target, wanted)),
+            None => inits.insert(0, per_pod::sidecar(&target.init_image, &format!("{}/{}", target.namespace, target.name), wanted)),
             Some(c) if c["args"][0].as_str() == Some(dind_contract::per_pod::SUBCOMMAND) => {}
             Some(_) => {
                 return Err(Refusal(format!(

@@ -6,7 +6,6 @@
 use dind_contract::{args, client_pod};
 use serde_json::{Value, json};
 
-use super::inject::Target;
 use crate::model::names;
 
 /// Where a pod's `client-certs` sidecar asks for its certificate.
@@ -37,18 +36,19 @@ pub(super) fn restricted_security_context() -> Value {
 /// probe: the wait container after it waits for the certificate itself (a probe would hold it
 /// for the kubelet's probe and relist periods: 3.73 s instead of 2.82 s to the first `docker
 /// version`, measured).
-pub(super) fn sidecar(target: &Target, per_pod: &PerPod) -> Value {
+/// `daemon`: the DindDaemon, `NAMESPACE/NAME`; `init_image`: its dind-init image.
+pub(super) fn sidecar(init_image: &str, daemon: &str, per_pod: &PerPod) -> Value {
     use base64::Engine as _;
     let certs = args::ClientCerts {
         operator: per_pod.operator.clone(),
         operator_ca: base64::engine::general_purpose::STANDARD.encode(&per_pod.operator_ca),
-        daemon: format!("{}/{}", target.namespace, target.name),
+        daemon: daemon.to_string(),
         token: dind_contract::per_pod::TOKEN_DIR.to_string(),
         dir: client_pod::CERTS_DIR.to_string(),
     };
     json!({
         "name": names::CERTS_CONTAINER,
-        "image": target.init_image,
+        "image": init_image,
         "restartPolicy": "Always",
         "args": certs.render(),
         "volumeMounts": [
