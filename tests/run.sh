@@ -3,7 +3,7 @@
 #   rustfmt and clippy · unit tests · the CRD and RBAC generators' freshness · the real control plane
 #   (etcd, kube-apiserver, controller-manager, scheduler) · dind-init in real containers
 #   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path ·
-#   and finally the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
+#   the release workflow under act, and finally the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
 # Everything it starts, it stops, also when a test fails or the run is interrupted.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,13 +35,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The Go builds (Kubernetes, today's Docker clients, the engine, node runtime and registry;
-# cached in ~/.cache/dind-operator) download
+# The Go builds (Kubernetes, today's Docker clients, the engine, node runtime and registry, the
+# release tools: act, cosign, syft; cached in ~/.cache/dind-operator) download
 # and compile while Rust is linted and built: on a cold machine they overlap instead of queueing.
 log "building the Go tools in the background (cached)"
 go_log="$(mktemp)"
 # Its own process group (setsid), so that an interrupted run stops the go builds under it too.
-setsid bash -c 'tests/cluster/build.sh && tests/clients/build.sh && tests/engine/build.sh' >"$go_log" 2>&1 &
+setsid bash -c 'tests/cluster/build.sh && tests/clients/build.sh && tests/engine/build.sh && tests/release/build.sh' >"$go_log" 2>&1 &
 go_pid=$!
 wait_go() {
   if ! wait "$go_pid"; then
@@ -73,6 +73,14 @@ log "building the Kubernetes binaries (cached) and starting the cluster"
 tests/cluster/cluster.sh up
 eval "$(tests/cluster/cluster.sh env)"
 kubectl apply --server-side --force-conflicts -f crds/dinddaemon.yaml >/dev/null
+
+# The release workflow, run by act, publishes this commit to the harness registry (signed, with
+# SBOMs); the release tests check it as users would, and the end-to-end tests install from it.
+if [[ ${DIND_NODE:-1} == 1 ]]; then
+  log "running the release workflow (.github/workflows/release.yml) with act"
+  tests/release/run.sh
+  export DIND_TEST_RELEASE=1
+fi
 
 log "running the tests"
 rc=0

@@ -66,15 +66,17 @@ add_binary() { # add_binary <rootfs> <source> [dest]
   add_libs "$1" "$2"
 }
 
-docker_build() { # docker_build <tag> <context dir> <dockerfile>
-  DOCKER_BUILDKIT=0 docker build -q -t "$1" -f "$3" "$2" >/dev/null 2>&1 || DOCKER_BUILDKIT=0 docker build -t "$1" -f "$3" "$2"
+docker_build() { # docker_build <tag> <context dir> <dockerfile>: the context holds ARCH/binary
+  local args=(-t "$1" -f "$3" --build-arg TARGETARCH=amd64 "$2")
+  DOCKER_BUILDKIT=0 docker build -q "${args[@]}" >/dev/null 2>&1 || DOCKER_BUILDKIT=0 docker build "${args[@]}"
   log "built $1"
 }
 
-# dind-init and dind-operator: FROM scratch images from their Dockerfiles.
-mkdir -p "$work/init" "$work/operator"
-cp "$bin/dind-init" "$work/init/dind-init"
-cp "$operator_bin/dind-operator" "$work/operator/dind-operator"
+# dind-init and dind-operator: FROM scratch images from their Dockerfiles (the release's, whose
+# context holds a directory per architecture; the classic builder is told TARGETARCH).
+mkdir -p "$work/init/amd64" "$work/operator/amd64"
+cp "$bin/dind-init" "$work/init/amd64/dind-init"
+cp "$operator_bin/dind-operator" "$work/operator/amd64/dind-operator"
 docker_build "dind-init:$version" "$work/init" init/Dockerfile
 docker_build "dind-operator:$version" "$work/operator" operator/Dockerfile
 

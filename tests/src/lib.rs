@@ -57,6 +57,44 @@ pub fn registry() -> Option<String> {
     registry_file("host").ok().filter(|h| !h.is_empty())
 }
 
+/// A file tests/release/run.sh leaves in `$DIND_CLUSTER_DIR/release/` (`registry`, `version`,
+/// `cosign.pub`, `bin`, `helm/registry.json`, `ca-bundle.crt`), trimmed; a path for the files.
+pub fn release_file(name: &str) -> anyhow::Result<String> {
+    let path = cluster_dir().join("release").join(name);
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("{} (run tests/release/run.sh)", path.display()))?.trim().to_string())
+}
+
+/// The path of a file tests/release/run.sh left, as a string for a command line.
+pub fn release_path(name: &str) -> String {
+    cluster_dir().join("release").join(name).to_string_lossy().into_owned()
+}
+
+/// What `helm install` and `helm upgrade` take after the release name: the chart and how to
+/// reach it. With `DIND_TEST_RELEASE=1` (tests/run.sh, after tests/release/run.sh published this
+/// commit with the release workflow), the release in the harness registry, as the README tells
+/// users to install it: `oci://HOST:PORT/releases/charts/dind-operator --version V`, its images
+/// pulled by tag from beside it (the released chart's defaults). Otherwise this repository's
+/// chart with the harness's images (`chart_image_sets`).
+pub fn chart_source() -> anyhow::Result<Vec<String>> {
+    if std::env::var("DIND_TEST_RELEASE").is_ok_and(|v| v == "1") {
+        let registry = release_file("registry")?;
+        return Ok(vec![
+            format!("oci://{registry}/charts/dind-operator"),
+            "--version".into(),
+            release_file("version")?,
+            "--registry-config".into(),
+            release_path("helm/registry.json"),
+            "--ca-file".into(),
+            cluster_dir().join("registry/ca.crt").to_string_lossy().into_owned(),
+        ]);
+    }
+    let mut args = vec![CHART.to_string()];
+    for set in chart_image_sets() {
+        args.extend(["--set".to_string(), set]);
+    }
+    Ok(args)
+}
+
 /// The chart's `--set` values for the operator image, as a user sets them: pulled by tag
 /// (`IfNotPresent`) from the harness registry, where tests/cluster/node.sh pushed the project's
 /// images (the operator's, and beside it the daemon and dind-init images the chart derives from

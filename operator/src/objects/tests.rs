@@ -359,7 +359,7 @@ fn the_daemon_image_recipe_matches_the_defaults() {
     let version = format!("ARG DOCKER_VERSION={}\n", crate::crd::DEFAULT_DOCKER_VERSION);
     assert!(dockerfile.contains(&version), "daemon/Dockerfile must say {version:?}");
     let helpers = include_str!("../../../charts/dind-operator/templates/_helpers.tpl");
-    for path in ["COPY dind-init /usr/local/bin/dind-init", "ENTRYPOINT [\"/usr/local/bin/dind-init\"]"] {
+    for path in ["COPY ${TARGETARCH}/dind-init /usr/local/bin/dind-init", "ENTRYPOINT [\"/usr/local/bin/dind-init\"]"] {
         assert!(dockerfile.contains(path), "daemon/Dockerfile: {path:?}");
     }
     assert!(helpers.contains("\n/usr/local/bin/dind-init\n"), "the chart's default dindInitPath moved");

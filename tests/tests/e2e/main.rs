@@ -21,14 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use dind_operator::crd::DindDaemon;
 use dind_tests::pods::{CLIENT_IMAGE, hand_wired_build_pod, injected_build_pod};
-use dind_tests::{chart_image_sets, cluster_dir, eventually, kubectl_apply, run_tool, suffix, with_namespace};
+use dind_tests::{chart_source, cluster_dir, eventually, kubectl_apply, run_tool, suffix, with_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dind-operator");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 /// A daemon image of the platform team's own that does not say where it carries dind-init (as
 /// docker:<ver>-dind would not): the stand-in (Docker 28.5 built from Go modules) by another
@@ -60,19 +59,19 @@ async fn install_operator_watching(client: &Client, ns: &str, watched: &str) -> 
 /// Installs the operator from the chart into `ns`, watching `watched`, with more `--set`s.
 async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &[&str]) -> anyhow::Result<()> {
     // The chart's images from the harness registry, pulled by tag: the operator's, and the
-    // default daemon image (REGISTRY/dind-daemon:<version>) and dind-init beside it.
+    // default daemon image (REGISTRY/dind-daemon:<version>) and dind-init beside it. In CI, the
+    // chart and images the release workflow published there (chart_source).
     let watch = format!("watchNamespaces={{{watched}}}");
-    let images = chart_image_sets();
+    let chart = chart_source()?;
     // The webhook answers only the apiserver (its client certificate, of the harness's CA), as a
     // platform team that configures its apiserver sets it up.
     let (ca, _, _) = dind_tests::webhook_client_ca()?;
     let secret: k8s_openapi::api::core::v1::Secret =
         serde_json::from_value(json!({"metadata": {"name": "webhook-client-ca"}, "stringData": {"ca.crt": ca}}))?;
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns).create(&Default::default(), &secret).await?;
-    let mut args = vec![
-        "install",
-        "op",
-        CHART,
+    let mut args = vec!["install", "op"];
+    args.extend(chart.iter().map(String::as_str));
+    args.extend([
         "-n",
         ns,
         "--set",
@@ -84,8 +83,8 @@ async fn install_operator_with(client: &Client, ns: &str, watched: &str, sets: &
         "--wait",
         "--timeout",
         "180s",
-    ];
-    for set in images.iter().map(String::as_str).chain(sets.iter().copied()) {
+    ]);
+    for set in sets {
         args.extend(["--set", set]);
     }
     run_tool("helm", &args).await?;

@@ -19,7 +19,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::{CHART, READY, ctr, kubectl, require_node, with_builds_namespace};
+use super::{READY, ctr, kubectl, require_node, with_builds_namespace};
 
 /// One admission of the drill: when it was asked, and what the apiserver said if it refused.
 struct Attempt {
@@ -157,11 +157,11 @@ async fn drill(client: &Client, ns: &str) -> anyhow::Result<Vec<(&'static str, I
     // 1. helm upgrade that rolls the operator (a new pod annotation).
     let before = both_replicas_ready(client, ns, 0).await?;
     let start = Instant::now();
-    run_tool(
-        "helm",
-        &["upgrade", "op", CHART, "-n", ns, "--reuse-values", "--set", "podAnnotations.drill=upgrade", "--wait", "--timeout", "180s"],
-    )
-    .await?;
+    let mut args = vec!["upgrade", "op"];
+    let chart = dind_tests::chart_source()?;
+    args.extend(chart.iter().map(String::as_str));
+    args.extend(["-n", ns, "--reuse-values", "--set", "podAnnotations.drill=upgrade", "--wait", "--timeout", "180s"]);
+    run_tool("helm", &args).await?;
     let after = both_replicas_ready(client, ns, 0).await?;
     ensure!(after.iter().all(|p| !before.contains(p)), "the upgrade did not replace the operator pods: {before:?} → {after:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -7,6 +7,7 @@
 //! - `webhook`: the injection webhook at the real apiserver.
 //! - `chart`: the Helm chart, rendered and installed.
 //! - `dind_init`: dind-init as PID 1 of real containers on the test dockerd.
+//! - `release`: the release the workflow published (tests/release/run.sh), checked as users do.
 //!
 //! tests/run.sh runs them with the unit tests (`--skip e2e_`). Two binaries stay apart:
 //! `crd_upgrade` (it replaces the cluster-wide CRD for a moment, which must not happen while
@@ -19,4 +20,5 @@ mod harness;
 mod operator_api;
 mod operator_lifecycle;
 mod operator_reconcile;
+mod release;
 mod webhook;
