@@ -46,17 +46,32 @@ rust_target() {
 }
 arches() { tr ',' '\n' <<<"$platforms" | sed 's#^linux/##'; }
 
-# Static binaries (glibc static-pie), as the images need them: dind-init with the release profile
-# (small: LTO, one codegen unit), the operator with operator-image (no LTO: a faster build).
-# Copied to dist/bin/ARCH/. tests/images/build.sh builds the harness's images from the same.
+# cargo-auditable (crates.io), cached outside the repo: it records each binary's crates in the
+# binary (a .dep-v0 section), where syft finds them for the SBOM. Prints its directory.
+cargo_auditable() {
+  local version=0.7.7 dir
+  dir="${DIND_CACHE_DIR:-$HOME/.cache/dind-operator}/cargo-auditable/$version"
+  if [[ ! -x $dir/bin/cargo-auditable ]]; then
+    log "installing cargo-auditable $version (once)"
+    cargo install -q --locked --root "$dir" cargo-auditable --version "$version"
+  fi
+  echo "$dir/bin"
+}
+
+# Static binaries (glibc static-pie), as the images need them, with their crates recorded
+# (cargo auditable): dind-init with the release profile (small: LTO, one codegen unit), the
+# operator with operator-image (no LTO: a faster build). Copied to dist/bin/ARCH/.
+# tests/images/build.sh builds the harness's images from the same.
 binaries() {
   local arch target
   [[ $version == "$crate_version" ]] || die "version $version is not the workspace's ($crate_version, Cargo.toml)"
+  PATH="$(cargo_auditable):$PATH"
   for arch in $(arches); do
     target="$(rust_target "$arch")"
     log "building dind-init and dind-operator for $arch ($target)"
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --locked --release --target "$target" -p dind-init --bin dind-init
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --locked --profile operator-image --target "$target" -p dind-operator --bin dind-operator
+    RUSTFLAGS="-C target-feature=+crt-static" cargo auditable build -q --locked --release --target "$target" -p dind-init --bin dind-init
+    RUSTFLAGS="-C target-feature=+crt-static" cargo auditable build -q --locked --profile operator-image --target "$target" \
+      -p dind-operator --bin dind-operator
     install -D -m 0755 "${CARGO_TARGET_DIR:-target}/$target/release/dind-init" "$dist/bin/$arch/dind-init"
     install -D -m 0755 "${CARGO_TARGET_DIR:-target}/$target/operator-image/dind-operator" "$dist/bin/$arch/dind-operator"
   done

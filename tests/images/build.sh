@@ -40,16 +40,12 @@ tags=("dind-init:$version" "dind-operator:$version" dind-daemon:test "dind-daemo
 # What the tags point at now: what this build replaces.
 replaced="$(docker image inspect -f '{{.Id}}' "${tags[@]}" 2>/dev/null | sort -u || true)"
 
-# Static binaries: glibc static-pie (the machines have no musl Rust target).
-# dind-init with the release profile (small: LTO, one codegen unit); the operator with
-# `operator-image` (no LTO: its size does not matter, a cold build's time does).
-log "building static dind-init (release) and dind-operator (operator-image)"
-export RUSTFLAGS="-C target-feature=+crt-static"
-cargo build -q --release --target x86_64-unknown-linux-gnu -p dind-init --bin dind-init
-cargo build -q --profile operator-image --target x86_64-unknown-linux-gnu -p dind-operator --bin dind-operator
-unset RUSTFLAGS
-bin="target/x86_64-unknown-linux-gnu/release"
-operator_bin="target/x86_64-unknown-linux-gnu/operator-image"
+# Static binaries as the release builds them (glibc static-pie, crates recorded for the SBOM;
+# the machines have no musl Rust target): scripts/release.sh binaries, into dist/bin/amd64/.
+log "building static dind-init (release) and dind-operator (operator-image): scripts/release.sh binaries"
+RELEASE_PLATFORMS=linux/amd64 scripts/release.sh binaries
+bin="dist/bin/amd64"
+operator_bin="dist/bin/amd64"
 
 # The shared libraries (and loader) a binary needs; nothing for a static one.
 libs_of() { { ldd "$1" 2>/dev/null || true; } | awk '/=>/ {print $3} /ld-linux/ {print $1}' | { grep '^/' || true; }; }

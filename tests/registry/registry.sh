@@ -92,7 +92,7 @@ up() {
   engine="$("$here/../engine/build.sh" | tail -n 1)"
   mkdir -p "$dir"
   certs
-  echo ci >"$dir/user"
+  echo dind-ci >"$dir/user"
   openssl rand -hex 12 >"$dir/password"
   htpasswd -Bbn "$(cat "$dir/user")" "$(cat "$dir/password")" >"$dir/htpasswd" 2>/dev/null
   config registry "$port" >"$dir/registry.yml"

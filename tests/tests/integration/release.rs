@@ -36,6 +36,21 @@ async fn cosign_verify(key: &Path, reference: &str) -> anyhow::Result<(bool, Str
     output(tool(bin)?.args(["verify", "--key"]).arg(key).args(["--insecure-ignore-tlog=true", reference])).await
 }
 
+/// The package names in the SPDX SBOM attested to `image`, once its attestation verifies.
+async fn sbom_packages(key: &Path, image: &str) -> anyhow::Result<Vec<String>> {
+    let cosign = PathBuf::from(release_file("bin")?).join("cosign");
+    let (ok, out, err) = output(
+        tool(cosign)?.args(["verify-attestation", "--type", "spdxjson", "--key"]).arg(key).args(["--insecure-ignore-tlog=true", image]),
+    )
+    .await?;
+    ensure!(ok, "cosign verify-attestation {image}: {err}");
+    let envelope: serde_json::Value = serde_json::from_str(out.lines().next().context("no attestation")?)?;
+    let payload = base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().context("payload")?)?;
+    let statement: serde_json::Value = serde_json::from_slice(&payload)?;
+    let packages = statement["predicate"]["packages"].as_array().context("the SBOM's packages")?;
+    Ok(packages.iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect())
+}
+
 #[tokio::test]
 async fn release_verifies_and_a_tampered_digest_or_another_key_does_not() -> anyhow::Result<()> {
     if std::env::var("DIND_TEST_RELEASE").as_deref() != Ok("1") {
@@ -88,22 +103,20 @@ async fn release_verifies_and_a_tampered_digest_or_another_key_does_not() -> any
     let (ok, _, err) = cosign_verify(&key, &operator).await?;
     ensure!(ok, "{operator} no longer verifies: {err}");
 
-    // 4. The signed SBOM of the daemon image lists the engine in it (Go modules of dockerd, containerd, runc).
-    let daemon = format!("{registry}/dind-daemon:{version}");
-    let (ok, out, err) = output(
-        tool(&cosign)?.args(["verify-attestation", "--type", "spdxjson", "--key"]).arg(&key).args(["--insecure-ignore-tlog=true", &daemon]),
-    )
-    .await?;
-    ensure!(ok, "cosign verify-attestation {daemon}: {err}");
-    let envelope: serde_json::Value = serde_json::from_str(out.lines().next().context("no attestation")?)?;
-    let payload = base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().context("payload")?)?;
-    let statement: serde_json::Value = serde_json::from_slice(&payload)?;
-    let names: Vec<&str> =
-        statement["predicate"]["packages"].as_array().context("the SBOM's packages")?.iter().filter_map(|p| p["name"].as_str()).collect();
-    for want in ["github.com/docker/docker", "github.com/containerd/containerd", "github.com/opencontainers/runc"] {
-        ensure!(names.iter().any(|n| n.starts_with(want)), "the daemon image's SBOM does not list {want} ({} packages)", names.len());
+    // 4. The signed SBOMs list what each image holds: the daemon image its engine (the Go
+    // modules of dockerd, containerd, runc); the operator its crates (cargo auditable).
+    let want = [
+        ("dind-daemon", &["github.com/docker/docker", "github.com/containerd/containerd", "github.com/opencontainers/runc"][..]),
+        ("dind-operator", &["kube-runtime", "rustls", "tokio"][..]),
+        ("dind-init", &["rcgen", "rustls"][..]),
+    ];
+    for (image, crates) in want {
+        let names = sbom_packages(&key, &format!("{registry}/{image}:{version}")).await?;
+        for want in crates {
+            ensure!(names.iter().any(|n| n.starts_with(want)), "the {image} image's SBOM does not list {want} ({} packages)", names.len());
+        }
+        println!("{image} SBOM: {} packages", names.len());
     }
-    println!("daemon image SBOM: {} packages", names.len());
 
     // 5. The released chart installs the released images by default.
     let chart = format!("oci://{registry}/charts/dind-operator");
