@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(docker.io containerd runc iptables containernetworking-plugins conntrack socat
           iproute2 busybox-static openssl curl ca-certificates
-          libseccomp-dev pkg-config gcc libc6-dev apache2-utils)
+          libseccomp-dev pkg-config gcc libc6-dev apache2-utils jq python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
