@@ -80,15 +80,16 @@ async fn e2e_ci_systems_dind_conventions_work_unchanged_with_one_label() {
     with_namespace("e2e-recipes", |client, ns| async move {
         with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
             for manifest in [
-                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: tcp}\nspec: {mode: Sidecar, sidecar: {tcp: true}, storage: {size: 1Gi}}\n",
-                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: sock}\nspec: {mode: Sidecar, storage: {size: 1Gi}}\n",
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: dind-tcp}\nspec: {mode: Sidecar, sidecar: {tcp: true}, storage: {size: 1Gi}}\n",
+                "apiVersion: dind.dev/v1alpha1\nkind: DindDaemon\nmetadata: {name: dind}\nspec: {mode: Sidecar, storage: {size: 1Gi}}\n",
             ] {
                 kubectl_apply(&builds, manifest).await?;
             }
-            wait_ready(&builds, "tcp").await?;
-            wait_ready(&builds, "sock").await?;
+            // The DindDaemons of docs/ci-recipes.md, by its names.
+            wait_ready(&builds, "dind-tcp").await?;
+            wait_ready(&builds, "dind").await?;
             for (system, pod, container) in
-                [("GitLab Runner", gitlab("tcp"), "build"), ("Tekton", tekton("tcp"), "step-docker-build"), ("actions-runner-controller", arc("sock"), "runner")]
+                [("GitLab Runner", gitlab("dind-tcp"), "build"), ("Tekton", tekton("dind-tcp"), "step-docker-build"), ("actions-runner-controller", arc("dind"), "runner")]
             {
                 let name = pod["metadata"]["name"].as_str().context("name")?.to_string();
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &builds);

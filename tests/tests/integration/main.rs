@@ -2,6 +2,7 @@
 //! file cost CI a link of the whole dependency tree each, on two cores). One module a theme:
 //!
 //! - `harness`: the real control plane itself (apiserver, admission, tokens, CRDs).
+//! - `docs`: every command the README and docs/ show is run by a test or marked.
 //! - `operator_api`: the CRD's schema and CEL rules, at the real apiserver.
 //! - `operator_reconcile`, `operator_lifecycle`: the operator against the real control plane.
 //! - `webhook`: the injection webhook at the real apiserver.
@@ -17,6 +18,7 @@
 mod chart;
 mod chart_conform;
 mod dind_init;
+mod docs;
 mod harness;
 mod operator_api;
 mod operator_lifecycle;
