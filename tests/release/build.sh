@@ -28,6 +28,13 @@ if [[ -f "$bin/.complete" ]]; then
   exit 0
 fi
 mkdir -p "$bin"
+# One build at a time (tests/run.sh builds in the background while a test may ask too).
+exec 9>"$cache_root/release/.lock"
+flock 9
+if [[ -f "$bin/.complete" ]]; then
+  echo "$bin"
+  exit 0
+fi
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -trimpath" GOTOOLCHAIN=local
 start=$SECONDS
 log() { echo ">> [release tools +$((SECONDS - start))s] $*" >&2; }
