@@ -207,19 +207,7 @@ impl ClientSetup {
         let mut certs = None;
         let mut merge = Vec::new();
         let mut timeout_secs = super::client_pod::WAIT_SECONDS;
-        let mut i = 0;
-        while i < args.len() {
-            let arg = &args[i];
-            i += 1;
-            let Some(body) = arg.strip_prefix("--") else { return Err(format!("{arg}: unexpected argument")) };
-            let (name, value) = match body.split_once('=') {
-                Some((n, v)) => (n, v.to_string()),
-                None => {
-                    let v = args.get(i).ok_or_else(|| format!("--{body}: needs a value"))?.clone();
-                    i += 1;
-                    (body, v)
-                }
-            };
+        for (name, value) in flags(args, &[])? {
             match name {
                 flag::HOST => {
                     let rest = value.strip_prefix("tcp://").ok_or_else(|| format!("--host: {value:?} must be tcp://HOST:PORT"))?;
@@ -294,19 +282,16 @@ impl ClientCerts {
         out
     }
 
-    /// Parses the arguments after the subcommand (`--name=value`), naming any bad one.
-    /// `Ok(Err(dir))`: `--check` of `dir`.
+    /// Parses the arguments after the subcommand (`--name=value` or `--name value`), naming any
+    /// bad one. `Ok(Err(dir))`: `--check` of `dir`.
     pub fn parse(args: &[String]) -> Result<Result<Self, String>, String> {
         let (mut operator, mut operator_ca, mut daemon, mut token, mut dir) = (None, None, None, None, None);
         let mut check = false;
-        for arg in args {
-            let Some(body) = arg.strip_prefix("--") else { return Err(format!("{arg}: unexpected argument")) };
-            if body == flag::CHECK {
+        for (name, value) in flags(args, &[flag::CHECK])? {
+            if name == flag::CHECK {
                 check = true;
                 continue;
             }
-            let (name, value) = body.split_once('=').ok_or_else(|| format!("--{body}: needs a value (--{body}=VALUE)"))?;
-            let value = value.to_string();
             match name {
                 flag::OPERATOR if value.starts_with("https://") => operator = Some(value),
                 flag::OPERATOR => return Err(format!("--operator: {value:?} must be https://HOST:PORT")),
@@ -333,6 +318,25 @@ impl ClientCerts {
             dir,
         }))
     }
+}
+
+/// The flags of a subcommand's arguments, in order: `--name=value`, `--name value`, or a
+/// `--switch` (one of `switches`, whose value is empty); anything else is named as an error.
+fn flags<'a>(args: &'a [String], switches: &[&str]) -> Result<Vec<(&'a str, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let body = arg.strip_prefix("--").ok_or_else(|| format!("{arg}: unexpected argument"))?;
+        if switches.contains(&body) {
+            out.push((body, String::new()));
+        } else if let Some((name, value)) = body.split_once('=') {
+            out.push((name, value.to_string()));
+        } else {
+            let value = rest.next().ok_or_else(|| format!("--{body}: needs a value (--{body}=VALUE)"))?;
+            out.push((body, value.clone()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -89,3 +89,18 @@ fn run_renders_in_a_stable_order_and_dockerd_flags_last() {
     assert_eq!(Check { wait: true, timeout_ms: 5 }.render(), ["wait", "--timeout-ms=5"]);
     assert_eq!(Install { dir: "/dind/bin".into() }.render(), ["install", "/dind/bin"]);
 }
+
+/// One tokenizer for both client subcommands: `--name=value`, `--name value`, switches, and the
+/// same words for what it refuses.
+#[test]
+fn client_flags_split_alike_and_refusals_name_the_argument() {
+    let args = |a: &[&str]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        flags(&args(&["--a=1", "--b", "2", "--check", "--c="]), &["check"]).unwrap(),
+        [("a", "1".to_string()), ("b", "2".to_string()), ("check", String::new()), ("c", String::new())]
+    );
+    assert_eq!(flags(&args(&["x"]), &[]).unwrap_err(), "x: unexpected argument");
+    assert_eq!(flags(&args(&["--b"]), &[]).unwrap_err(), "--b: needs a value (--b=VALUE)");
+    assert_eq!(ClientCerts::parse(&args(&["--check", "--dir", "/d"])).unwrap(), Err("/d".to_string()));
+    assert_eq!(ClientSetup::parse(&args(&["--merge"])).unwrap_err(), "--merge: needs a value (--merge=VALUE)");
+}
