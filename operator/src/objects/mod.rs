@@ -54,6 +54,23 @@ pub struct Defaults {
     pub toleration_keys: Option<Vec<String>>,
 }
 
+#[cfg(test)]
+impl Defaults {
+    /// What unit tests start from: `image` without dind-init (copied in from `init_image`), no
+    /// image volumes, no placement, any toleration, out of cluster.
+    pub(crate) fn of(image: &str, init_image: &str) -> Self {
+        Self {
+            image: image.into(),
+            image_dind_init_path: None,
+            init_image: init_image.into(),
+            init_image_volume: false,
+            operator_namespace: None,
+            placement: std::collections::BTreeMap::new(),
+            toleration_keys: None,
+        }
+    }
+}
+
 /// `selector` with the platform's `placement` laid over it (the platform's values win): what a
 /// daemon pod is scheduled by. `None` when both are empty.
 pub fn placed(

@@ -15,15 +15,7 @@ fn daemon(spec: serde_json::Value) -> DindDaemon {
 }
 
 fn defaults() -> Defaults {
-    Defaults {
-        image: "docker:28.5.2-dind".into(),
-        image_dind_init_path: None,
-        init_image_volume: false,
-        placement: Default::default(),
-        toleration_keys: None,
-        init_image: "dind-init:test".into(),
-        operator_namespace: Some("ops".into()),
-    }
+    Defaults { operator_namespace: Some("ops".into()), ..Defaults::of("docker:28.5.2-dind", "dind-init:test") }
 }
 
 fn certs() -> tls::Bundle {

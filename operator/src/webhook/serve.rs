@@ -315,15 +315,7 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let handler = Handler {
             client: kube::Client::try_from(config).unwrap(),
-            defaults: crate::objects::Defaults {
-                image: "docker:dind".into(),
-                image_dind_init_path: None,
-                init_image: "dind-init".into(),
-                init_image_volume: false,
-                operator_namespace: None,
-                placement: Default::default(),
-                toleration_keys: None,
-            },
+            defaults: crate::objects::Defaults::of("docker:dind", "dind-init"),
             wait_seconds: 5,
             metrics: crate::runtime::metrics::Metrics::default(),
             minting: None,

@@ -116,15 +116,7 @@ fn parts_with(spec: Value, defaults: &Defaults) -> Sidecar {
 
 /// The operator's defaults in these tests: an image without dind-init, so it is copied in.
 fn defaults() -> Defaults {
-    Defaults {
-        image: "docker:28.5.2-dind".into(),
-        image_dind_init_path: None,
-        init_image_volume: false,
-        placement: Default::default(),
-        toleration_keys: None,
-        init_image: "dind-init:test".into(),
-        operator_namespace: None,
-    }
+    Defaults::of("docker:28.5.2-dind", "dind-init:test")
 }
 
 #[test]
