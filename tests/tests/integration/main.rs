@@ -6,7 +6,7 @@
 //! - `operator_api`: the CRD's schema and CEL rules, at the real apiserver.
 //! - `operator_reconcile`, `operator_lifecycle`: the operator against the real control plane.
 //! - `webhook`: the injection webhook at the real apiserver.
-//! - `chart`: the Helm chart, rendered and installed; `chart_conform`: kubeconform, each minor.
+//! - `chart`: the Helm chart, rendered, installed, and checked with kubeconform for each minor.
 //! - `dind_init`: dind-init as PID 1 of real containers on the test dockerd.
 //! - `release`: the release the workflow published (tests/release/run.sh), checked as users do.
 //!
@@ -16,7 +16,6 @@
 //! at a time).
 
 mod chart;
-mod chart_conform;
 mod dind_init;
 mod docs;
 mod harness;
