@@ -3,7 +3,8 @@
 #   rustfmt and clippy · unit tests · the CRD and RBAC generators' freshness · the real control plane
 #   (etcd, kube-apiserver, controller-manager, scheduler) · dind-init in real containers
 #   on a test dockerd · (with DIND_NODE=1, the default) a real node and the end-to-end path ·
-#   the release workflow under act, and finally the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
+#   the release workflow under act (tests/release/), the cgroup v2 lane (tests/vm/), and finally
+#   the README's quickstart (scripts/quickstart.sh) on a fresh cluster.
 # Everything it starts, it stops, also when a test fails or the run is interrupted.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -82,7 +83,6 @@ log "building the Kubernetes binaries (cached) and starting the cluster"
 tests/cluster/cluster.sh up
 eval "$(tests/cluster/cluster.sh env)"
 kubectl apply --server-side --force-conflicts -f crds/dinddaemon.yaml >/dev/null
-
 
 log "running the tests"
 rc=0
