@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let registry = registry_file("host")?;
     let password = registry_file("password")?;
+    let user = registry_file("user")?;
     let image = format!("{registry}/bench/big:{}", suffix());
     let docker_config = cluster_dir().join("registry/docker-config");
 
@@ -53,12 +54,13 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         sh(
             r#"export CONTAINERD_ADDRESS=/run/dind-node/containerd.sock CONTAINERD_NAMESPACE=bench-pull
-               "$CTR" images pull --hosts-dir "$HOSTS" --user "ci:$PASSWORD" "$IMAGE" >/dev/null
+               "$CTR" images pull --hosts-dir "$HOSTS" --user "$USER_NAME:$PASSWORD" "$IMAGE" >/dev/null
                "$CTR" images rm --sync "$IMAGE" >/dev/null"#,
             &[
                 ("CTR", &format!("{engine}/node/ctr")),
                 ("HOSTS", hosts.to_str().unwrap_or_default()),
                 ("PASSWORD", &password),
+                ("USER_NAME", &user),
                 ("IMAGE", &image),
             ],
         )?;

@@ -18,7 +18,7 @@ echo "step: compose pull"; printf 'services:\n  app:\n    image: %s/team/app:%s\
 docker compose pull -q && echo compose-pulled
 echo "step: docker login"; docker logout "$R" >/dev/null
 if docker pull -q "$R/team/base:$T" >/dev/null 2>&1; then echo "pulled without credentials"; exit 1; fi
-echo "$PASSWORD" | docker login -u ci --password-stdin "$R" >/dev/null && docker pull -q "$R/team/base:$T" >/dev/null && echo login-pull
+echo "$PASSWORD" | docker login -u "$USER_NAME" --password-stdin "$R" >/dev/null && docker pull -q "$R/team/base:$T" >/dev/null && echo login-pull
 if [ -n "$MIRRORED" ]; then
   echo "step: a registry mirror"; docker tag local/base "$R/library/$MIRRORED"; docker push -q "$R/library/$MIRRORED" >/dev/null
   docker pull -q "$MIRRORED" >/dev/null && echo mirror-pull
@@ -119,6 +119,7 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
     let mirror = registry_file("mirror").unwrap();
     let ca = registry_file("ca.crt").unwrap();
     let password = registry_file("password").unwrap();
+    let user = registry_file("user").unwrap();
     let config = registry_file("docker-config/config.json").unwrap();
     with_namespace("e2e-registry", |client, ns| async move {
         with_builds_namespace(&client.clone(), &ns.clone(), |builds| async move {
@@ -140,7 +141,7 @@ async fn e2e_jobs_keep_their_registry_credentials_and_daemons_trust_the_registry
             let mirrored = format!("mirrored-{tag}:1");
             for (i, (mode, how)) in [("env", "home-items"), ("context", "home-subpath"), ("env", "own-docker-config")].iter().enumerate() {
                 let name = format!("registry-{i}");
-                let mut env = vec![("R", registry.clone()), ("T", format!("{tag}-{i}")), ("PASSWORD", password.clone())];
+                let mut env = vec![("R", registry.clone()), ("T", format!("{tag}-{i}")), ("PASSWORD", password.clone()), ("USER_NAME", user.clone())];
                 if i == 0 {
                     env.push(("MIRRORED", mirrored.clone()));
                 }
