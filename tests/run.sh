@@ -64,6 +64,10 @@ cargo run -q -p dind-operator --bin crdgen -- --check
 
 log "building the workspace"
 cargo build -q --workspace --all-targets
+# The images' static binaries (tests/images/build.sh takes them as built): on a cold machine
+# this runs beside the Go builds, which take longer than all of the Rust.
+log "building the images' static binaries (scripts/release.sh binaries)"
+RELEASE_PLATFORMS=linux/amd64 scripts/release.sh binaries
 
 log "waiting for the Go tools"
 wait_go
@@ -101,7 +105,15 @@ if [[ ${DIND_NODE:-1} == 1 ]]; then
   cargo test -q -p dind-tests --test integration -- release:: || rc=$?
   # The end-to-end tests pause the apiserver in a drill: alone, one at a time, after the rest.
   log "running the end-to-end tests on the node"
-  cargo test -q -p dind-tests --test e2e --no-fail-fast -- --test-threads 1 || rc=$?
+  # Their figures (BENCH) and each test's time (TIME) go to the log; all of it on a failure.
+  e2e_log="$(mktemp)"
+  if cargo test -q -p dind-tests --test e2e --no-fail-fast -- --test-threads 1 --nocapture >"$e2e_log" 2>&1; then
+    grep -E '^(TIME|BENCH) |^test result' "$e2e_log" >&2 || true
+  else
+    cat "$e2e_log" >&2
+    rc=1
+  fi
+  rm -f "$e2e_log"
 fi
 if ((rc)); then log "tests failed"; exit "$rc"; fi
 # The cgroup v2 lane (tests/vm/): our daemon image under runc in a QEMU guest with a pure cgroup v2

@@ -167,6 +167,7 @@ where
     };
     namespaces.create(&PostParams::default(), &ns).await.expect("create test namespace");
 
+    let started = std::time::Instant::now();
     let outcome = tokio::spawn(body(client.clone(), name.clone())).await;
     let failed = !matches!(outcome, Ok(Ok(())));
     if failed {
@@ -183,6 +184,8 @@ where
             eprintln!("could not delete namespace {name}: {e}");
         }
     }
+    // What each test costs CI (tests/run.sh prints these lines of the end-to-end tests).
+    eprintln!("TIME {test}: {:.0} s", started.elapsed().as_secs_f64());
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("{test} failed in namespace {name}: {e:?}"),
