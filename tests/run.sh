@@ -108,7 +108,7 @@ if [[ ${DIND_NODE:-1} == 1 ]]; then
   # Their figures (BENCH) and each test's time (TIME) go to the log; all of it on a failure.
   e2e_log="$(mktemp)"
   if cargo test -q -p dind-tests --test e2e --no-fail-fast -- --test-threads 1 --nocapture >"$e2e_log" 2>&1; then
-    grep -E '^(TIME|BENCH) |^test result' "$e2e_log" >&2 || true
+    grep -oE '(TIME|BENCH) .*|test result.*' "$e2e_log" >&2 || true
   else
     cat "$e2e_log" >&2
     rc=1

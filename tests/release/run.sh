@@ -51,6 +51,8 @@ export PATH="$release_bin:$clients:$cluster_bin:$PATH"
 export DOCKER_CONFIG="$dir/docker-config" HELM_REGISTRY_CONFIG="$dir/helm/registry.json"
 export HELM_CACHE_HOME="$dir/helm/cache" HELM_CONFIG_HOME="$dir/helm/config"
 export XDG_CONFIG_HOME="$dir/xdg-config" XDG_CACHE_HOME="$dir/xdg-cache" SSL_CERT_FILE="$dir/ca-bundle.crt"
+# cosign's Sigstore trust root (TUF) cache, which it would keep in ~/.sigstore.
+export TUF_ROOT="$dir/sigstore"
 # act copies the working tree without what .gitignore names (target/): the build reuses ours.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 

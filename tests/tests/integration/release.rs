@@ -21,6 +21,7 @@ fn tool(program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
     cmd.env("PATH", format!("{bin}:{}", std::env::var("PATH").unwrap_or_default()))
         .env("SSL_CERT_FILE", release_path("ca-bundle.crt"))
+        .env("TUF_ROOT", release_path("sigstore"))
         .env("DOCKER_CONFIG", cluster_dir().join("registry/docker-config"));
     Ok(cmd)
 }
