@@ -168,8 +168,9 @@ sign() {
 # Verification as a user does it before installing: by tag, each image and the chart signed by the
 # release's key (or identity), each image with a signed SBOM.
 verify() {
-  local reg=${1:-} ver=${2:-$version} check=() name
+  local reg=${1:-} ver=${2:-$version} check=() name err
   [[ -n $reg ]] || reg="$(registry)"
+  err="$(mktemp)"
   if [[ -n ${COSIGN_PUBLIC_KEY:-} ]]; then
     check=(--key "$COSIGN_PUBLIC_KEY" --insecure-ignore-tlog=true)
   else
@@ -177,15 +178,15 @@ verify() {
     check=(--certificate-identity-regexp "$RELEASE_IDENTITY" --certificate-oidc-issuer https://token.actions.githubusercontent.com)
   fi
   for name in "${images[@]}" charts/dind-operator; do
-    cosign verify "${check[@]}" "$reg/$name:$ver" >/dev/null 2>"${TMPDIR:-/tmp}/cosign-verify.log" ||
-      { cat "${TMPDIR:-/tmp}/cosign-verify.log" >&2; die "$reg/$name:$ver: no valid signature"; }
+    cosign verify "${check[@]}" "$reg/$name:$ver" >/dev/null 2>"$err" || { cat "$err" >&2; die "$reg/$name:$ver: no valid signature"; }
     echo "verified: $reg/$name:$ver (signature)"
   done
   for name in "${images[@]}"; do
-    cosign verify-attestation "${check[@]}" --type spdxjson "$reg/$name:$ver" >/dev/null 2>"${TMPDIR:-/tmp}/cosign-verify.log" ||
-      { cat "${TMPDIR:-/tmp}/cosign-verify.log" >&2; die "$reg/$name:$ver: no valid SBOM attestation"; }
+    cosign verify-attestation "${check[@]}" --type spdxjson "$reg/$name:$ver" >/dev/null 2>"$err" ||
+      { cat "$err" >&2; die "$reg/$name:$ver: no valid SBOM attestation"; }
     echo "verified: $reg/$name:$ver (SPDX SBOM attestation)"
   done
+  rm -f "$err"
 }
 
 case "${1:-}" in
