@@ -106,6 +106,17 @@ pub fn chart_image_sets() -> Vec<String> {
     }
 }
 
+/// The directory a cached build script of the harness prints on its last line
+/// (`clients/build.sh`, `release/build.sh`: paths under tests/), built first when not cached.
+pub fn built_tools(script: &str) -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script))
+        .output()
+        .with_context(|| format!("running tests/{script}"))?;
+    anyhow::ensure!(out.status.success(), "tests/{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(stdout.lines().last().with_context(|| format!("tests/{script} printed no directory"))?.trim()))
+}
+
 /// The admin kubeconfig: `$KUBECONFIG` if set, else the harness's.
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG").map_or_else(|| cluster_dir().join("kubeconfig"), PathBuf::from)

@@ -83,9 +83,7 @@ fn load_busybox(guest: &Guest, certs: &Certs) -> anyhow::Result<()> {
 /// The Docker CLI v29 that build pods run (tests/clients/build.sh), with its buildx and compose
 /// plugins, aimed at the guest's daemon over mTLS; `config` is a DOCKER_CONFIG of its own.
 fn client_cli(guest: &Guest, certs: &Certs, config: &Path) -> anyhow::Result<Command> {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/build.sh")).output()?;
-    ensure!(out.status.success(), "tests/clients/build.sh: {}", String::from_utf8_lossy(&out.stderr));
-    let clients = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
+    let clients = dind_tests::built_tools("clients/build.sh")?;
     let plugins = config.join("cli-plugins");
     std::fs::create_dir_all(&plugins)?;
     for plugin in ["docker-buildx", "docker-compose"] {

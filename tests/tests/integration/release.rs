@@ -32,18 +32,25 @@ async fn output(cmd: &mut Command) -> anyhow::Result<(bool, String, String)> {
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
+/// The release's cosign, as [`tool`] sets it up.
+fn cosign() -> anyhow::Result<Command> {
+    tool(PathBuf::from(release_file("bin")?).join("cosign"))
+}
+
+/// cosign `subcommand ... --key KEY`, without the transparency log the key-signed release has none of.
+fn cosign_checking(subcommand: &[&str], key: &Path) -> anyhow::Result<Command> {
+    let mut cmd = cosign()?;
+    cmd.args(subcommand).arg("--key").arg(key).arg("--insecure-ignore-tlog=true");
+    Ok(cmd)
+}
+
 async fn cosign_verify(key: &Path, reference: &str) -> anyhow::Result<(bool, String, String)> {
-    let bin = PathBuf::from(release_file("bin")?).join("cosign");
-    output(tool(bin)?.args(["verify", "--key"]).arg(key).args(["--insecure-ignore-tlog=true", reference])).await
+    output(cosign_checking(&["verify"], key)?.arg(reference)).await
 }
 
 /// The package names in the SPDX SBOM attested to `image`, once its attestation verifies.
 async fn sbom_packages(key: &Path, image: &str) -> anyhow::Result<Vec<String>> {
-    let cosign = PathBuf::from(release_file("bin")?).join("cosign");
-    let (ok, out, err) = output(
-        tool(cosign)?.args(["verify-attestation", "--type", "spdxjson", "--key"]).arg(key).args(["--insecure-ignore-tlog=true", image]),
-    )
-    .await?;
+    let (ok, out, err) = output(cosign_checking(&["verify-attestation", "--type", "spdxjson"], key)?.arg(image)).await?;
     ensure!(ok, "cosign verify-attestation {image}: {err}");
     let envelope: serde_json::Value = serde_json::from_str(out.lines().next().context("no attestation")?)?;
     let payload = base64::engine::general_purpose::STANDARD.decode(envelope["payload"].as_str().context("payload")?)?;
@@ -72,8 +79,7 @@ async fn release_verifies_and_a_tampered_digest_or_another_key_does_not() -> any
     // 2. Another signer's key: the same release does not verify.
     let other = std::env::temp_dir().join(format!("dind-other-key-{}", suffix()));
     std::fs::create_dir_all(&other)?;
-    let cosign = PathBuf::from(release_file("bin")?).join("cosign");
-    let (ok, _, err) = output(tool(&cosign)?.current_dir(&other).env("COSIGN_PASSWORD", "").arg("generate-key-pair")).await?;
+    let (ok, _, err) = output(cosign()?.current_dir(&other).env("COSIGN_PASSWORD", "").arg("generate-key-pair")).await?;
     ensure!(ok, "cosign generate-key-pair: {err}");
     let operator = format!("{registry}/dind-operator:{version}");
     let (ok, _, err) = cosign_verify(&other.join("cosign.pub"), &operator).await?;

@@ -42,14 +42,6 @@ const VALUE_SETS: &[&[&str]] = &[
     ],
 ];
 
-/// The release tools' directory (tests/release/build.sh; cached, a second once built).
-async fn release_tools() -> anyhow::Result<PathBuf> {
-    let out = Command::new(format!("{ROOT}/tests/release/build.sh")).output().await.context("tests/release/build.sh")?;
-    ensure!(out.status.success(), "tests/release/build.sh: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(stdout.lines().last().context("tests/release/build.sh printed no directory")?.trim()))
-}
-
 /// kubeconform -strict for Kubernetes `version`: its success and its output.
 async fn kubeconform(tools: &Path, crds: &Path, version: &str, files: &[PathBuf]) -> anyhow::Result<(bool, String)> {
     let kinds = "{{ .ResourceKind }}{{ .KindSuffix }}.json";
@@ -77,7 +69,7 @@ fn sorted_versions(schemas: &Path) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test]
 async fn the_chart_renders_strictly_valid_objects_for_every_supported_kubernetes_minor() -> anyhow::Result<()> {
-    let tools = release_tools().await?;
+    let tools = dind_tests::built_tools("release/build.sh")?;
     let versions = sorted_versions(&tools.join("schemas"))?;
     ensure!(versions.len() >= 9 && versions[0].starts_with("1.29."), "schemas for 1.29 and newer: {versions:?}");
 
